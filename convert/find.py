@@ -1,0 +1,200 @@
+"""Find the convolutions in a traced model, and say for each one that cannot be converted why not.
+
+A standard conv is nn.Conv1d/2d/3d (a module whose forward is the stock one) or a functional
+`F.conv*d` / `aten.conv*d` call whose weight is a parameter or buffer of the model, with groups == 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from convert.trace import Traced
+
+_MODULE_TYPES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_FUNCTIONS: dict[Any, tuple[int, str]] = {
+    F.conv1d: (1, "F.conv1d"),
+    F.conv2d: (2, "F.conv2d"),
+    F.conv3d: (3, "F.conv3d"),
+    torch.ops.aten.conv1d.default: (1, "aten.conv1d"),
+    torch.ops.aten.conv2d.default: (2, "aten.conv2d"),
+    torch.ops.aten.conv3d.default: (3, "aten.conv3d"),
+    torch.ops.aten.conv1d.padding: (1, "aten.conv1d"),
+    torch.ops.aten.conv2d.padding: (2, "aten.conv2d"),
+    torch.ops.aten.conv3d.padding: (3, "aten.conv3d"),
+}
+# Convolutions found but never converted (yet), each with the reason given in the report.
+_UNSUPPORTED_FUNCTIONS: dict[Any, str] = {
+    F.conv_transpose1d: "transposed conv: not converted yet",
+    F.conv_transpose2d: "transposed conv: not converted yet",
+    F.conv_transpose3d: "transposed conv: not converted yet",
+    torch.ops.aten.conv_transpose1d.default: "transposed conv: not converted yet",
+    torch.ops.aten.conv_transpose2d.input: "transposed conv: not converted yet",
+    torch.ops.aten.conv_transpose3d.input: "transposed conv: not converted yet",
+    torch.ops.aten.convolution.default: "generic aten.convolution call: not converted",
+}
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """Hyper-parameters of a convolution, enough to build its replacement."""
+
+    dim: int  # 1, 2 or 3 spatial dimensions
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str  # per-dimension ints, or "same" / "valid"
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: str  # zeros | reflect | replicate | circular
+
+
+@dataclasses.dataclass
+class ConvLayer:
+    """One convolution of the model: a module (maybe called at several sites) or a functional call."""
+
+    name: str  # module path, or the weight's path without ".weight" for functional calls
+    op: str  # "Conv2d", "F.conv2d", "aten.conv2d", ...
+    spec: ConvSpec | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    module: str | None = None  # path of the conv module to swap; None for functional calls
+    nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites to rewrite
+    out_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
+    skip: str | None = None  # why it is not converted; None while it is a candidate
+
+
+def find_convs(traced: Traced) -> list[ConvLayer]:
+    """Every convolution the example input reaches, standard ones first in graph order."""
+    if traced.path == "module-walk":
+        return _find_in_modules(traced.module, traced.calls)
+    return _find_in_graph(traced.module)
+
+
+def _find_in_modules(model: nn.Module, calls: dict[str, list[tuple[int, ...]]]) -> list[ConvLayer]:
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        layer = _module_layer(name, module)
+        layer.out_shapes = calls.get(name, [])
+        if not layer.out_shapes and layer.skip is None:
+            layer.skip = "not called on the example input"
+        layers.append(layer)
+    return layers
+
+
+def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
+    by_key: dict[Any, ConvLayer] = {}
+    read_directly = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.modules.conv._ConvNd):
+            key: Any = node.target
+            if key not in by_key:
+                by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
+                if {f"{node.target}.weight", f"{node.target}.bias"} & read_directly:
+                    by_key[key].skip = "its weight is also read outside the conv module"
+        elif node.op == "call_function" and node.target in _FUNCTIONS:
+            key, layer = _function_layer(gm, node)
+            if key not in by_key:
+                by_key[key] = layer
+            by_key[key].nodes.append(node)
+        elif node.op == "call_function" and node.target in _UNSUPPORTED_FUNCTIONS:
+            key = node.name
+            by_key[key] = ConvLayer(name=node.name, op=_op_name(node.target), skip=_UNSUPPORTED_FUNCTIONS[node.target])
+        else:
+            continue
+        by_key[key].out_shapes.append(_shape(node))
+    return list(by_key.values())
+
+
+def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
+    layer = ConvLayer(name=name, op=type(module).__name__, module=name, weight=module.weight, bias=module.bias)
+    base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
+    if module.transposed:
+        layer.skip = "transposed conv: not converted yet"
+    elif base is None:
+        layer.skip = f"{type(module).__name__} is not a standard Conv1d/2d/3d"
+    elif type(module).forward is not base.forward or type(module)._conv_forward is not base._conv_forward:
+        layer.skip = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
+    if base is None:
+        return layer
+    layer.spec = ConvSpec(
+        dim=_MODULE_TYPES[base],
+        in_channels=module.in_channels,
+        out_channels=module.out_channels,
+        kernel=tuple(module.kernel_size),
+        stride=tuple(module.stride),
+        padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
+        dilation=tuple(module.dilation),
+        groups=module.groups,
+        padding_mode=module.padding_mode,
+    )
+    layer.skip = layer.skip or _groups_reason(layer.spec)
+    return layer
+
+
+def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
+    dim, op = _FUNCTIONS[node.target]
+    args = dict(_CONV_DEFAULTS) | dict(zip(_CONV_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    weight_node, bias_node = args["weight"], args["bias"]
+    if not _is_attr(weight_node) or not (bias_node is None or _is_attr(bias_node)):
+        what = "weight" if not _is_attr(weight_node) else "bias"
+        return node.name, ConvLayer(name=node.name, op=op, skip=f"its {what} is computed at run time")
+    weight = _attr(gm, weight_node.target)
+    bias = None if bias_node is None else _attr(gm, bias_node.target)
+    padding = args["padding"]
+    spec = ConvSpec(
+        dim=dim,
+        in_channels=weight.shape[1] * args["groups"],
+        out_channels=weight.shape[0],
+        kernel=tuple(weight.shape[2:]),
+        stride=_per_dim(args["stride"], dim),
+        padding=padding if isinstance(padding, str) else _per_dim(padding, dim),
+        dilation=_per_dim(args["dilation"], dim),
+        groups=args["groups"],
+        padding_mode="zeros",  # a padding_mode other than zeros shows as a separate pad op before the call
+    )
+    weight_path = weight_node.target
+    name = weight_path.removesuffix(".weight") if weight_path.endswith(".weight") else weight_path
+    key = (weight_path, getattr(bias_node, "target", None), spec)
+    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, skip=_groups_reason(spec))
+    return key, layer
+
+
+def _groups_reason(spec: ConvSpec) -> str | None:
+    if spec.groups == 1:
+        return None
+    if spec.groups == spec.in_channels:
+        return "already depthwise"
+    return f"already grouped (groups={spec.groups})"
+
+
+def _is_attr(value: Any) -> bool:
+    return isinstance(value, fx.Node) and value.op == "get_attr"
+
+
+def _attr(gm: fx.GraphModule, path: str) -> torch.Tensor:
+    owner, _, leaf = path.rpartition(".")
+    return getattr(gm.get_submodule(owner), leaf)
+
+
+def _per_dim(value: Any, dim: int) -> tuple[int, ...]:
+    values = tuple(value) if isinstance(value, list | tuple) else (value,)
+    return values * dim if len(values) == 1 else values
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("val", node.meta.get("tensor_meta"))
+    return tuple(int(d) for d in meta.shape) if meta is not None else ()
+
+
+def _op_name(target: Any) -> str:
+    return getattr(target, "__name__", str(target)).removesuffix(".default")

@@ -1,0 +1,132 @@
+"""What a conversion changed, per layer and in total: dataclasses, and their JSON, Markdown and table forms."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from rich.table import Table
+
+REPORT_VERSION = 1  # bumped when a field of report.json changes meaning or goes away
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One convolution: what it was, what it became, at what cost and error."""
+
+    name: str  # module path (or weight path for functional convs)
+    op: str  # Conv2d, F.conv2d, aten.conv2d, ...
+    status: str  # "converted" | "skipped"
+    reason: str | None  # why skipped, or a note on a converted layer (e.g. rank clamped)
+    in_channels: int | None
+    out_channels: int | None
+    kernel: list[int] | None
+    stride: list[int] | None
+    dilation: list[int] | None
+    calls: int  # call sites of this conv on the example input (converted once, used at each)
+    rank: int | None  # filters per group in the first conv
+    full_rank: int | None  # the rank at which the conversion is exact (None for the plain grouped form)
+    groups: int | None  # groups of the first conv (C_in for depthwise)
+    params_before: int
+    params_after: int
+    macs_before: int  # multiply-accumulates on the example input, all call sites
+    macs_after: int
+    weight_rel_error: float | None  # ||W - W_hat||_F / ||W||_F
+
+
+@dataclasses.dataclass
+class Totals:
+    """Whole-model figures; MACs counted by torch's FlopCounterMode (conv, linear and matmul ops)."""
+
+    params_before: int  # all parameters of the model
+    params_after: int
+    macs_before: int  # on the example input
+    macs_after: int
+    converted: int  # convs converted
+    skipped: int  # convs found and left as they were
+
+
+@dataclasses.dataclass
+class Report:
+    """The record of one conversion; `to_json` is the report.json contract."""
+
+    target: str  # separable | grouped
+    trace: str  # fx | export | module-walk
+    trace_notes: list[str]  # why earlier trace paths were not used
+    options: dict[str, Any]  # the ConvertConfig fields
+    input_shapes: list[list[int]]
+    input_dtype: str
+    layers: list[LayerReport]
+    totals: Totals
+    output_rel_error: float  # ||y_converted - y_original|| / ||y_original|| on the example input
+    seconds: dict[str, float]  # wall time per stage
+    versions: dict[str, str]
+    version: int = REPORT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        t = self.totals
+        lines = [
+            f"# Conversion report: {self.target}",
+            "",
+            f"- trace path: `{self.trace}`" + (f" ({'; '.join(self.trace_notes)})" if self.trace_notes else ""),
+            f"- input: {', '.join('x'.join(map(str, s)) for s in self.input_shapes)} ({self.input_dtype})",
+            f"- convs converted: {t.converted}, skipped: {t.skipped}",
+            f"- parameters: {t.params_before:,} -> {t.params_after:,} ({_ratio(t.params_before, t.params_after)})",
+            f"- MACs: {t.macs_before:,} -> {t.macs_after:,} ({_ratio(t.macs_before, t.macs_after)})",
+            f"- output relative error: {self.output_rel_error:.3g}",
+            "",
+            "| layer | op | status | kernel | channels | rank | groups | params | MACs | weight error | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in self.layers:
+            lines.append(
+                "| " + " | ".join(_cells(row)) + " |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def table(self) -> Table:
+        """The per-layer table for the terminal (rich)."""
+        t = self.totals
+        table = Table(
+            title=f"{self.target} via {self.trace}",
+            caption=(
+                f"{t.converted} converted, {t.skipped} skipped | params {t.params_before:,} -> {t.params_after:,} "
+                f"({_ratio(t.params_before, t.params_after)}) | MACs {t.macs_before:,} -> {t.macs_after:,} "
+                f"({_ratio(t.macs_before, t.macs_after)}) | output rel. error {self.output_rel_error:.3g}"
+            ),
+        )
+        for column in ("layer", "op", "status", "kernel", "channels", "rank", "groups", "params", "MACs",
+                       "weight err", "note"):
+            table.add_column(column, overflow="fold")
+        for row in self.layers:
+            table.add_row(*_cells(row))
+        return table
+
+
+def _cells(row: LayerReport) -> list[str]:
+    channels = f"{row.in_channels}->{row.out_channels}" if row.in_channels else ""
+    rank = "" if row.rank is None else f"{row.rank}/{row.full_rank}" if row.full_rank else str(row.rank)
+    return [
+        row.name,
+        row.op,
+        row.status,
+        "x".join(map(str, row.kernel or [])),
+        channels,
+        rank,
+        "" if row.groups is None else str(row.groups),
+        f"{row.params_before:,} -> {row.params_after:,}" if row.status == "converted" else f"{row.params_before:,}",
+        f"{_ratio(row.macs_before, row.macs_after)}" if row.status == "converted" else "",
+        "" if row.weight_rel_error is None else f"{row.weight_rel_error:.3f}",
+        row.reason or "",
+    ]
+
+
+def _ratio(before: int, after: int) -> str:
+    return f"{before / after:.2f}x fewer" if after else "n/a"

@@ -51,6 +51,13 @@ def rank_for_energy(svals: torch.Tensor, energy: float) -> int:
     return int(reached[0]) + 1 if len(reached) else svals.shape[1]
 
 
+def truncation_error(svals: torch.Tensor, rank: int) -> float:
+    """Relative Frobenius error of keeping `rank` singular values per group: what `low_rank` will report."""
+    power = svals.double().square()
+    total = float(power.sum())
+    return math.sqrt(float(power[:, rank:].sum()) / total) if total > 0 else 0.0
+
+
 def low_rank(weight: torch.Tensor, groups: int, rank: int) -> Factors:
     """Factor a conv weight into a grouped conv (`groups` groups, `rank` filters each) and a 1x1 conv.
 
@@ -75,10 +82,7 @@ def low_rank(weight: torch.Tensor, groups: int, rank: int) -> Factors:
     first = (root.unsqueeze(2) * vh[:, :rank]).reshape(groups * rank, c_in // groups, *kernel)
     pointwise = (u[:, :, :rank] * root.unsqueeze(1)).permute(1, 0, 2).reshape(c_out, groups * rank)
     pointwise = pointwise.reshape(c_out, groups * rank, *([1] * len(kernel)))
-    power = s.square()
-    total = float(power.sum())
-    rel_error = math.sqrt(float(power[:, rank:].sum()) / total) if total > 0 else 0.0
-    return Factors(_like(first, weight), _like(pointwise, weight), rel_error)
+    return Factors(_like(first, weight), _like(pointwise, weight), truncation_error(s, rank))
 
 
 def block_diagonal(weight: torch.Tensor, groups: int) -> Factors:

@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from convert.config import ConvertConfig
-from convert.errors import ConvertError
-from convert.factorize import block_diagonal, low_rank
+from convert.errors import ConvertError, one_line
+from convert.factorize import block_diagonal, low_rank, singular_values, truncation_error
 from convert.find import ConvLayer, find_convs
-from convert.plan import LayerPlan, plan_layers
+from convert.plan import LayerPlan, conv_cost, plan_layers
 from convert.report import LayerReport, Report, Totals
 from convert.rewrite import apply, build_replacement
 from convert.trace import trace
@@ -81,12 +81,7 @@ def convert_model(
         clock = now
         notify(name, fraction)
 
-    try:
-        reference = run_model(model, inputs)
-    except Exception as e:  # noqa: BLE001 - the model's own error, reported as bad input
-        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
-        raise ConvertError(f"the model rejects inputs of shape {shapes} ({_one_line(e)}): pass --input-shape "
-                           "with the shapes it expects") from e
+    reference = _reference_output(model, inputs)
     work = exported.module() if exported is not None else copy.deepcopy(model)
     traced = trace(work, inputs, reference, exported)
     stage_done("trace", 0.2)
@@ -96,7 +91,7 @@ def convert_model(
     rows = []
     for index, layer in enumerate(layers):
         plan = plans.get(layer.name)
-        rows.append(_convert_layer(traced.module, layer, plan) if plan else _skipped_row(layer))
+        rows.append(_convert_layer(traced.module, layer, plan) if plan else _layer_row(layer, None, None))
         notify("factorize", 0.3 + 0.5 * (index + 1) / len(layers))
     stage_done("factorize", 0.8)
     converted = traced.module
@@ -129,58 +124,85 @@ def convert_model(
 
 
 def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> LayerReport:
-    spec, weight = layer.spec, layer.weight
-    factors = (
-        low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
-    )
+    weight = layer.weight
+    factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
     training = root.get_submodule(layer.module).training if layer.module else root.training
-    replacement = build_replacement(spec, factors, layer.bias, training)
-    apply(root, layer, replacement)
-    row = _skipped_row(layer)
-    positions = _positions(layer)
-    per_position = (
-        plan.rank * spec.in_channels * math.prod(spec.kernel) + plan.groups * plan.rank * spec.out_channels
-        if plan.pointwise
-        else spec.out_channels * (spec.in_channels // plan.groups) * math.prod(spec.kernel)
-    )
-    return dataclasses.replace(
-        row,
-        status="converted",
-        reason=plan.note,
-        rank=plan.rank,
-        full_rank=plan.full_rank or None,
-        groups=plan.groups,
-        params_after=sum(p.numel() for p in replacement.parameters()),
-        macs_after=per_position * positions,
-        weight_rel_error=factors.rel_error,
-    )
+    apply(root, layer, build_replacement(layer.spec, factors, layer.bias, training))
+    return _layer_row(layer, plan, factors.rel_error)
 
 
-def _skipped_row(layer: ConvLayer) -> LayerReport:
+def inspect_model(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, configs: Sequence[ConvertConfig]
+) -> list[list[LayerReport]]:
+    """What each config would do to each conv, without converting: one list of rows per config.
+
+    Rows have status "converted" for layers the config would convert, with the parameters, MACs and
+    weight error the conversion would give (the error from singular values alone).
+    """
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    traced = trace(copy.deepcopy(model), inputs, _reference_output(model, inputs))
+    found = find_convs(traced)
+    views = []
+    for config in configs:
+        layers = [dataclasses.replace(layer) for layer in found]  # planning sets `skip` per config
+        plans = plan_layers(layers, config)
+        views.append(
+            [
+                _layer_row(layer, plans.get(layer.name), _predicted_error(layer, plans.get(layer.name)))
+                for layer in layers
+            ]
+        )
+    return views
+
+
+def _predicted_error(layer: ConvLayer, plan: LayerPlan | None) -> float | None:
+    if plan is None:
+        return None
+    if not plan.pointwise:
+        return block_diagonal(layer.weight, plan.groups).rel_error
+    return truncation_error(singular_values(layer.weight, plan.groups), plan.rank)
+
+
+def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    try:
+        return run_model(model, inputs)
+    except Exception as e:  # noqa: BLE001 - the model's own error, reported as bad input
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
+        raise ConvertError(
+            f"the model rejects inputs of shape {shapes} ({one_line(e)}): pass --input-shape with the shapes it expects"
+        ) from e
+
+
+def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None) -> LayerReport:
+    """The report row of a layer as it is (`plan` None) or as converted by `plan`."""
     spec = layer.spec
-    params = 0 if layer.weight is None else layer.weight.numel() + (0 if layer.bias is None else layer.bias.numel())
-    macs = 0
+    params_before = macs_before = params_after = macs_after = 0
     if spec is not None:
-        macs = spec.out_channels * (spec.in_channels // spec.groups) * math.prod(spec.kernel) * _positions(layer)
+        bias = layer.bias is not None
+        params_before, per_position = conv_cost(spec, None, bias)
+        macs_before = per_position * _positions(layer)
+        params_after, per_position = conv_cost(spec, plan, bias)
+        macs_after = per_position * _positions(layer)
     return LayerReport(
         name=layer.name,
         op=layer.op,
-        status="skipped",
-        reason=layer.skip,
+        status="skipped" if plan is None else "converted",
+        reason=layer.skip if plan is None else plan.note,
         in_channels=spec and spec.in_channels,
         out_channels=spec and spec.out_channels,
         kernel=spec and list(spec.kernel),
         stride=spec and list(spec.stride),
         dilation=spec and list(spec.dilation),
+        output_shape=list(layer.out_shapes[0]) if layer.out_shapes else None,
         calls=len(layer.out_shapes),
-        rank=None,
-        full_rank=None,
-        groups=spec and spec.groups,
-        params_before=params,
-        params_after=params,
-        macs_before=macs,
-        macs_after=macs,
-        weight_rel_error=None,
+        rank=plan and plan.rank,
+        full_rank=(plan and plan.full_rank) or None,
+        groups=plan.groups if plan else spec and spec.groups,
+        params_before=params_before,
+        params_after=params_after,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        weight_rel_error=rel_error,
     )
 
 
@@ -198,8 +220,3 @@ def _count_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int:
     with counter:
         run_model(model, inputs)
     return counter.get_total_flops() // 2
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

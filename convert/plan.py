@@ -89,3 +89,19 @@ def _choose_rank(layer: ConvLayer, spec: ConvSpec, groups: int, config: ConvertC
     if wanted > exact:
         return LayerPlan(groups, exact, True, exact, f"rank {wanted} clamped to full rank {exact}")
     return LayerPlan(groups, wanted, True, exact)
+
+
+def conv_cost(spec: ConvSpec, plan: LayerPlan | None, bias: bool) -> tuple[int, int]:
+    """(parameters, MACs per output position) of the conv as it is (`plan` None) or as planned.
+
+    Per output position: standard C_out*C_in/g*K; grouped low-rank r*C_in*K + G*r*C_out (separable is
+    G = C_in); plain grouped C_out*(C_in/G)*K. The bias adds C_out parameters and no MACs.
+    """
+    k = math.prod(spec.kernel)
+    if plan is None:
+        macs = spec.out_channels * (spec.in_channels // spec.groups) * k
+    elif plan.pointwise:
+        macs = plan.rank * spec.in_channels * k + plan.groups * plan.rank * spec.out_channels
+    else:
+        macs = spec.out_channels * (spec.in_channels // plan.groups) * k
+    return macs + (spec.out_channels if bias else 0), macs

@@ -24,6 +24,7 @@ class LayerReport:
     kernel: list[int] | None
     stride: list[int] | None
     dilation: list[int] | None
+    output_shape: list[int] | None  # at the first call site, on the example input
     calls: int  # call sites of this conv on the example input (converted once, used at each)
     rank: int | None  # filters per group in the first conv
     full_rank: int | None  # the rank at which the conversion is exact (None for the plain grouped form)
@@ -70,63 +71,73 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def to_markdown(self) -> str:
+    def summary(self) -> str:
+        """One line: counts, parameters, MACs and output error."""
         t = self.totals
+        return (
+            f"{t.converted} converted, {t.skipped} skipped | params {format_count(t.params_before)} -> "
+            f"{format_count(t.params_after)} ({format_ratio(t.params_before, t.params_after)}) | MACs {format_count(t.macs_before)} -> "
+            f"{format_count(t.macs_after)} ({format_ratio(t.macs_before, t.macs_after)}) | output rel. error "
+            f"{self.output_rel_error:.3g}"
+        )
+
+    def to_markdown(self) -> str:
+        notes = f" ({'; '.join(self.trace_notes)})" if self.trace_notes else ""
         lines = [
             f"# Conversion report: {self.target}",
             "",
-            f"- trace path: `{self.trace}`" + (f" ({'; '.join(self.trace_notes)})" if self.trace_notes else ""),
+            f"- trace path: `{self.trace}`{notes}",
             f"- input: {', '.join('x'.join(map(str, s)) for s in self.input_shapes)} ({self.input_dtype})",
-            f"- convs converted: {t.converted}, skipped: {t.skipped}",
-            f"- parameters: {t.params_before:,} -> {t.params_after:,} ({_ratio(t.params_before, t.params_after)})",
-            f"- MACs: {t.macs_before:,} -> {t.macs_after:,} ({_ratio(t.macs_before, t.macs_after)})",
-            f"- output relative error: {self.output_rel_error:.3g}",
+            f"- {self.summary()}",
             "",
-            "| layer | op | status | kernel | channels | rank | groups | params | MACs | weight error | note |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| " + " | ".join(_COLUMNS) + " |",
+            "|" + "---|" * len(_COLUMNS),
         ]
-        for row in self.layers:
-            lines.append(
-                "| " + " | ".join(_cells(row)) + " |"
-            )
+        lines += ["| " + " | ".join(_cells(row)) + " |" for row in self.layers]
         return "\n".join(lines) + "\n"
 
     def table(self) -> Table:
-        """The per-layer table for the terminal (rich)."""
-        t = self.totals
-        table = Table(
-            title=f"{self.target} via {self.trace}",
-            caption=(
-                f"{t.converted} converted, {t.skipped} skipped | params {t.params_before:,} -> {t.params_after:,} "
-                f"({_ratio(t.params_before, t.params_after)}) | MACs {t.macs_before:,} -> {t.macs_after:,} "
-                f"({_ratio(t.macs_before, t.macs_after)}) | output rel. error {self.output_rel_error:.3g}"
-            ),
-        )
-        for column in ("layer", "op", "status", "kernel", "channels", "rank", "groups", "params", "MACs",
-                       "weight err", "note"):
-            table.add_column(column, overflow="fold")
+        """The per-layer table for the terminal (rich); skipped layers are dimmed."""
+        table = Table(title=f"{self.target} via {self.trace}", caption=self.summary())
+        for column in _COLUMNS:
+            table.add_column(column, overflow="fold", justify="right" if column in _NUMERIC else "left")
         for row in self.layers:
-            table.add_row(*_cells(row))
+            table.add_row(*_cells(row), style="dim" if row.status == "skipped" else None)
         return table
 
 
+_COLUMNS = ("layer", "op", "kernel", "channels", "rank", "params", "MACs", "error", "note")
+_NUMERIC = {"rank", "params", "MACs", "error"}
+
+
 def _cells(row: LayerReport) -> list[str]:
-    channels = f"{row.in_channels}->{row.out_channels}" if row.in_channels else ""
+    converted = row.status == "converted"
     rank = "" if row.rank is None else f"{row.rank}/{row.full_rank}" if row.full_rank else str(row.rank)
     return [
         row.name,
         row.op,
-        row.status,
         "x".join(map(str, row.kernel or [])),
-        channels,
-        rank,
-        "" if row.groups is None else str(row.groups),
-        f"{row.params_before:,} -> {row.params_after:,}" if row.status == "converted" else f"{row.params_before:,}",
-        f"{_ratio(row.macs_before, row.macs_after)}" if row.status == "converted" else "",
+        f"{row.in_channels}->{row.out_channels}" if row.in_channels else "",
+        f"{rank} g{row.groups}" if converted else "",
+        f"{format_count(row.params_before)}->{format_count(row.params_after)}"
+        if converted
+        else format_count(row.params_before),
+        format_ratio(row.macs_before, row.macs_after) if converted else "",
         "" if row.weight_rel_error is None else f"{row.weight_rel_error:.3f}",
-        row.reason or "",
+        (row.reason or "") if converted else f"skipped: {row.reason}",
     ]
 
 
-def _ratio(before: int, after: int) -> str:
-    return f"{before / after:.2f}x fewer" if after else "n/a"
+def format_count(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def format_ratio(before: int, after: int) -> str:
+    """'8.13x fewer' for a reduction, '1.12x more' for a growth."""
+    if not before or not after:
+        return "n/a"
+    return f"{before / after:.2f}x fewer" if after <= before else f"{after / before:.2f}x more"

@@ -43,7 +43,9 @@ def build_replacement(spec: ConvSpec, factors: Factors, bias: torch.Tensor | Non
     )
     layers = [("depthwise" if groups == spec.in_channels else "grouped", first)]
     if factors.pointwise is not None:
-        pointwise = conv(weight.shape[0], spec.out_channels, 1, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        pointwise = conv(
+            weight.shape[0], spec.out_channels, 1, bias=bias is not None, device=weight.device, dtype=weight.dtype
+        )
         layers.append(("pointwise", pointwise))
     with torch.no_grad():
         first.weight.copy_(factors.first)

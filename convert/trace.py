@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from convert.errors import one_line
 from convert.verify import output_rel_error, run_model
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,12 @@ def trace(
         try:
             return Traced("fx", _fx_graph(model, inputs, reference), notes)
         except Exception as e:  # noqa: BLE001 - any failure means "try the next path"
-            notes.append(f"fx: {_first_line(e)}")
+            notes.append(f"fx: {one_line(e)}")
             logger.info("fx.symbolic_trace failed (%s); trying torch.export", notes[-1])
         try:
             exported = torch.export.export(model, tuple(inputs))
         except Exception as e:  # noqa: BLE001
-            notes.append(f"export: {_first_line(e)}")
+            notes.append(f"export: {one_line(e)}")
             logger.info("torch.export failed (%s); swapping modules in place", notes[-1])
             return Traced("module-walk", model, notes, _record_conv_calls(model, inputs))
     return Traced("export", plain_graph_module(exported), notes)
@@ -119,17 +120,10 @@ def _record_conv_calls(model: nn.Module, inputs: Sequence[torch.Tensor]) -> dict
 
         return record
 
-    handles = [
-        m.register_forward_hook(hook(name)) for name, m in model.named_modules() if isinstance(m, _CONV_TYPES)
-    ]
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if isinstance(m, _CONV_TYPES)]
     try:
         run_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
     return calls
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()

@@ -176,8 +176,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
             "x".join(map(str, row.kernel or [])),
             f"{row.in_channels}->{row.out_channels}",
             "x".join(map(str, row.output_shape or [])),
-            f"{row.params_before:,}",
-            f"{row.macs_before:,}",
+            format_count(row.params_before),
+            format_count(row.macs_before),
         ]
         for view in views:
             other = view[index]

@@ -75,10 +75,12 @@ class Report:
         """One line: counts, parameters, MACs and output error."""
         t = self.totals
         return (
-            f"{t.converted} converted, {t.skipped} skipped | params {format_count(t.params_before)} -> "
-            f"{format_count(t.params_after)} ({format_ratio(t.params_before, t.params_after)}) | MACs {format_count(t.macs_before)} -> "
-            f"{format_count(t.macs_after)} ({format_ratio(t.macs_before, t.macs_after)}) | output rel. error "
-            f"{self.output_rel_error:.3g}"
+            f"{t.converted} converted, {t.skipped} skipped"
+            f" | params {format_count(t.params_before)} -> {format_count(t.params_after)}"
+            f" ({format_ratio(t.params_before, t.params_after)})"
+            f" | MACs {format_count(t.macs_before)} -> {format_count(t.macs_after)}"
+            f" ({format_ratio(t.macs_before, t.macs_after)})"
+            f" | output rel. error {self.output_rel_error:.3g}"
         )
 
     def to_markdown(self) -> str:

@@ -8,8 +8,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from convert.config import TARGETS, ConvertConfig
@@ -17,7 +19,7 @@ from convert.errors import ConvertError
 from convert.load import DTYPES, LoadedModel, load_model, make_inputs, parse_input_shape
 from convert.pipeline import convert_model, inspect_model
 from convert.report import format_count, format_ratio
-from convert.save import save_result
+from convert.save import check_outdir, save_result
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_inspect(args) if command == "inspect" else _run_convert(args)
     except ConvertError as e:
-        stderr.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         stderr.print("interrupted: nothing was written")
@@ -48,11 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         stderr.print(
-            f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+            f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))} (rerun with --verbose for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
         return EXIT_INTERNAL
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (the full usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +117,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save.",
@@ -127,7 +136,7 @@ def _convert_parser() -> argparse.ArgumentParser:
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convert inspect",
         description="Per standard conv: what separable (and grouped, with --groups) would save. Writes nothing.",
     )
@@ -137,6 +146,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 def _run_convert(args: argparse.Namespace) -> int:
     config = _config(args)
+    outdir = args.output or _default_outdir(args.model, config.target)
+    check_outdir(outdir)  # before the work, so a bad -o costs nothing
     loaded = _load(args)
     inputs = _inputs(args, loaded)
     with stderr.status("converting...") as status:
@@ -147,13 +158,14 @@ def _run_convert(args: argparse.Namespace) -> int:
             exported=loaded.exported,
             progress=lambda stage, fraction: status.update(f"converting: {stage} ({fraction:.0%})"),
         )
-    outdir = args.output or _default_outdir(args.model, config.target)
     save_result(result, outdir)
     if args.json:
         print(result.report.to_json())
     else:
         stdout.print(result.report.table())
-        stderr.print(f"wrote {outdir}/ (model.pt, report.json, report.md)", highlight=False)
+        stderr.print(
+            f"wrote {escape(str(outdir))}/ (model.pt, report.json, report.md)", highlight=False, soft_wrap=True
+        )
     return 0
 
 
@@ -172,7 +184,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         table.add_column("error", justify="right")
     for index, row in enumerate(views[0]):
         cells = [
-            row.name,
+            escape(row.name),
             "x".join(map(str, row.kernel or [])),
             f"{row.in_channels}->{row.out_channels}",
             "x".join(map(str, row.output_shape or [])),
@@ -187,7 +199,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
                     f"{other.weight_rel_error:.3f}",
                 ]
             else:
-                cells += [f"[dim]{other.reason}[/dim]", ""]
+                cells += [f"[dim]{escape(str(other.reason))}[/dim]", ""]
         table.add_row(*cells)
     stdout.print(table)
     if not args.groups:
@@ -214,7 +226,7 @@ def _load(args: argparse.Namespace) -> LoadedModel:
         args.model,
         args.weights,
         on_warning=lambda message: stderr.print(
-            f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True
+            f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True
         ),
     )
 

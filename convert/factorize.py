@@ -48,7 +48,7 @@ def singular_values(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def rank_for_energy(svals: torch.Tensor, energy: float) -> int:
     """Smallest r whose kept energy sum(S[:r]^2)/sum(S^2), averaged over the groups, is at least `energy`."""
-    power = svals.square()  # (G, m)
+    power = svals.double().square()  # (G, m); float64: in float32 a tail below ~1e-7 of the energy rounds away
     total = power.sum(dim=1, keepdim=True)
     kept = torch.where(total > 0, power.cumsum(dim=1) / total.clamp_min(1e-300), torch.ones_like(power))
     mean_kept = kept.mean(dim=0)  # (m,)
@@ -102,8 +102,9 @@ def block_diagonal(weight: torch.Tensor, groups: int) -> Factors:
     index = torch.arange(groups, device=weight.device)
     first = blocks[index, :, index].reshape(c_out, c_in // groups, *kernel)  # (C_out, C_in/G, *k)
     total = float(weight.detach().double().square().sum())
-    kept = float(first.double().square().sum())
-    rel_error = math.sqrt(max(total - kept, 0.0) / total) if total > 0 else 0.0
+    off = blocks.double().clone()
+    off[index, :, index] = 0  # the dropped part itself: total - kept would lose small errors to rounding
+    rel_error = math.sqrt(float(off.square().sum()) / total) if total > 0 else 0.0
     return Factors(first.clone(), None, rel_error)
 
 

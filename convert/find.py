@@ -192,7 +192,7 @@ def _per_dim(value: Any, dim: int) -> tuple[int, ...]:
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
-    meta = node.meta.get("val", node.meta.get("tensor_meta"))
+    meta = node.meta.get("tensor_meta", node.meta.get("val"))  # tensor_meta: ShapeProp's, on the inputs given
     return tuple(int(d) for d in meta.shape) if meta is not None else ()
 
 

@@ -94,8 +94,7 @@ def _build_from_factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConvertError(f"factory spec {spec!r} is not valid: use package.module:callable")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the user's own module in the current folder
+    _cwd_importable()
     try:
         factory: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -103,6 +102,10 @@ def _build_from_factory(spec: str) -> nn.Module:
     except (ImportError, AttributeError) as e:
         raise ConvertError(
             f"cannot import factory {spec!r} ({one_line(e)}): check the spelling, or put its module on PYTHONPATH"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing (SyntaxError, ...)
+        raise ConvertError(
+            f"importing {module_name!r} for factory {spec!r} failed ({one_line(e)}): fix the error in that module"
         ) from e
     if not callable(factory):
         raise ConvertError(f"factory {spec!r} is not callable: name a function or class that builds the model")
@@ -193,6 +196,7 @@ def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
             f"e.g. convert torchvision.models:resnet18 --weights {path}"
         )
     warn(f"loading {path} runs code from the file (a whole-model pickle): only use files you trust")
+    _cwd_importable()  # the classes it names may live in the user's own module, as for a factory
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - e.g. the class it needs cannot be imported
@@ -214,6 +218,12 @@ def _load_pt2(path: Path) -> LoadedModel:
     args, kwargs = exported.example_inputs or ((), {})
     inputs = tuple(args) if not kwargs and all(isinstance(a, torch.Tensor) for a in args) else None
     return LoadedModel(plain_graph_module(exported), "pt2", inputs or None, exported)
+
+
+def _cwd_importable() -> None:
+    """Let imports find the user's own modules in the current folder (the console script does not)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _check_readable(path: Path) -> None:

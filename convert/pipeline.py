@@ -82,7 +82,7 @@ def convert_model(
         notify(name, fraction)
 
     reference = _reference_output(model, inputs)
-    work = exported.module() if exported is not None else copy.deepcopy(model)
+    work = model if exported is not None else copy.deepcopy(model)  # an exported graph is copied by trace
     traced = trace(work, inputs, reference, exported)
     stage_done("trace", 0.2)
     layers = find_convs(traced)
@@ -127,7 +127,7 @@ def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> LayerR
     weight = layer.weight
     factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
     training = root.get_submodule(layer.module).training if layer.module else root.training
-    apply(root, layer, build_replacement(layer.spec, factors, layer.bias, training))
+    apply(root, layer, build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad))
     return _layer_row(layer, plan, factors.rel_error)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 REPORT_VERSION = 1  # bumped when a field of report.json changes meaning or goes away
@@ -104,7 +105,8 @@ class Report:
         for column in _COLUMNS:
             table.add_column(column, overflow="fold", justify="right" if column in _NUMERIC else "left")
         for row in self.layers:
-            table.add_row(*_cells(row), style="dim" if row.status == "skipped" else None)
+            # escaped: names and notes (e.g. an --exclude regex) may hold [brackets] that rich reads as markup
+            table.add_row(*map(escape, _cells(row)), style="dim" if row.status == "skipped" else None)
         return table
 
 

@@ -19,11 +19,14 @@ from convert.find import ConvLayer, ConvSpec
 _CONV_CLASSES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def build_replacement(spec: ConvSpec, factors: Factors, bias: torch.Tensor | None, training: bool) -> nn.Module:
+def build_replacement(
+    spec: ConvSpec, factors: Factors, bias: torch.Tensor | None, training: bool, weight_requires_grad: bool
+) -> nn.Module:
     """The module computing the factorized conv: `first` alone, or Sequential(depthwise|grouped, pointwise).
 
     The first conv keeps the kernel, stride, padding, dilation and padding_mode; the bias goes on the last
-    conv. Dtype, device and requires_grad follow the original weight.
+    conv. Dtype and device follow the original weight; requires_grad follows the original weight (for the
+    weights made from it) and bias.
     """
     conv = _CONV_CLASSES[spec.dim]
     weight = factors.first
@@ -55,7 +58,9 @@ def build_replacement(spec: ConvSpec, factors: Factors, bias: torch.Tensor | Non
             layers[-1][1].bias.copy_(bias)
     module = first if len(layers) == 1 else nn.Sequential(OrderedDict(layers))
     for param in module.parameters():
-        param.requires_grad_(factors.first.requires_grad or (bias is not None and bias.requires_grad))
+        param.requires_grad_(weight_requires_grad)
+    if bias is not None:
+        layers[-1][1].bias.requires_grad_(bias.requires_grad)
     return module.train(training)
 
 

@@ -63,19 +63,34 @@ def trace(
         except Exception as e:  # noqa: BLE001
             notes.append(f"export: {one_line(e)}")
             logger.info("torch.export failed (%s); swapping modules in place", notes[-1])
+            notes.append("module-walk: functional conv calls (F.conv2d) are not visible without a graph")
             return Traced("module-walk", model, notes, _record_conv_calls(model, inputs))
-    return Traced("export", plain_graph_module(exported), notes)
+        return Traced("export", _copy_modes(plain_graph_module(exported), model), notes)
+    gm = plain_graph_module(exported)
+    _propagate_shapes(gm, inputs)  # a .pt2's node shapes are for its own example inputs, which `inputs` may not be
+    return Traced("export", gm, notes)
 
 
 def _fx_graph(model: nn.Module, inputs: Sequence[torch.Tensor], reference: Any) -> fx.GraphModule:
     """symbolic_trace, then run the graph once (ShapeProp stores shapes) and check it matches the model."""
-    training = model.training
-    gm = fx.symbolic_trace(model)
-    gm.training = training  # the submodules are the model's own and keep their modes
+    gm = _copy_modes(fx.symbolic_trace(model), model)
     propagated = _propagate_shapes(gm, inputs)
     error = output_rel_error(reference, propagated)
     if not error <= TRACE_MATCH_RTOL:
         raise RuntimeError(f"the traced graph's output differs from the model's (relative error {error:.2g})")
+    return gm
+
+
+def _copy_modes(gm: fx.GraphModule, model: nn.Module) -> fx.GraphModule:
+    """Give each module of `gm` the train/eval mode of the model's module at the same path.
+
+    The graph module itself, and the holder modules fx and export create along the paths of the submodules
+    and parameters they keep, start in train mode whatever the model's mode; the model's own submodules
+    (fx call_module targets) already have theirs.
+    """
+    modes = {name: module.training for name, module in model.named_modules()}
+    for name, module in gm.named_modules():
+        module.training = modes.get(name, model.training)
     return gm
 
 

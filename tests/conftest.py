@@ -1,0 +1,146 @@
+"""Shared helpers for the exactness tests: running models without side effects, comparing outputs, and
+rebuilding the dense weight a replacement conv computes (independently of convert/)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+# pytest (>= 9) attaches its log-capture handlers to every non-propagating logger, torch's structured-trace
+# logger "torch.__trace" included; torch then builds a trace payload (graphs, stacks) for every event of
+# torch.export and fake tensors, which makes each conversion 10-100x slower. Let that logger propagate, so
+# pytest leaves it alone (torch only logs to it when it has handlers of its own: never, unless TORCH_TRACE).
+logging.getLogger("torch.__trace").propagate = True
+
+# The test models are tiny: one intra-op thread per process. With `pytest -n 2` on 2 cores, two workers of
+# 2 OpenMP threads each oversubscribe the CPU, and each small conv then waits on spinning threads (10-50x).
+torch.set_num_threads(1)
+
+TOL = 1e-5  # relative error allowed between a full-rank conversion and the original (float32)
+TOL64 = 1e-10  # the same in float64
+
+PATHS = ("fx", "export", "module-walk")
+
+
+def forward(model: nn.Module, *inputs: torch.Tensor, seed: int = 0) -> Any:
+    """The output of a deep copy of `model` (so its buffers stay as they are), without autograd."""
+    model = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        return model(*inputs)
+
+
+def leaves(output: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+
+
+def rel_error(candidate: torch.Tensor, reference: torch.Tensor) -> float:
+    """||candidate - reference||_F / ||reference||_F, in float64."""
+    diff = (candidate.double() - reference.double()).norm()
+    return float(diff / reference.double().norm())
+
+
+def assert_outputs_close(candidate: Any, reference: Any, tol: float = TOL) -> None:
+    """Same structure, shapes and dtypes; each tensor within `tol` relative (Frobenius) and elementwise."""
+    cand, ref = leaves(candidate), leaves(reference)
+    assert pytree.tree_structure(candidate) == pytree.tree_structure(reference)
+    assert len(cand) == len(ref) > 0
+    for c, r in zip(cand, ref, strict=True):
+        assert c.shape == r.shape and c.dtype == r.dtype
+        assert rel_error(c, r) <= tol, f"relative error {rel_error(c, r):.3g} > {tol:g}"
+        torch.testing.assert_close(c, r, rtol=tol, atol=tol * float(r.abs().max()))
+
+
+def assert_same_function(converted: nn.Module, original: nn.Module, inputs: list[torch.Tensor], tol: float = TOL):
+    """The converted model computes what the original does on `inputs` (both run on deep copies)."""
+    assert_outputs_close(forward(converted, *inputs), forward(original, *inputs), tol)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def conv_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+
+
+def converted_rows(report: Any) -> list[Any]:
+    return [r for r in report.layers if r.status == "converted"]
+
+
+def skipped_rows(report: Any) -> list[Any]:
+    return [r for r in report.layers if r.status == "skipped"]
+
+
+def dense_weight(replacement: nn.Module) -> torch.Tensor:
+    """The (C_out, C_in, *k) weight of the standard conv that `replacement` computes, in float64.
+
+    `replacement` is Sequential(grouped or depthwise conv, 1x1 conv) or a single plain grouped conv.
+    """
+    if isinstance(replacement, nn.Sequential):
+        first, pointwise = list(replacement)
+        k = pointwise.weight.shape[2:]
+        assert all(d == 1 for d in k) and pointwise.groups == 1
+        assert all(s == 1 for s in pointwise.stride) and all(p == 0 for p in pointwise.padding)
+        assert first.bias is None
+        groups = first.groups
+        c_in, c_out = first.in_channels, pointwise.out_channels
+        rank = first.out_channels // groups
+        filters = first.weight.detach().double().reshape(groups, rank, -1)  # (G, r, (C_in/G)*K)
+        mixing = pointwise.weight.detach().double().reshape(c_out, groups, rank).permute(1, 0, 2)  # (G, C_out, r)
+        blocks = mixing @ filters  # (G, C_out, (C_in/G)*K)
+        return blocks.permute(1, 0, 2).reshape(c_out, c_in, *first.weight.shape[2:])
+    conv = replacement
+    groups, c_in, c_out = conv.groups, conv.in_channels, conv.out_channels
+    weight = torch.zeros(c_out, c_in, *conv.weight.shape[2:], dtype=torch.float64)
+    og, ig = c_out // groups, c_in // groups
+    for g in range(groups):
+        weight[g * og : (g + 1) * og, g * ig : (g + 1) * ig] = conv.weight.detach().double()[g * og : (g + 1) * og]
+    return weight
+
+
+def replacement_bias(replacement: nn.Module) -> torch.Tensor | None:
+    last = list(replacement)[-1] if isinstance(replacement, nn.Sequential) else replacement
+    return last.bias
+
+
+def block_mask(c_out: int, c_in: int, groups: int, kernel: tuple[int, ...]) -> torch.Tensor:
+    """1 where input group g meets output group g, else 0: the block diagonal kept by a plain grouped conv."""
+    mask = torch.zeros(c_out, c_in, *kernel)
+    og, ig = c_out // groups, c_in // groups
+    for g in range(groups):
+        mask[g * og : (g + 1) * og, g * ig : (g + 1) * ig] = 1
+    return mask
+
+
+def conv_macs(c_out: int, c_in: int, kernel: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """C_out * C_in * K * N * (output spatial size): MACs of a standard conv."""
+    return c_out * c_in * math.prod(kernel) * out_shape[0] * math.prod(out_shape[2:])
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything about a model that convert_model must leave alone."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "tensors": {k: v for k, v in model.state_dict(keep_vars=True).items()},
+        "modules": [(n, type(m), m.training) for n, m in model.named_modules()],
+        "params": [(n, p.requires_grad, p.dtype) for n, p in model.named_parameters()],
+        "buffers": [n for n, _ in model.named_buffers()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
+    after = snapshot(model)
+    assert after["modules"] == before["modules"]
+    assert after["params"] == before["params"]
+    assert after["buffers"] == before["buffers"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert after["tensors"][key] is before["tensors"][key], f"{key} was replaced"
+        assert torch.equal(after["state"][key], value), f"{key} changed"

@@ -1,0 +1,494 @@
+"""The `convert` command, run for real in a subprocess (cwd = tmp_path), plus in-process runs that break saving.
+
+Every bad input must exit 2 with exactly one line on stderr that says what to do, and write nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import convert.save
+from convert import cli
+from convert.load import make_inputs
+
+_SCRIPT = Path(sys.executable).with_name("convert")  # the console script the user runs
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "convert.cli"]
+
+TINY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3))
+
+
+    class Net(nn.Module):  # a class of the user's own: a whole-model pickle needs this module to load
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)))
+
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image = nn.Conv2d(3, 8, 3, padding=1)
+            self.signal = nn.Conv1d(4, 8, 3, padding=1)
+
+        def forward(self, x, y):
+            return self.image(x).mean(dim=(2, 3)) + self.signal(y).mean(dim=2)
+
+
+    def two():
+        return TwoInputs()
+
+
+    def linear_only():
+        return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    """
+)
+SHAPE = ["--input-shape", "1,3,16,16"]
+LAYER_KEYS = {
+    "name",
+    "op",
+    "status",
+    "reason",
+    "in_channels",
+    "out_channels",
+    "kernel",
+    "stride",
+    "dilation",
+    "rank",
+    "groups",
+    "params_before",
+    "params_after",
+    "macs_before",
+    "macs_after",
+    "weight_rel_error",
+}
+TOTALS_KEYS = {"params_before", "params_after", "macs_before", "macs_after", "converted", "skipped"}
+
+
+def run(cwd: Path, *args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ next to the user's module
+    return subprocess.run(
+        [*COMMAND, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under `root` with a digest of its content: compares 'nothing was written or changed'."""
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def tiny_module(root: Path):
+    """tiny.py imported from its file (not via sys.path), registered as `tiny` so its classes pickle."""
+    spec = importlib.util.spec_from_file_location("tiny", root / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tiny"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_output(path: Path) -> nn.Module:
+    model = torch.load(path, weights_only=False)
+    assert isinstance(model, nn.Module)
+    return model
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "tiny.py").write_text(TINY)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delitem(sys.modules, "tiny", raising=False)
+    yield tmp_path
+    sys.modules.pop("tiny", None)
+
+
+# --- success paths -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["pt", "safetensors", "checkpoint"])
+def test_factory_with_weights(work: Path, form: str) -> None:
+    torch.manual_seed(123)
+    trained = tiny_module(work).build().eval()
+    state = trained.state_dict()
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        weights = work / "weights.safetensors"
+        save_file(state, weights)
+    elif form == "pt":
+        weights = work / "weights.pt"
+        torch.save(state, weights)
+    else:  # a training checkpoint, saved from DataParallel
+        weights = work / "checkpoint.pth"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, weights)
+
+    result = ok(run(work, "tiny:build", "--weights", weights.name, *SHAPE, "--rank", "full", "-o", "out"))
+    assert "2 converted, 0 skipped" in result.stdout  # the table's summary
+    assert "wrote out/" in result.stderr
+    report = json.loads((work / "out" / "report.json").read_text())
+    assert report["totals"]["converted"] == 2 and report["output_rel_error"] < 1e-4
+    assert (work / "out" / "report.md").read_text().startswith("# Conversion report: separable")
+    # full rank is exact, so the output matches the *trained* weights, not build()'s fresh ones
+    converted = load_output(work / "out" / "model.pt")
+    (x,) = make_inputs([(2, 3, 16, 16)])
+    with torch.no_grad():
+        assert rel_error(converted(x), trained(x)) < 1e-4
+
+
+def test_pt2_with_and_without_input_shape(work: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    (work / "models").mkdir()
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 12, 12),)), work / "models" / "m.pt2")
+
+    # the archive's example inputs; the output folder goes next to the input file
+    result = ok(run(work, "models/m.pt2", "--json"))
+    report = json.loads(result.stdout)
+    assert report["input_shapes"] == [[1, 3, 12, 12]] and report["totals"]["converted"] == 2
+    assert (work / "models" / "m-separable" / "model.pt").is_file()
+
+    result = ok(run(work, "models/m.pt2", "--input-shape", "2,3,20,20", "--rank", "full", "--json", "-o", "out"))
+    report = json.loads(result.stdout)
+    assert report["input_shapes"] == [[2, 3, 20, 20]] and report["output_rel_error"] < 1e-4
+    assert [layer["output_shape"] for layer in report["layers"]] == [[2, 8, 20, 20], [2, 4, 18, 18]]
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        assert rel_error(load_output(work / "out" / "model.pt")(x), model(x)) < 1e-4
+
+
+def test_whole_model_pickle_warns_once(work: Path) -> None:
+    model = tiny_module(work).Net().eval()
+    torch.save(model, work / "net.pt")
+    result = ok(run(work, "net.pt", *SHAPE, "--rank", "full"))
+    lines = result.stderr.strip().splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "runs code from the file" in warnings[0], result.stderr
+    assert lines == [warnings[0], "wrote net-separable/ (model.pt, report.json, report.md)"]
+    report = json.loads((work / "net-separable" / "report.json").read_text())
+    assert report["totals"]["converted"] == 2 and report["output_rel_error"] < 1e-4
+
+
+def test_two_inputs_and_json_output(work: Path) -> None:
+    result = ok(run(work, "tiny:two", "--input-shape", "1,3,16,16", "--input-shape", "1,4,50", "--json", "-o", "out"))
+    assert result.stderr == ""  # --json: nothing but the report, and no chatter elsewhere
+    report = json.loads(result.stdout)  # stdout is only JSON
+    assert report == json.loads((work / "out" / "report.json").read_text())
+
+    assert {"target", "trace", "layers", "totals", "output_rel_error"} <= report.keys()
+    assert report["target"] == "separable" and report["trace"] in ("fx", "export", "module-walk")
+    assert report["input_shapes"] == [[1, 3, 16, 16], [1, 4, 50]]
+    assert TOTALS_KEYS <= report["totals"].keys()
+    assert isinstance(report["output_rel_error"], float) and 0 <= report["output_rel_error"] < 1
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert set(layers) == {"image", "signal"}
+    for layer in layers.values():
+        assert LAYER_KEYS <= layer.keys()
+        assert layer["status"] == "converted" and layer["reason"] is None and layer["rank"] == 1
+        assert layer["params_after"] < layer["params_before"] and layer["macs_after"] < layer["macs_before"]
+        assert 0 < layer["weight_rel_error"] < 1
+    assert layers["image"]["op"] == "Conv2d" and layers["image"]["kernel"] == [3, 3]
+    assert layers["image"]["in_channels"] == 3 and layers["image"]["groups"] == 3
+    assert layers["signal"]["op"] == "Conv1d" and layers["signal"]["kernel"] == [3]
+    assert layers["signal"]["stride"] == [1] and layers["signal"]["dilation"] == [1]
+    totals = report["totals"]
+    assert totals["converted"] == 2 and totals["skipped"] == 0
+    assert totals["macs_after"] < totals["macs_before"] and totals["params_after"] < totals["params_before"]
+
+    converted = load_output(work / "out" / "model.pt")
+    with torch.no_grad():
+        assert converted(torch.randn(1, 3, 16, 16), torch.randn(1, 4, 50)).shape == (1, 8)
+
+
+def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # a regex with [brackets] (rich markup) shows verbatim in the table and the report
+    result = ok(run(work, "tiny:build", *SHAPE, "--exclude", "^[/]?0$"))
+    out = work / "build-separable"  # ./<callable>-<target> for a factory
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert "wrote build-separable/" in result.stderr
+    assert "--exclude '^[/]?0$'" in result.stdout
+    first = json.loads((out / "report.json").read_text())
+    assert [(layer["name"], layer["status"]) for layer in first["layers"]] == [("0", "skipped"), ("2", "converted")]
+    assert first["layers"][0]["reason"] == "name matches --exclude '^[/]?0$'"
+    # the folder has the permissions of any folder the user makes (umask), not mkdtemp's 0700
+    reference = tmp_path_factory.mktemp("perm") / "made-by-mkdir"
+    reference.mkdir()
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
+
+    (out / "stale.txt").write_text("from an earlier run")
+    ok(run(work, "tiny:build", *SHAPE, "--rank", "2"))
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    second = json.loads((out / "report.json").read_text())
+    assert second["options"]["rank"] == 2 and second["totals"]["converted"] == 2
+    assert sorted(p.name for p in work.iterdir()) == ["build-separable", "tiny.py"]  # no .tmp- / .old- left
+
+
+def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
+    before = tree(work)
+    result = ok(run(work, "inspect", "tiny:build", *SHAPE, "--groups", "1", "--exclude", "^[/]?0$"))
+    assert "standard convolutions" in result.stdout
+    assert "separable: MACs" in result.stdout and "grouped g1: MACs" in result.stdout
+    assert "3->8" in result.stdout and "8->8" in result.stdout and "fewer" in result.stdout
+    assert "--exclude '^[/]?0$'" in result.stdout
+    assert tree(work) == before
+
+
+def test_model_without_standard_convs(work: Path) -> None:
+    report = json.loads(ok(run(work, "tiny:linear_only", "--input-shape", "2,16", "--json", "-o", "out")).stdout)
+    assert report["totals"]["converted"] == 0 and report["layers"] == []
+    assert report["totals"]["params_after"] == report["totals"]["params_before"]
+    assert report["output_rel_error"] == 0
+    assert (work / "out" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_resnet18_separable_is_about_8x_fewer_macs(tmp_path: Path) -> None:
+    """The issue's main command."""
+    result = ok(
+        run(tmp_path, "torchvision.models:resnet18", "--to", "separable", "--input-shape", "1,3,224,224", "-o", "out")
+    )
+    assert "wrote out/" in result.stderr
+    totals = json.loads((tmp_path / "out" / "report.json").read_text())["totals"]
+    assert 7 < totals["macs_before"] / totals["macs_after"] < 9, totals
+    assert totals["converted"] > 10
+    model = load_output(tmp_path / "out" / "model.pt")
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, 224, 224))
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
+
+# --- bad inputs: exit 2, one line on stderr that says what to do, nothing written ----------------------------------
+
+
+def _random_bytes(root: Path) -> None:
+    (root / "random.bin").write_bytes(os.urandom(4096))
+
+
+def _truncated(root: Path) -> None:
+    torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)), root / "whole.pt")
+    data = (root / "whole.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+
+
+def _torchscript(root: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, which is the point
+        torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3))), root / "scripted.pt")
+
+
+def _state_dict(root: Path) -> None:
+    torch.save(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3)).state_dict(), root / "sd.pt")
+
+
+def _misfit_weights(root: Path) -> None:
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3)).state_dict(), root / "other.pt")
+
+
+def _pt2(root: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3))
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 8, 8),)), root / "m.pt2")
+    _state_dict(root)
+
+
+def _syntax_error(root: Path) -> None:
+    (root / "broken.py").write_text("def build(:\n")
+
+
+def _user_folder(root: Path) -> None:
+    (root / "src").mkdir()
+    (root / "src" / "notes.txt").write_text("not convert's")
+
+
+def _existing_file(root: Path) -> None:
+    (root / "taken.pt").write_bytes(b"the user's file")
+
+
+BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
+    ("missing-file", None, ["missing.pt", *SHAPE], r"missing\.pt: no such file .*package\.module:callable"),
+    ("markup-in-name", None, ["m[/].pt", *SHAPE], r"m\[/\]\.pt: no such file"),
+    ("directory", lambda root: (root / "adir").mkdir(), ["adir", *SHAPE], r"adir is not a file: give the model file"),
+    ("random-bytes", _random_bytes, ["random.bin", *SHAPE], r"not a PyTorch model file.*factory spec"),
+    ("truncated", _truncated, ["truncated.pt", *SHAPE], r"truncated\.pt .*check that it is complete"),
+    ("torchscript", _torchscript, ["scripted.pt", *SHAPE], r"TorchScript archive.*torch\.export\.save"),
+    ("state-dict-as-model", _state_dict, ["sd.pt", *SHAPE], r"holds weights only: .*--weights sd\.pt"),
+    (
+        "weights-do-not-fit",
+        _misfit_weights,
+        ["tiny:build", "--weights", "other.pt", *SHAPE],
+        r"other\.pt does not fit the model \(missing 2 keys.*check the factory and the weights file",
+    ),
+    ("weights-missing", None, ["tiny:build", "--weights", "absent.pt", *SHAPE], r"absent\.pt: no such file"),
+    ("weights-with-pt2", _pt2, ["m.pt2", "--weights", "sd.pt"], r"--weights goes with a factory spec"),
+    (
+        "module-not-found",
+        None,
+        ["no_such_module_xyz:build", *SHAPE],
+        r"cannot import factory 'no_such_module_xyz:build' \(ModuleNotFoundError.*PYTHONPATH",
+    ),
+    ("module-syntax-error", _syntax_error, ["broken:build", *SHAPE], r"importing 'broken' .*fix the error"),
+    ("no-such-attribute", None, ["tiny:nope", *SHAPE], r"has no attribute 'nope'.*check the spelling"),
+    (
+        "input-shape-rejected",
+        None,
+        ["tiny:build", "--input-shape", "1,5,16,16"],
+        r"rejects inputs of shape 1x5x16x16 .*pass --input-shape",
+    ),
+    ("input-shape-malformed", None, ["tiny:build", "--input-shape", "1,x,3"], r"--input-shape.*e\.g\. 1,3,224,224"),
+    (
+        "groups-fit-no-layer",
+        None,
+        ["tiny:build", "--to", "grouped", "--groups", "7", *SHAPE],
+        r"--groups 7 fits no layer \(input channels: 3, 8\): choose",
+    ),
+    ("unknown-target", None, ["tiny:build", "--to", "octagonal", *SHAPE], r"invalid choice: 'octagonal'.*separable"),
+    ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"add --groups G"),
+    ("rank-0", None, ["tiny:build", "--rank", "0", *SHAPE], r"rank 0 is not valid: use a positive integer or 'full'"),
+    ("energy-1.5", None, ["tiny:build", "--energy", "1.5", *SHAPE], r"energy 1\.5 is not valid: use a fraction"),
+    ("no-input-shape", None, ["tiny:build"], r"input shape is unknown: add --input-shape"),
+    ("inspect-rejected-shape", None, ["inspect", "tiny:build", "--input-shape", "1,5"], r"pass --input-shape"),
+    ("outdir-is-a-file", _existing_file, ["tiny:build", *SHAPE, "-o", "taken.pt"], r"taken\.pt .*not a folder"),
+    ("outdir-holds-user-files", _user_folder, ["tiny:build", *SHAPE, "-o", "src"], r"src .*give -o a new folder"),
+    ("outdir-is-cwd", None, ["tiny:build", *SHAPE, "-o", "."], r"output folder '\.' is not valid"),
+]
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "expected"), [case[1:] for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input(work: Path, setup: Callable[[Path], None] | None, args: list[str], expected: str) -> None:
+    if setup is not None:
+        setup(work)
+    if args[0] != "inspect" and "-o" not in args:
+        args = [*args, "-o", "out"]
+    before = tree(work)
+    result = run(work, *args)
+    assert result.returncode == 2, f"exit {result.returncode}: {result.stderr}"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"not one line on stderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert re.match(r"(convert(?: inspect)?: )?error: ", lines[0]), lines[0]
+    assert re.search(expected, lines[0]), lines[0]
+    assert result.stdout == ""
+    assert tree(work) == before  # no OUTDIR, no temporary folder, nothing changed
+
+
+def test_unreadable_model_file(work: Path) -> None:
+    path = work / "locked.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)), path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop reading")
+        before = tree(work)
+        result = run(work, "locked.pt", *SHAPE, "-o", "out")
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == ["error: locked.pt is not readable: check its permissions"]
+        assert tree(work) == before
+    finally:
+        path.chmod(0o644)
+
+
+# --- atomic writes (in-process, so saving can be broken midway) -------------------------------------------------
+
+
+@pytest.fixture
+def in_process(work: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return work
+
+
+def _break_saving(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """torch.save writes half a file, then fails (a full disk, or Ctrl-C)."""
+
+    def broken_save(obj: object, f: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        Path(f).write_bytes(b"half a model")
+        raise error
+
+    monkeypatch.setattr(torch, "save", broken_save)
+
+
+FAILURES = [
+    pytest.param(
+        OSError(28, "No space left on device"), 2, "cannot write out (OSError: [Errno 28] No space", id="disk-full"
+    ),
+    pytest.param(KeyboardInterrupt(), 130, "interrupted: nothing was written", id="interrupted"),
+]
+
+
+@pytest.mark.parametrize(("error", "code", "message"), FAILURES)
+def test_failed_save_writes_nothing(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error, code, message
+) -> None:
+    _break_saving(monkeypatch, error)
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--json"]) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and message in captured.err
+    assert sorted(p.name for p in in_process.iterdir()) == ["tiny.py"]  # no out/, no .out.tmp-*
+
+
+@pytest.mark.parametrize(("error", "code", "message"), FAILURES)
+def test_failed_save_keeps_earlier_results(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error, code, message
+) -> None:
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--json"]) == 0
+    earlier = tree(in_process)
+    _break_saving(monkeypatch, error)
+    capsys.readouterr()
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == code
+    assert message in capsys.readouterr().err
+    assert tree(in_process) == earlier  # out/ as it was; no .out.tmp-* or .out.old-*
+
+
+def test_failed_swap_puts_earlier_results_back(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--json"]) == 0
+    earlier = tree(in_process)
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if ".out.tmp-" in str(src):
+            raise PermissionError(13, "Permission denied", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(convert.save.os, "replace", replace)
+    capsys.readouterr()
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == 2
+    assert "cannot write out (PermissionError: [Errno 13] Permission denied" in capsys.readouterr().err
+    assert tree(in_process) == earlier

@@ -19,7 +19,7 @@ from convert.factorize import block_diagonal, low_rank, singular_values, truncat
 from convert.find import ConvLayer, find_convs
 from convert.plan import LayerPlan, conv_cost, plan_layers
 from convert.report import LayerReport, Report, Totals
-from convert.rewrite import apply, build_replacement
+from convert.rewrite import apply, build_replacement, set_submodule
 from convert.trace import trace
 from convert.verify import output_rel_error, run_model
 
@@ -88,14 +88,27 @@ def convert_model(
     layers = find_convs(traced)
     plans = plan_layers(layers, config)
     stage_done("plan", 0.3)
-    rows = []
+    rows, swaps = [], {}
     for index, layer in enumerate(layers):
         plan = plans.get(layer.name)
-        rows.append(_convert_layer(traced.module, layer, plan) if plan else _layer_row(layer, None, None))
+        if plan is None:
+            rows.append(_layer_row(layer, None, None))
+        else:
+            original = traced.module.get_submodule(layer.module) if layer.module else None
+            row, replacement = _convert_layer(traced.module, layer, plan)
+            rows.append(row)
+            if original is not None:
+                swaps[index] = (original, replacement)
         notify("factorize", 0.3 + 0.5 * (index + 1) / len(layers))
     stage_done("factorize", 0.8)
     converted = traced.module
-    output = run_model(converted, inputs)
+    try:
+        output = run_model(converted, inputs)
+    except Exception:
+        if traced.path != "module-walk":
+            raise
+        _keep_swaps_that_run(converted, layers, rows, swaps, inputs)
+        output = run_model(converted, inputs)
     error = output_rel_error(reference, output)
     stage_done("verify", 0.9)
     totals = Totals(
@@ -123,12 +136,35 @@ def convert_model(
     return ConversionResult(converted, report)
 
 
-def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> LayerReport:
+def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module]:
     weight = layer.weight
     factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
     training = root.get_submodule(layer.module).training if layer.module else root.training
-    apply(root, layer, build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad))
-    return _layer_row(layer, plan, factors.rel_error)
+    replacement = build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad)
+    apply(root, layer, replacement)
+    return _layer_row(layer, plan, factors.rel_error), replacement
+
+
+def _keep_swaps_that_run(
+    root: nn.Module,
+    layers: list[ConvLayer],
+    rows: list[LayerReport],
+    swaps: dict[int, tuple[nn.Module, nn.Module]],
+    inputs: tuple[torch.Tensor, ...],
+) -> None:
+    """Module walk only: the model no longer runs, so some code reads a swapped conv's attributes (e.g.
+    `self.conv.weight`) outside its call. Without a graph to tell which, put the originals back and keep
+    each swap only if the model still runs with it."""
+    for index, (original, _) in swaps.items():
+        set_submodule(root, layers[index].module, original)
+    for index, (original, replacement) in swaps.items():
+        set_submodule(root, layers[index].module, replacement)
+        try:
+            run_model(root, inputs)
+        except Exception:  # noqa: BLE001 - this swap breaks the model: undo it
+            set_submodule(root, layers[index].module, original)
+            layers[index].skip = "its attributes (e.g. .weight) are read outside the conv call"
+            rows[index] = _layer_row(layers[index], None, None)
 
 
 def inspect_model(

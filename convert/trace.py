@@ -65,6 +65,11 @@ def trace(
             logger.info("torch.export failed (%s); swapping modules in place", notes[-1])
             notes.append("module-walk: functional conv calls (F.conv2d) are not visible without a graph")
             return Traced("module-walk", model, notes, _record_conv_calls(model, inputs))
+        if any(m.training for m in model.modules()):
+            notes.append(
+                "export: the graph keeps the train-mode behaviour it was traced in (e.g. BatchNorm batch "
+                "statistics) even after .eval(): convert the model in the mode it will run in"
+            )
         return Traced("export", _copy_modes(plain_graph_module(exported), model), notes)
     gm = plain_graph_module(exported)
     _propagate_shapes(gm, inputs)  # a .pt2's node shapes are for its own example inputs, which `inputs` may not be

@@ -564,22 +564,7 @@ class ReadsWeight(nn.Module):
         return self.conv(x) + self.conv.weight.sum()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "fx",
-        "export",
-        pytest.param(
-            "module-walk",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="bug: the module walk swaps a conv whose .weight forward() also reads; "
-                "the converted model then fails ('Sequential' object has no attribute 'weight')",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("path", PATHS)
 def test_conv_weight_read_outside_the_call(path: str) -> None:
     torch.manual_seed(0)
     model = ReadsWeight(path).eval()
@@ -588,7 +573,7 @@ def test_conv_weight_read_outside_the_call(path: str) -> None:
     result = convert_model(model, x, FULL)
 
     (layer,) = result.report.layers
-    if path == "fx":  # the module stays whole
+    if path != "export":  # the module stays whole (the module walk finds out by running the model)
         assert layer.status == "skipped" and "read outside" in layer.reason
     else:  # the conv call is converted, the weight stays for the other read
         assert layer.status == "converted"

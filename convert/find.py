@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convert.receptive import receptive_fields
 from convert.trace import Traced
 
 _MODULE_TYPES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -69,6 +70,7 @@ class ConvLayer:
     nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites to rewrite
     out_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
     skip: str | None = None  # why it is not converted; None while it is a candidate
+    receptive_field: tuple[int, ...] | None = None  # in input positions, at the output; None without a graph
 
 
 def find_convs(traced: Traced) -> list[ConvLayer]:
@@ -93,6 +95,7 @@ def _find_in_modules(model: nn.Module, calls: dict[str, list[tuple[int, ...]]]) 
 
 def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
     by_key: dict[Any, ConvLayer] = {}
+    fields = receptive_fields(gm)
     read_directly = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.modules.conv._ConvNd):
@@ -112,6 +115,9 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
         else:
             continue
         by_key[key].out_shapes.append(_shape(node))
+        if node in fields:  # the widest over call sites
+            known = by_key[key].receptive_field or fields[node]
+            by_key[key].receptive_field = tuple(map(max, known, fields[node]))
     return list(by_key.values())
 
 

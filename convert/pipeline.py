@@ -230,6 +230,7 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
         stride=spec and list(spec.stride),
         dilation=spec and list(spec.dilation),
         output_shape=list(layer.out_shapes[0]) if layer.out_shapes else None,
+        receptive_field=list(layer.receptive_field) if layer.receptive_field else None,
         calls=len(layer.out_shapes),
         rank=plan and plan.rank,
         full_rank=(plan and plan.full_rank) or None,

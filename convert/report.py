@@ -26,6 +26,7 @@ class LayerReport:
     stride: list[int] | None
     dilation: list[int] | None
     output_shape: list[int] | None  # at the first call site, on the example input
+    receptive_field: list[int] | None  # input positions seen by one output position (None on the module walk)
     calls: int  # call sites of this conv on the example input (converted once, used at each)
     rank: int | None  # filters per group in the first conv
     full_rank: int | None  # the rank at which the conversion is exact (None for the plain grouped form)

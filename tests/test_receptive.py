@@ -59,3 +59,11 @@ def test_resnet18_last_conv_sees_435_pixels(path: str) -> None:
     fields = receptive_fields(gm)
     convs = [n for n in gm.graph.nodes if "conv" in str(n.target)]
     assert fields[convs[-1]] == (435, 435)
+
+
+def test_report_rows_carry_the_field() -> None:
+    from convert import ConvertConfig, convert_model
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 3)).eval()
+    rows = convert_model(model, torch.randn(1, 2, 20, 20), ConvertConfig()).report.layers
+    assert [row.receptive_field for row in rows] == [[3, 3], [5, 5], [9, 9]]

@@ -177,7 +177,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         configs[f"grouped g{args.groups}"] = _config(args, target="grouped")
     views = inspect_model(loaded.model, inputs, list(configs.values()))
     table = Table(title="standard convolutions and what each target would save")
-    for column in ("layer", "kernel", "channels", "output", "receptive field", "params", "MACs"):
+    for column in ("layer", "kernel", "channels", "output HxW", "recept. field", "params", "MACs"):
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for label in configs:
         table.add_column(f"{label}: MACs", justify="right")
@@ -187,7 +187,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             escape(row.name),
             "x".join(map(str, row.kernel or [])),
             f"{row.in_channels}->{row.out_channels}",
-            "x".join(map(str, row.output_shape or [])),
+            "x".join(map(str, (row.output_shape or [])[2:])),
             "x".join(map(str, row.receptive_field or [])) or "?",
             format_count(row.params_before),
             format_count(row.macs_before),

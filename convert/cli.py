@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
 from convert.config import TARGETS, ConvertConfig
 from convert.errors import ConvertError
 from convert.load import DTYPES, LoadedModel, load_model, make_inputs, parse_input_shape
+from convert.onnx_export import DEFAULT_ATOL, OnnxConfig, ParityError
 from convert.pipeline import convert_model, inspect_model
-from convert.report import format_count, format_ratio
-from convert.save import check_outdir, save_result
+from convert.report import format_count, format_ratio, plot_benchmark
+from convert.save import check_save_options, save_result
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
-SUBCOMMANDS = ("inspect",)
+EXIT_PARITY = 3  # ONNX Runtime does not match PyTorch: the files are kept in OUTDIR.failed-parity/
+SUBCOMMANDS = ("inspect", "bench")
 
 # Piped output keeps a readable table width instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 160)
@@ -33,13 +40,20 @@ stderr = Console(stderr=True)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "convert"
-    parser = _inspect_parser() if command == "inspect" else _convert_parser()
-    args = parser.parse_args(argv)
+    parser, run = {
+        "convert": (_convert_parser, _run_convert),
+        "inspect": (_inspect_parser, _run_inspect),
+        "bench": (_bench_parser, _run_bench),
+    }[command]
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:
         warnings.filterwarnings("ignore")  # torch's tracing and export warnings are not the user's business
     try:
-        return _run_inspect(args) if command == "inspect" else _run_convert(args)
+        return run(args)
+    except ParityError as e:
+        stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return EXIT_PARITY
     except ConvertError as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
@@ -120,7 +134,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
-        "Subcommands: `convert inspect MODEL ...` shows what each target would save.",
+        "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side.",
     )
     _common_arguments(parser)
     output = parser.add_argument_group("output")
@@ -132,7 +147,83 @@ def _convert_parser() -> argparse.ArgumentParser:
         help="folder for model.pt, report.json, report.md (default: next to the input, named after it and the target)",
     )
     output.add_argument("--json", action="store_true", help="print report.json on stdout, and nothing else")
+    onnx = parser.add_argument_group("ONNX export (writes OUTDIR/original.onnx and OUTDIR/model.onnx)")
+    onnx.add_argument(
+        "--onnx",
+        action="store_true",
+        help="export both models and check ONNX Runtime against PyTorch on the example input and another batch size",
+    )
+    onnx.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's)")
+    onnx.add_argument(
+        "--static-shapes",
+        action="store_true",
+        help="fix every dim to the example input's (default: dynamic batch dimension)",
+    )
+    onnx.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help="parity tolerance: max |ORT - PyTorch| relative to max |PyTorch| per output "
+        f"(default: {DEFAULT_ATOL:g}); above it the files go to OUTDIR.failed-parity/ and the exit status is 3",
+    )
+    bench = parser.add_argument_group("benchmark (implies --onnx)")
+    bench.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
+    )
+    _benchmark_arguments(bench)
     return parser
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="convert bench",
+        description="Time ONNX files side by side on ONNX Runtime (alternating run by run); "
+        "speedups are relative to the first file.",
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx", help="ONNX models to time")
+    options = parser.add_argument_group("benchmark")
+    _benchmark_arguments(options)
+    options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
+    options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    return parser
+
+
+def _benchmark_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="ONNX Runtime provider (default: auto, CUDA when a session really runs there, else CPU)",
+    )
+    group.add_argument("--threads", type=int, metavar="N", help="CPU intra-op threads (default: the physical cores)")
+    length = group.add_mutually_exclusive_group()
+    length.add_argument(
+        "--runs",
+        type=int,
+        default=DEFAULT_RUNS,
+        metavar="N",
+        help=f"timed runs per model and batch size (default: {DEFAULT_RUNS})",
+    )
+    length.add_argument(
+        "--duration", type=float, metavar="S", help="time each batch size for S seconds instead of --runs"
+    )
+    group.add_argument(
+        "--warmup",
+        type=int,
+        default=DEFAULT_WARMUP,
+        metavar="N",
+        help=f"untimed runs first (default: {DEFAULT_WARMUP})",
+    )
+    group.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=DEFAULT_BATCH_SIZES,
+        metavar="B,B,...",
+        help="batch sizes to time (default: 1)",
+    )
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
@@ -146,10 +237,15 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 def _run_convert(args: argparse.Namespace) -> int:
     config = _config(args)
+    bench = _bench_config(args) if args.benchmark else None
+    if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
+        raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
+    onnx = OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None
     outdir = args.output or _default_outdir(args.model, config.target)
-    check_outdir(outdir)  # before the work, so a bad -o costs nothing
+    check_save_options(outdir, None, onnx, bench)  # before the work, so a bad -o or --device costs nothing
     loaded = _load(args)
     inputs = _inputs(args, loaded)
+    check_save_options(outdir, inputs, onnx, bench)
     with stderr.status("converting...") as status:
         result = convert_model(
             loaded.model,
@@ -158,15 +254,57 @@ def _run_convert(args: argparse.Namespace) -> int:
             exported=loaded.exported,
             progress=lambda stage, fraction: status.update(f"converting: {stage} ({fraction:.0%})"),
         )
-    save_result(result, outdir)
-    if args.json:
-        print(result.report.to_json())
-    else:
-        stdout.print(result.report.table())
-        stderr.print(
-            f"wrote {escape(str(outdir))}/ (model.pt, report.json, report.md)", highlight=False, soft_wrap=True
+    with _progress_bar(enabled=onnx is not None) as progress:
+        save_result(
+            result, outdir, original=loaded.model, example_inputs=inputs, onnx=onnx, benchmark=bench, progress=progress
         )
+    report = result.report
+    if args.json:
+        print(report.to_json())
+        return 0
+    stdout.print(report.table())
+    if report.benchmark is not None:
+        stdout.print(report.benchmark.table())
+    files = ["model.pt", "report.json", "report.md"]
+    if report.onnx is not None:
+        files += [report.onnx.original.path, report.onnx.converted.path]
+        worst = ", ".join(
+            f"{e.path} {max(p.max_rel for p in e.parity):.2g}" for e in (report.onnx.original, report.onnx.converted)
+        )
+        stderr.print(
+            f"ONNX Runtime matches PyTorch: max rel. diff {escape(worst)} (--atol {report.onnx.atol:g})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.benchmark is not None:
+        files.append("benchmark.png")
+    stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(files)})", highlight=False, soft_wrap=True)
     return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    config = _bench_config(args)
+    with _progress_bar() as progress:
+        result = benchmark_onnx(args.files, config, names=[str(f) for f in args.files], progress=progress)
+    if args.plot:
+        plot_benchmark(result, args.plot)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    else:
+        stdout.print(result.table())
+    return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float], None] | None]:
+    """A progress bar on stderr, fed with (what is running, fraction done)."""
+    if not enabled or not stderr.is_terminal:  # a log file gets no bar, not even a blank line
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("starting", total=1.0)
+        yield lambda what, fraction: bar.update(task, description=escape(what), completed=fraction)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -245,6 +383,27 @@ def _default_outdir(model: str, target: str) -> Path:
     if path.exists():
         return path.with_name(f"{path.stem}-{target}")
     return Path(f"{model.rpartition(':')[2].rpartition('.')[2]}-{target}")
+
+
+def _bench_config(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        duration=args.duration,
+        batch_sizes=args.batch_sizes,
+    )
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
+    return sizes
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -201,35 +201,43 @@ def _gpu_session(path: str | os.PathLike[str], device: str, reason: str) -> Open
     providers: list = [("CUDAExecutionProvider", dict(CUDA_OPTIONS)), "CPUExecutionProvider"]
     if device == "tensorrt":
         providers.insert(0, "TensorrtExecutionProvider")
-    try:
-        session = _session(path, _session_options(None), providers)
-    except Exception as e:  # noqa: BLE001
-        return f"creating a {_PROVIDERS[device]} session failed ({one_line(e)})"
-    # A provider that cannot start is dropped with only a log line: never report a CPU time as a GPU time.
-    if session.get_providers()[0] != _PROVIDERS[device]:
-        return f"{_PROVIDERS[device]} did not start (the session fell back to {session.get_providers()[0]})"
+    with tempfile.TemporaryDirectory() as folder:
+        options = _profiled(_session_options(None), folder)  # the first run shows where each node ran
+        try:
+            session = _session(path, options, providers)
+        except Exception as e:  # noqa: BLE001
+            return f"creating a {_PROVIDERS[device]} session failed ({one_line(e)})"
+        # A provider that cannot start is dropped with only a log line: never report a CPU time as a GPU time.
+        if session.get_providers()[0] != _PROVIDERS[device]:
+            return f"{_PROVIDERS[device]} did not start (the session fell back to {session.get_providers()[0]})"
+        on_cpu = _placement(session, path).get("CPUExecutionProvider")
     opened = OpenSession(session, device, reason, None)
-    on_cpu = node_providers(path, providers).get("CPUExecutionProvider")
     if on_cpu:
         ops = ", ".join(f"{op} x{n}" for op, n in on_cpu.most_common())
-        opened.notes.append(f"{Path(path).name}: {sum(on_cpu.values())} nodes run on the CPU provider ({ops})")
+        opened.notes.append(f"{Path(path).name}: {sum(on_cpu.values())} nodes ran on the CPU provider ({ops})")
     return opened
 
 
 def node_providers(path: str | os.PathLike[str], providers: Sequence) -> dict[str, Counter[str]]:
-    """Per provider, the op types of the nodes it ran in one run, from ONNX Runtime's profile (a separate
-    session, so the timed one is not profiled)."""
-    options = _session_options(1)
-    options.enable_profiling = True
+    """Per provider, the op types of the nodes it ran in one run of `path` (from ONNX Runtime's profile)."""
     with tempfile.TemporaryDirectory() as folder:
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        session = _session(path, options, providers)
-        feeds = {
-            arg.name: _random_input(arg, _static_batch(arg) or 1, np.random.default_rng(0), path)
-            for arg in session.get_inputs()
-        }
-        session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        return _placement(_session(path, _profiled(_session_options(1), folder), providers), path)
+
+
+def _profiled(options: ort.SessionOptions, folder: str) -> ort.SessionOptions:
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / "profile")
+    return options
+
+
+def _placement(session: ort.InferenceSession, path: object) -> dict[str, Counter[str]]:
+    """Run a session made with profiling once, then stop profiling (later runs are not profiled) and count the
+    nodes each provider ran."""
+    rng = np.random.default_rng(0)
+    session.run(
+        None, {arg.name: _random_input(arg, _static_batch(arg) or 1, rng, path) for arg in session.get_inputs()}
+    )
+    events = json.loads(Path(session.end_profiling()).read_text())
     placed: dict[str, Counter[str]] = {}
     for event in events:
         args = event.get("args", {})

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -93,10 +94,12 @@ def export_onnx(
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     notes: list[str] = []
     try:
-        _export_dynamo(model, inputs, path, config, external)
+        with _quiet_unless_verbose():
+            _export_dynamo(model, inputs, path, config, external)
         exporter = "dynamo"
     except Exception as e:  # noqa: BLE001 - any failure means "try the other exporter"
-        notes.append(f"the dynamo exporter failed ({one_line(e)}); used the TorchScript-based exporter")
+        cause = _plain(one_line(e.__cause__ or e))  # the exporter's own error wraps torch.export's
+        notes.append(f"the dynamo exporter failed ({cause}); used the TorchScript-based exporter")
         logger.warning(notes[-1])
         try:
             _export_torchscript(model, inputs, path, config, external)
@@ -119,6 +122,25 @@ def export_onnx(
     if strict and not export.passed:
         raise ParityError(parity_message([export], config.atol))
     return export
+
+
+@contextlib.contextmanager
+def _quiet_unless_verbose() -> Iterator[None]:
+    """Silence the error logs torch writes when the dynamo exporter fails: the failure is a note, and the
+    TorchScript-based exporter is tried next. Logging at INFO (the CLI's --verbose) keeps them."""
+    if logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # the exporter colours its messages
 
 
 def _export_dynamo(
@@ -203,14 +225,21 @@ def check_parity(
     names = [i.name for i in session.get_inputs()]
     for batch in batches:
         size = int(batch[0].shape[0])
-        expected = [t.detach().cpu().float().numpy() for t in tensors_of(run_model(model, batch))]
+        try:
+            expected = [t.detach().cpu().float().numpy() for t in tensors_of(run_model(model, batch))]
+        except Exception as e:  # noqa: BLE001 - the model itself fixes its batch size
+            error = (
+                f"batch {size}: PyTorch rejects it ({one_line(e)}); if the model fixes its batch, use --static-shapes"
+            )
+            export.parity.append(Parity(size, None, None, error))
+            continue
         feeds = dict(zip(names, map(_numpy, batch), strict=False))
         try:
             if len(names) != len(batch):
                 raise ValueError(f"the ONNX model takes {len(names)} inputs, PyTorch {len(batch)}")
             max_abs, max_rel = _differences(expected, session.run(None, feeds))
         except Exception as e:  # noqa: BLE001 - ORT's failure on this batch is the parity failure
-            export.parity.append(Parity(size, None, None, f"batch {size}: {one_line(e)}"))
+            export.parity.append(Parity(size, None, None, f"batch {size}: ONNX Runtime failed ({one_line(e)})"))
         else:
             export.parity.append(Parity(size, max_abs, max_rel))
     export.passed = all(p.error is None and p.max_rel <= atol for p in export.parity)
@@ -251,7 +280,7 @@ def parity_message(exports: Sequence[OnnxExport], atol: float) -> str:
         problems += [note for note in export.notes if note.startswith("onnx.checker")]
         for p in export.parity:
             if p.error is not None:
-                problems.append(f"{name}: ONNX Runtime failed ({p.error})")
+                problems.append(f"{name}: {p.error}")
             elif p.max_rel > atol:
                 problems.append(f"{name}: batch {p.batch} differs by {p.max_rel:.2g} relative")
     return f"ONNX Runtime does not match PyTorch within --atol {atol:g}: {'; '.join(problems)}"

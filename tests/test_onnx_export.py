@@ -217,3 +217,24 @@ def test_differences_handle_nan_and_infinity() -> None:
         _differences(ref, [np.array([1.0, 0.0, np.inf, -4.0], np.float32)])
     with pytest.raises(ValueError, match="output shapes"):
         _differences(ref, [np.zeros(3, np.float32)])
+
+
+class FixedBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(1, -1))  # batch 1 only
+
+
+def test_model_that_fixes_its_batch(tmp_path) -> None:
+    model, x = FixedBatch().eval(), torch.randn(1, 3, 8, 8)
+    export = export_onnx(model, x, tmp_path / "m.onnx", strict=False)
+    assert export.exporter == "torchscript" and export.notes[0].startswith("the dynamo exporter failed (")
+    assert export.passed is False and export.parity[0].error is None
+    assert export.parity[1].error.startswith("batch 3: PyTorch rejects it (RuntimeError: mat1 and mat2")
+    assert export.parity[1].error.endswith("if the model fixes its batch, use --static-shapes")
+    export = export_onnx(model, x, tmp_path / "m.onnx", OnnxConfig(dynamic_batch=False))
+    assert export.exporter == "dynamo" and export.passed

@@ -105,7 +105,7 @@ def export_onnx(
             _export_torchscript(model, inputs, path, config, external)
         except Exception as e2:  # noqa: BLE001
             raise ConvertError(
-                f"ONNX export of {path.name} failed with both exporters (dynamo: {one_line(e)}; "
+                f"ONNX export of {path.name} failed with both exporters (dynamo: {cause}; "
                 f"TorchScript: {one_line(e2)}): rerun with --verbose for details"
             ) from e2
         exporter = "torchscript"

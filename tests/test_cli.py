@@ -394,13 +394,18 @@ def test_bad_input(work: Path, setup: Callable[[Path], None] | None, args: list[
         setup(work)
     if args[0] != "inspect" and "-o" not in args:
         args = [*args, "-o", "out"]
+    assert_refused(work, args, expected)
+
+
+def assert_refused(work: Path, args: list[str], expected: str) -> None:
+    """The command exits 2 with one `error:` line matching `expected`, prints nothing else, writes nothing."""
     before = tree(work)
     result = run(work, *args)
     assert result.returncode == 2, f"exit {result.returncode}: {result.stderr}"
     lines = result.stderr.splitlines()
     assert len(lines) == 1, f"not one line on stderr:\n{result.stderr}"
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    assert re.match(r"(convert(?: inspect)?: )?error: ", lines[0]), lines[0]
+    assert re.match(r"(convert(?: inspect| bench)?: )?error: ", lines[0]), lines[0]
     assert re.search(expected, lines[0]), lines[0]
     assert result.stdout == ""
     assert tree(work) == before  # no OUTDIR, no temporary folder, nothing changed

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_bench import outside_weights, watch
-from test_cli import ok, run, tree
+from test_cli import assert_refused, ok, run, tree
 from torch import nn
 
 from convert import OnnxConfig, export_onnx
@@ -226,16 +226,7 @@ if not HAS_GPU:
 def test_bad_input(work: Path, setup: Callable[[Path], None] | None, args: list[str], expected: str) -> None:
     if setup is not None:
         setup(work)
-    before = tree(work)
-    result = run(work, *args)
-    assert result.returncode == 2, f"exit {result.returncode}: {result.stderr}"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, f"not one line on stderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    assert re.match(r"(convert(?: bench)?: )?error: ", lines[0]), lines[0]
-    assert re.search(expected, lines[0]), lines[0]
-    assert result.stdout == ""
-    assert tree(work) == before
+    assert_refused(work, args, expected)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sentinel uses inotify")

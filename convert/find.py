@@ -13,21 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convert.ops import CONV_FUNCTIONS, conv_call_args, per_dim
 from convert.receptive import receptive_fields
 from convert.trace import Traced
 
 _MODULE_TYPES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-_FUNCTIONS: dict[Any, tuple[int, str]] = {
-    F.conv1d: (1, "F.conv1d"),
-    F.conv2d: (2, "F.conv2d"),
-    F.conv3d: (3, "F.conv3d"),
-    torch.ops.aten.conv1d.default: (1, "aten.conv1d"),
-    torch.ops.aten.conv2d.default: (2, "aten.conv2d"),
-    torch.ops.aten.conv3d.default: (3, "aten.conv3d"),
-    torch.ops.aten.conv1d.padding: (1, "aten.conv1d"),
-    torch.ops.aten.conv2d.padding: (2, "aten.conv2d"),
-    torch.ops.aten.conv3d.padding: (3, "aten.conv3d"),
-}
 # Convolutions found but never converted (yet), each with the reason given in the report.
 _UNSUPPORTED_FUNCTIONS: dict[Any, str] = {
     F.conv_transpose1d: "transposed conv: not converted yet",
@@ -38,8 +28,6 @@ _UNSUPPORTED_FUNCTIONS: dict[Any, str] = {
     torch.ops.aten.conv_transpose3d.input: "transposed conv: not converted yet",
     torch.ops.aten.convolution.default: "generic aten.convolution call: not converted",
 }
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +92,7 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
                 by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
                 if {f"{node.target}.weight", f"{node.target}.bias"} & read_directly:
                     by_key[key].skip = "its weight is also read outside the conv module"
-        elif node.op == "call_function" and node.target in _FUNCTIONS:
+        elif node.op == "call_function" and node.target in CONV_FUNCTIONS:
             key, layer = _function_layer(gm, node)
             if key not in by_key:
                 by_key[key] = layer
@@ -148,8 +136,8 @@ def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
 
 
 def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
-    dim, op = _FUNCTIONS[node.target]
-    args = dict(_CONV_DEFAULTS) | dict(zip(_CONV_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    dim, op = CONV_FUNCTIONS[node.target]
+    args = conv_call_args(node)
     weight_node, bias_node = args["weight"], args["bias"]
     if not _is_attr(weight_node) or not (bias_node is None or _is_attr(bias_node)):
         what = "weight" if not _is_attr(weight_node) else "bias"
@@ -162,9 +150,9 @@ def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
         in_channels=weight.shape[1] * args["groups"],
         out_channels=weight.shape[0],
         kernel=tuple(weight.shape[2:]),
-        stride=_per_dim(args["stride"], dim),
-        padding=padding if isinstance(padding, str) else _per_dim(padding, dim),
-        dilation=_per_dim(args["dilation"], dim),
+        stride=per_dim(args["stride"], dim),
+        padding=padding if isinstance(padding, str) else per_dim(padding, dim),
+        dilation=per_dim(args["dilation"], dim),
         groups=args["groups"],
         padding_mode="zeros",  # a padding_mode other than zeros shows as a separate pad op before the call
     )
@@ -190,11 +178,6 @@ def _is_attr(value: Any) -> bool:
 def _attr(gm: fx.GraphModule, path: str) -> torch.Tensor:
     owner, _, leaf = path.rpartition(".")
     return getattr(gm.get_submodule(owner), leaf)
-
-
-def _per_dim(value: Any, dim: int) -> tuple[int, ...]:
-    values = tuple(value) if isinstance(value, list | tuple) else (value,)
-    return values * dim if len(values) == 1 else values
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convert.ops import CONV_FUNCTIONS, conv_call_args, per_dim
+
 Field = tuple[tuple[int, ...], tuple[int, ...]]  # (receptive field, jump) per spatial dimension
 
 _aten = torch.ops.aten
@@ -34,13 +36,6 @@ _POOL_FUNCTIONS: dict[Any, tuple[int, int, int | None]] = {
         )
     },
     **{op: (1, 2, None) for op in (_aten.avg_pool1d.default, _aten.avg_pool2d.default, _aten.avg_pool3d.default)},
-}
-_CONV_FUNCTIONS = {
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    *(getattr(_aten, f"conv{d}d").default for d in (1, 2, 3)),
-    *(getattr(_aten, f"conv{d}d").padding for d in (1, 2, 3)),
 }
 
 
@@ -88,28 +83,26 @@ def _window(gm: fx.GraphModule, node: fx.Node, dims: int) -> tuple[Sequence[int]
         if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
             dilation = getattr(module, "dilation", 1)
             return (
-                _per_dim(module.kernel_size, dims),
-                _per_dim(module.stride or module.kernel_size, dims),
-                _per_dim(dilation, dims),
+                per_dim(module.kernel_size, dims),
+                per_dim(module.stride or module.kernel_size, dims),
+                per_dim(dilation, dims),
             )
         return None
     if node.op != "call_function":
         return None
-    if node.target in _CONV_FUNCTIONS:
-        args = list(node.args) + [None] * 7
-        weight = _spatial(args[1], keep_all=True) if isinstance(args[1], fx.Node) else None
+    if node.target in CONV_FUNCTIONS:
+        args = conv_call_args(node)
+        weight = _spatial(args["weight"], keep_all=True)
         if weight is None:
             return None
-        stride = node.kwargs.get("stride", args[3]) or 1
-        dilation = node.kwargs.get("dilation", args[5]) or 1
-        return weight[2:], _per_dim(stride, dims), _per_dim(dilation, dims)
+        return weight[2:], per_dim(args["stride"], dims), per_dim(args["dilation"], dims)
     if node.target in _POOL_FUNCTIONS:
         k_at, s_at, d_at = _POOL_FUNCTIONS[node.target]
         args = list(node.args) + [None] * 6
-        kernel = _per_dim(node.kwargs.get("kernel_size", args[k_at]), dims)
+        kernel = per_dim(node.kwargs.get("kernel_size", args[k_at]), dims)
         stride = node.kwargs.get("stride", args[s_at]) or kernel
         dilation = (node.kwargs.get("dilation", args[d_at]) if d_at is not None else None) or 1
-        return kernel, _per_dim(stride, dims), _per_dim(dilation, dims)
+        return kernel, per_dim(stride, dims), per_dim(dilation, dims)
     return None
 
 
@@ -124,8 +117,3 @@ def _spatial(node: Any, keep_all: bool = False) -> tuple[int, ...] | None:
     if keep_all:
         return tuple(int(d) for d in shape)
     return tuple(int(d) for d in shape[2:]) if len(shape) >= 3 else None
-
-
-def _per_dim(value: Any, dims: int) -> tuple[int, ...]:
-    values = tuple(value) if isinstance(value, list | tuple) else (value,)
-    return values * dims if len(values) == 1 else values

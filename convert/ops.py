@@ -1,0 +1,31 @@
+"""The functional convolution calls that graphs hold, shared by `find` (what to convert) and `receptive`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+_aten = torch.ops.aten
+
+# call target -> (spatial dimensions, name in the report); `F.conv*d` in fx graphs, `aten.conv*d` in export's
+CONV_FUNCTIONS: dict[Any, tuple[int, str]] = {
+    **{getattr(F, f"conv{d}d"): (d, f"F.conv{d}d") for d in (1, 2, 3)},
+    **{getattr(_aten, f"conv{d}d").default: (d, f"aten.conv{d}d") for d in (1, 2, 3)},
+    **{getattr(_aten, f"conv{d}d").padding: (d, f"aten.conv{d}d") for d in (1, 2, 3)},  # padding="same"/"valid"
+}
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def conv_call_args(node: fx.Node) -> dict[str, Any]:
+    """The arguments of a call in CONV_FUNCTIONS by name, defaults filled in (positional or keyword alike)."""
+    return dict(_CONV_DEFAULTS) | dict(zip(_CONV_ARGS, node.args, strict=False)) | dict(node.kwargs)
+
+
+def per_dim(value: Any, dims: int) -> tuple[int, ...]:
+    """3 -> (3, 3) for dims=2; (2, 1) stays (2, 1)."""
+    values = tuple(value) if isinstance(value, list | tuple) else (value,)
+    return values * dims if len(values) == 1 else values

@@ -7,8 +7,8 @@ from typing import Literal
 
 from convert.errors import ConvertError
 
-Target = Literal["separable", "grouped"]
-TARGETS: tuple[str, ...] = ("separable", "grouped")
+Target = Literal["separable", "grouped", "auto"]
+TARGETS: tuple[str, ...] = ("separable", "grouped", "auto")
 
 DEFAULT_SEPARABLE_RANK = 1  # the classic MobileNet block: one depthwise filter per input channel
 DEFAULT_MIN_CHANNELS = 1
@@ -20,6 +20,7 @@ class ConvertConfig:
 
     # "separable": depthwise kxk (depth multiplier = rank) + pointwise 1x1.
     # "grouped": grouped kxk conv (`groups` groups, `rank` channels each) + pointwise 1x1.
+    # "auto": per layer, whatever convert.auto.plan_for_speed measured to be fast enough (passed as `plans`).
     target: Target = "separable"
     # Channels per group of the first conv: an int, "full" (smallest exact rank), or None for the target's
     # default (1 for separable; C_out / groups for grouped). Clamped to full rank, and the report says so.
@@ -47,6 +48,8 @@ class ConvertConfig:
             raise ConvertError(f"rank {self.rank!r} is not valid: use a positive integer or 'full'")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise ConvertError(f"energy {self.energy} is not valid: use a fraction in (0, 1], e.g. 0.95")
+        if self.target == "auto" and (self.rank is not None or self.energy is not None or self.groups is not None):
+            raise ConvertError("--to auto chooses ranks and groups per layer itself: drop --rank, --energy, --groups")
         if self.target == "grouped" and self.groups is None:
             raise ConvertError("target 'grouped' needs the number of groups: add --groups G (e.g. --groups 4)")
         if self.groups is not None and self.groups < 1:

@@ -63,13 +63,25 @@ def truncation_error(svals: torch.Tensor, rank: int) -> float:
     return math.sqrt(float(power[:, rank:].sum()) / total) if total > 0 else 0.0
 
 
-def low_rank(weight: torch.Tensor, groups: int, rank: int) -> Factors:
+def group_svd(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) of each group's matrix: (G, C_out, m), (G, m), (G, m, (C_in/G)*K); `low_rank` takes it to
+    factor at several ranks from one SVD."""
+    return torch.linalg.svd(_group_matrices(weight, groups), full_matrices=False)
+
+
+def low_rank(
+    weight: torch.Tensor,
+    groups: int,
+    rank: int,
+    svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> Factors:
     """Factor a conv weight into a grouped conv (`groups` groups, `rank` filters each) and a 1x1 conv.
 
     Args:
         weight: (C_out, C_in, *k) weight of a standard conv; C_in must be divisible by `groups`.
         groups: number of input-channel groups G (C_in for depthwise-separable).
         rank: filters per group r, at most `full_rank(...)`.
+        svd: `group_svd(weight, groups)`, when already computed.
 
     Returns:
         Factors with `first` of shape (G*r, C_in/G, *k) and `pointwise` of shape (C_out, G*r, 1, ...),
@@ -81,7 +93,7 @@ def low_rank(weight: torch.Tensor, groups: int, rank: int) -> Factors:
     limit = full_rank(c_out, c_in, math.prod(kernel), groups)
     if not 1 <= rank <= limit:
         raise ValueError(f"rank={rank} is outside 1..{limit} for a weight of shape {tuple(weight.shape)}")
-    u, s, vh = torch.linalg.svd(_group_matrices(weight, groups), full_matrices=False)
+    u, s, vh = svd if svd is not None else group_svd(weight, groups)
     # u: (G, C_out, m), s: (G, m), vh: (G, m, (C_in/G)*K)
     root = s[:, :rank].sqrt()  # (G, r)
     first = (root.unsqueeze(2) * vh[:, :rank]).reshape(groups * rank, c_in // groups, *kernel)

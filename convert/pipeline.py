@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ def convert_model(
     config: ConvertConfig | None = None,
     *,
     exported: torch.export.ExportedProgram | None = None,
+    plans: Mapping[str, LayerPlan | str] | None = None,
     progress: Progress | None = None,
 ) -> ConversionResult:
     """Rewrite the standard convolutions of `model` into depthwise-separable or grouped ones.
@@ -52,6 +53,8 @@ def convert_model(
         example_inputs: one tensor or a sequence of positional input tensors the model accepts.
         config: target, rank and filters; defaults to rank-1 depthwise-separable.
         exported: the ExportedProgram the model came from, if any (its graph is rewritten directly).
+        plans: per layer name, its plan or why it is kept (from `convert.auto.plan_for_speed`); required by
+            target "auto", and used instead of planning from `config` when given.
         progress: called with (stage, fraction done) as the stages finish.
 
     Returns:
@@ -86,7 +89,12 @@ def convert_model(
     traced = trace(work, inputs, reference, exported)
     stage_done("trace", 0.2)
     layers = find_convs(traced)
-    plans = plan_layers(layers, config)
+    if plans is not None:
+        plans = _given_plans(layers, plans)
+    elif config.target == "auto":
+        raise ConvertError("target 'auto' needs per-layer plans: get them from convert.auto.plan_for_speed")
+    else:
+        plans = plan_layers(layers, config)
     stage_done("plan", 0.3)
     rows, swaps = [], {}
     for index, layer in enumerate(layers):
@@ -134,6 +142,19 @@ def convert_model(
     )
     stage_done("report", 1.0)
     return ConversionResult(converted, report)
+
+
+def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) -> dict[str, LayerPlan]:
+    """The plans of the candidates that `given` converts; the others get its reason (or "not in the plan")."""
+    plans = {}
+    for layer in layers:
+        if layer.skip is None:
+            choice = given.get(layer.name, "not in the plan")
+            if isinstance(choice, LayerPlan):
+                plans[layer.name] = choice
+            else:
+                layer.skip = choice
+    return plans
 
 
 def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -69,6 +70,7 @@ class Report:
     version: int = REPORT_VERSION
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
+    auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,7 +103,7 @@ class Report:
             "|" + "---|" * len(_COLUMNS),
         ]
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in self.layers]
-        sections = [section.to_markdown() for section in (self.onnx, self.benchmark) if section is not None]
+        sections = [section.to_markdown() for section in (self.auto, self.onnx, self.benchmark) if section is not None]
         return "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
 
     def table(self) -> Table:
@@ -376,5 +378,91 @@ def plot_benchmark(benchmark: Benchmark, path: str | os.PathLike[str]) -> None:
     axes.set_title(f"{title}\nspeedup {speedups}" if speedups else title, fontsize=10)
     axes.legend()
     axes.margins(y=0.15)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+# --- latency-aware planning (--to auto) ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One form a layer could take, with its measured cost and error."""
+
+    label: str  # keep | separable rR | grouped gG rR
+    groups: int | None  # of the first conv (None: keep)
+    rank: int | None  # filters per group (None: keep)
+    macs: int  # multiply-accumulates on the example input
+    error: float  # relative error of the layer's output on its real input (0 for keep)
+    latency_ms: float  # median, as a one-layer ONNX model on the planned runtime
+
+
+@dataclasses.dataclass
+class AutoLayer:
+    """The candidates of one conv and the one chosen."""
+
+    name: str
+    input_shape: list[int]
+    candidates: list[Candidate]  # keep first
+    chosen: int  # index into candidates
+
+
+@dataclasses.dataclass
+class AutoReport:
+    """How `--to auto` planned: the budget, the per-layer choices, and the predicted speedup."""
+
+    target_speedup: float
+    max_error: float | None
+    device: str  # the runtime the layers were timed on
+    baseline_ms: float  # the original model end to end (median)
+    other_ms: float  # of it, what is not a conv: baseline less the convs' own latencies
+    predicted_ms: float  # other_ms + the chosen candidates' latencies
+    predicted_speedup: float  # baseline_ms / predicted_ms (the benchmark section has the measured one)
+    layers: list[AutoLayer]
+    frontier: list[list[float]]  # [predicted ms, sqrt(sum of layer errors^2)] of the plans the search visited
+    measured: int  # candidate latencies measured in this run
+    cached: int  # candidate latencies read from the cache
+    cache_dir: str
+    notes: list[str]
+
+    def to_markdown(self) -> str:
+        lines = [
+            "## Latency-aware plan (--to auto)",
+            "",
+            f"- target {self.target_speedup:g}x on {self.device}: predicted {self.predicted_speedup:.2f}x "
+            f"({self.baseline_ms:.3g} ms -> {self.predicted_ms:.3g} ms; {self.other_ms:.3g} ms is not conv time)",
+            f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
+            *(f"- {note}" for note in self.notes),
+            "",
+            "| layer | input | chosen | ms before | ms after | layer error | candidates |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for layer in self.layers:
+            keep, chosen = layer.candidates[0], layer.candidates[layer.chosen]
+            lines.append(
+                f"| {layer.name} | {'x'.join(map(str, layer.input_shape))} | {chosen.label} | "
+                f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {len(layer.candidates)} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
+    """Write a PNG of predicted latency against error for the plans the search visited, the chosen one marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    ms, error = zip(*auto.frontier, strict=True) if auto.frontier else ((), ())
+    axes.plot(ms, error, "o-", markersize=3, label="plans (Lagrangian sweep)")
+    chosen = math.sqrt(sum(layer.candidates[layer.chosen].error ** 2 for layer in auto.layers))
+    axes.plot([auto.predicted_ms], [chosen], "r*", markersize=12, label="chosen")
+    axes.axvline(auto.baseline_ms / auto.target_speedup, color="gray", linestyle="--", label="budget")
+    axes.axvline(auto.baseline_ms, color="black", linestyle=":", label="original")
+    axes.set_xlabel(f"predicted latency, ms ({auto.device})")
+    axes.set_ylabel("error: sqrt(sum of layer errors^2)")
+    axes.set_title(f"--to auto: target {auto.target_speedup:g}x, predicted {auto.predicted_speedup:.2f}x", fontsize=10)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

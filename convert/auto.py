@@ -1,0 +1,299 @@
+"""Latency-aware planning (`--to auto`): per conv, the form that is really faster on the target runtime.
+
+For each standard conv the candidates are: keep it; grouped low-rank with G groups (every power of two
+dividing C_in, and C_in itself: depthwise-separable) and r filters per group (powers of two up to full rank),
+followed by the pointwise conv. Candidates with no fewer MACs than the conv are dropped, and so are those
+another candidate beats on both MACs and weight error. For the rest:
+
+- error: the relative error of the layer's output on its real input (captured on the example input);
+- latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
+
+The search is a Lagrangian relaxation of the multiple-choice knapsack "least total error within the latency
+budget": for a multiplier lam each layer independently picks the candidate minimising error^2 + lam * ms,
+and lam is bisected to the smallest value whose plan fits the budget. The budget is the original model's
+end-to-end latency divided by the target speedup, less the time of everything that is not a conv (the
+end-to-end latency minus the sum of the convs' own latencies). "Keep" is always a candidate, so a layer where
+factorizing is slower stays as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from convert.bench import BenchConfig, benchmark_onnx
+from convert.errors import ConvertError
+from convert.factorize import full_rank, group_svd, low_rank, truncation_error
+from convert.find import ConvLayer, find_convs
+from convert.latency import LatencyCache, LayerShape, layer_module, measure_layer
+from convert.onnx_export import OnnxConfig, export_onnx
+from convert.plan import LayerPlan, conv_cost
+from convert.report import AutoLayer, AutoReport, Candidate
+from convert.rewrite import build_replacement
+from convert.trace import trace
+from convert.verify import output_rel_error, run_model
+
+Progress = Callable[[str, float], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoConfig:
+    """What `--to auto` aims for and where it measures."""
+
+    target_speedup: float = 2.0  # end-to-end, original latency / converted latency, on `device`
+    max_error: float | None = None  # drop candidates whose layer output error (relative) is above this
+    device: str = "cpu"  # cpu | cuda | auto: the ONNX Runtime provider the plan is for
+    threads: int | None = None  # CPU intra-op threads; None: the physical cores
+    runs: int = 30  # timed runs per candidate layer (median kept)
+    warmup: int = 5
+    max_candidates: int = 10  # per layer, after dropping dominated ones (evenly spread over MACs)
+    cache_dir: str | None = None  # None: LatencyCache.default()
+
+    def __post_init__(self) -> None:
+        if not self.target_speedup >= 1.0:
+            raise ConvertError(f"target speedup {self.target_speedup} is not valid: use 1.0 or more, e.g. 2")
+        if self.max_error is not None and not self.max_error > 0:
+            raise ConvertError(f"max error {self.max_error} is not valid: use a positive fraction, e.g. 0.1")
+        if self.max_candidates < 2:
+            raise ConvertError("max_candidates must be at least 2")
+        BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)  # validates
+
+    def bench(self) -> BenchConfig:
+        return BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)
+
+
+@dataclasses.dataclass
+class AutoPlan:
+    """The chosen form of each layer, and the record of how it was chosen (`report`)."""
+
+    plans: dict[str, LayerPlan | str]  # layer name -> its plan, or why it is kept as it is
+    report: AutoReport
+
+
+def plan_for_speed(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    config: AutoConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> AutoPlan:
+    """Choose, per standard conv, keep or a factorized form, to reach `config.target_speedup` at least error.
+
+    The plan goes to `convert_model(model, inputs, ConvertConfig(target="auto"), plans=plan.plans)`.
+
+    Raises:
+        ConvertError: when the model rejects the inputs, or the device cannot run here.
+    """
+    config = config or AutoConfig()
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    notify = progress or (lambda _what, _fraction: None)
+    cache = LatencyCache(Path(config.cache_dir)) if config.cache_dir else LatencyCache.default()
+    reference = run_model(model, inputs)
+    traced = trace(copy.deepcopy(model), inputs, reference)
+    layers = [layer for layer in find_convs(traced) if layer.skip is None]
+    captured = _layer_inputs(traced.module, layers, inputs)
+    notify("measuring the original model", 0.0)
+    baseline_ms = _model_latency(model, inputs, config)
+    rows: list[AutoLayer] = []
+    forms: list[list[LayerPlan | None]] = []  # per row, the plan of each candidate
+    for index, layer in enumerate(layers):
+        x = captured.get(layer.name)
+        if x is None:
+            continue
+        shape = LayerShape(layer.spec, tuple(x.shape), layer.bias is not None)
+        svds: dict[int, tuple] = {}  # groups -> group_svd, shared by the shortlist and the errors
+        form: list[LayerPlan | None] = [None, *_shortlist(layer, config.max_candidates, svds)]
+        errors = [0.0] + [_output_error(layer, plan, x, svds[plan.groups]) for plan in form[1:]]
+        if config.max_error is not None:
+            kept = [i for i, e in enumerate(errors) if e <= config.max_error]
+            form, errors = [form[i] for i in kept], [errors[i] for i in kept]
+
+        def on_progress(_what: str, fraction: float, index: int = index, name: str = layer.name) -> None:
+            notify(f"timing {name}", (index + fraction) / len(layers))
+
+        latencies = measure_layer(shape, form, config.bench(), cache, on_progress)
+        candidates = [
+            Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan), e, ms)
+            for plan, e, ms in zip(form, errors, latencies, strict=True)
+        ]
+        rows.append(AutoLayer(layer.name, list(x.shape), candidates, 0))
+        forms.append(form)
+    conv_ms = sum(row.candidates[0].latency_ms for row in rows)
+    other_ms = max(0.0, baseline_ms - conv_ms)
+    budget = baseline_ms / config.target_speedup - other_ms
+    choice, frontier = _search(rows, budget)
+    plans: dict[str, LayerPlan | str] = {}
+    for row, form, j in zip(rows, forms, choice, strict=True):
+        row.chosen, chosen, plan = j, row.candidates[j], form[j]
+        if plan is None:
+            fastest = min(row.candidates, key=lambda c: c.latency_ms)
+            plans[row.name] = (
+                "auto: kept (no candidate is faster)"
+                if fastest is chosen
+                else f"auto: kept (the target is met without it; {fastest.label} would take "
+                f"{fastest.latency_ms:.3g} ms vs {chosen.latency_ms:.3g} ms)"
+            )
+        else:
+            plans[row.name] = dataclasses.replace(
+                plan, note=f"auto: {chosen.label}, {row.candidates[0].latency_ms:.3g} -> {chosen.latency_ms:.3g} ms"
+            )
+    predicted_ms = other_ms + sum(row.candidates[row.chosen].latency_ms for row in rows)
+    notes = []
+    if predicted_ms > baseline_ms / config.target_speedup * (1 + 1e-9):
+        notes.append(
+            f"target speedup {config.target_speedup:g}x is out of reach: the fastest plan is predicted at "
+            f"{baseline_ms / predicted_ms:.2f}x (convs {conv_ms:.3g} ms of {baseline_ms:.3g} ms end to end)"
+        )
+    report = AutoReport(
+        target_speedup=config.target_speedup,
+        max_error=config.max_error,
+        device=config.bench().device,
+        baseline_ms=baseline_ms,
+        other_ms=other_ms,
+        predicted_ms=predicted_ms,
+        predicted_speedup=baseline_ms / predicted_ms if predicted_ms > 0 else float("inf"),
+        layers=rows,
+        frontier=[[other_ms + ms, error] for ms, error in frontier],
+        measured=cache.measured,
+        cached=cache.hits,
+        cache_dir=str(cache.folder),
+        notes=notes,
+    )
+    notify("planned", 1.0)
+    return AutoPlan(plans, report)
+
+
+def _shortlist(layer: ConvLayer, limit: int, svds: dict[int, tuple]) -> list[LayerPlan]:
+    """Factorized forms with fewer MACs than the conv that no other form beats on MACs and weight error."""
+    spec, weight = layer.spec, layer.weight
+    c_in, c_out, k = spec.in_channels, spec.out_channels, math.prod(spec.kernel)
+    dense = c_out * c_in * k
+    groups = sorted({g for g in _powers_of_two(c_in) if c_in % g == 0} | {c_in})
+    options = []  # (macs per position, weight error, plan)
+    for g in groups:
+        exact = full_rank(c_out, c_in, k, g)
+        svds[g] = group_svd(weight, g)
+        svals = svds[g][1]
+        for r in sorted(set(_powers_of_two(exact)) | {exact}):
+            macs = r * c_in * k + g * r * c_out
+            if macs < dense:
+                options.append((macs, truncation_error(svals, r), LayerPlan(g, r, True, exact)))
+    options.sort(key=lambda o: (o[0], o[1]))
+    front, best = [], math.inf
+    for _, error, plan in options:
+        if error < best - 1e-12:
+            front.append(plan)
+            best = error
+    if len(front) > limit:  # evenly spread, always keeping the cheapest and the most accurate
+        step = (len(front) - 1) / (limit - 1)
+        front = [front[round(i * step)] for i in range(limit)]
+    return front
+
+
+def _powers_of_two(n: int) -> list[int]:
+    return [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+
+
+def _output_error(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple) -> float:
+    """Relative error of the layer's output on its real input when factorized by `plan`."""
+    spec = layer.spec
+    original = layer_module(LayerShape(spec, tuple(x.shape), layer.bias is not None), None)
+    with torch.no_grad():
+        original.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            original.bias.copy_(layer.bias)
+        factors = low_rank(layer.weight, plan.groups, plan.rank, svd)
+        replacement = build_replacement(spec, factors, layer.bias, False, False)
+        original, replacement = original.to(x.device, x.dtype), replacement.to(x.device, x.dtype)
+        return output_rel_error(original(x), replacement(x))
+
+
+def _macs(layer: ConvLayer, plan: LayerPlan | None) -> int:
+    positions = sum(s[0] * math.prod(s[2:]) for s in layer.out_shapes[:1])
+    return conv_cost(layer.spec, plan, False)[1] * positions
+
+
+def _label(layer: ConvLayer, plan: LayerPlan | None) -> str:
+    if plan is None:
+        return "keep"
+    if plan.groups == layer.spec.in_channels:
+        return f"separable r{plan.rank}"
+    return f"grouped g{plan.groups} r{plan.rank}"
+
+
+def _layer_inputs(root: nn.Module, layers: list[ConvLayer], inputs: tuple[torch.Tensor, ...]) -> dict:
+    """The input of each layer at its first call on the example input."""
+    captured: dict[str, torch.Tensor] = {}
+    by_node = {node: layer.name for layer in layers if not layer.module for node in layer.nodes}
+    handles = []
+    for layer in layers:
+        if layer.module:
+
+            def hook(_module, args, name=layer.name):
+                captured.setdefault(name, args[0].detach())
+
+            handles.append(root.get_submodule(layer.module).register_forward_pre_hook(hook))
+    try:
+        if by_node and isinstance(root, fx.GraphModule):
+
+            class Recorder(fx.Interpreter):
+                def run_node(self, node):
+                    if node in by_node:
+                        captured.setdefault(by_node[node], self.env[node.args[0]].detach())
+                    return super().run_node(node)
+
+            with torch.no_grad():
+                Recorder(root).run(*inputs)
+        else:
+            run_model(root, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _model_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], config: AutoConfig) -> float:
+    """The original model's median latency end to end, on the same runtime the layers are timed on."""
+    with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
+        path = Path(folder) / "original.onnx"
+        export_onnx(model, inputs, path, OnnxConfig(dynamic_batch=False))
+        bench = dataclasses.replace(config.bench(), batch_sizes=(inputs[0].shape[0],), runs=max(config.runs, 30))
+        return benchmark_onnx([path], bench).models[0].latency[0].p50
+
+
+def _price(candidate: Candidate, lam: float) -> float:
+    return candidate.error**2 + lam * candidate.latency_ms
+
+
+def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[list[float]]]:
+    """Per layer, the candidate index of the least-error plan within `budget_ms` of conv time (else the
+    fastest plan), and the frontier of plans the multiplier sweeps through: [conv ms, sqrt(sum error^2)]."""
+
+    def pick(lam: float) -> list[int]:
+        return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r.candidates[j], lam)) for r in rows]
+
+    def cost(choice: list[int]) -> tuple[float, float]:
+        ms = sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
+        error = math.sqrt(sum(r.candidates[j].error ** 2 for r, j in zip(rows, choice, strict=True)))
+        return ms, error
+
+    fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
+    lo, hi = -12.0, 6.0  # log10 of the multiplier: error^2 is at most ~1, a layer's ms at least ~1e-3
+    if cost(pick(10**lo))[0] <= budget_ms:
+        best = pick(10**lo)
+    elif cost(pick(10**hi))[0] > budget_ms:
+        best = fastest  # out of reach: the caller says so
+    else:
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if cost(pick(10**mid))[0] <= budget_ms else (mid, hi)
+        best = pick(10**hi)
+    frontier = sorted({cost(pick(10 ** (e / 4))) for e in range(-48, 25)} | {cost(fastest)})
+    return best, [[ms, error] for ms, error in frontier]

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from convert.auto import AutoConfig, plan_for_speed
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
 from convert.config import TARGETS, ConvertConfig
 from convert.errors import ConvertError
@@ -173,6 +174,27 @@ def _convert_parser() -> argparse.ArgumentParser:
         help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
     )
     _benchmark_arguments(bench)
+    auto = parser.add_argument_group(
+        "latency-aware planning (--to auto; implies --benchmark, on the --device and --threads above)"
+    )
+    auto.add_argument(
+        "--target-speedup",
+        type=float,
+        default=AutoConfig.target_speedup,
+        metavar="X",
+        help=f"end-to-end speedup to reach at the least error (default: {AutoConfig.target_speedup:g})",
+    )
+    auto.add_argument(
+        "--max-error",
+        type=float,
+        metavar="E",
+        help="never give a layer a form whose output error (relative, on the example input) is above E",
+    )
+    auto.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where layer latencies are cached (default: $CONVERT_CACHE_DIR or ~/.cache/convert/latency)",
+    )
     return parser
 
 
@@ -237,7 +259,8 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 def _run_convert(args: argparse.Namespace) -> int:
     config = _config(args)
-    bench = _bench_config(args) if args.benchmark else None
+    auto = _auto_config(args) if config.target == "auto" else None
+    bench = _bench_config(args) if args.benchmark or auto else None
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
     onnx = OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None
@@ -246,14 +269,21 @@ def _run_convert(args: argparse.Namespace) -> int:
     loaded = _load(args)
     inputs = _inputs(args, loaded)
     check_save_options(outdir, inputs, onnx, bench)
+    plan = None
+    if auto is not None:
+        with _progress_bar() as progress:
+            plan = plan_for_speed(loaded.model, inputs, auto, progress=progress)
     with stderr.status("converting...") as status:
         result = convert_model(
             loaded.model,
             inputs,
             config,
             exported=loaded.exported,
+            plans=plan and plan.plans,
             progress=lambda stage, fraction: status.update(f"converting: {stage} ({fraction:.0%})"),
         )
+    if plan is not None:
+        result.report.auto = plan.report
     with _progress_bar(enabled=onnx is not None) as progress:
         save_result(
             result, outdir, original=loaded.model, example_inputs=inputs, onnx=onnx, benchmark=bench, progress=progress
@@ -278,6 +308,16 @@ def _run_convert(args: argparse.Namespace) -> int:
         )
     if report.benchmark is not None:
         files.append("benchmark.png")
+    if report.auto is not None:
+        files.append("auto.png")
+        for note in report.auto.notes:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        measured = next((s.speedup for s in report.benchmark.speedup if s.batch == inputs[0].shape[0]), None)
+        stderr.print(
+            f"--to auto: target {auto.target_speedup:g}x, predicted {report.auto.predicted_speedup:.2f}x"
+            + (f", measured {measured:.2f}x" if measured else ""),
+            highlight=False,
+        )
     stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(files)})", highlight=False, soft_wrap=True)
     return 0
 
@@ -383,6 +423,16 @@ def _default_outdir(model: str, target: str) -> Path:
     if path.exists():
         return path.with_name(f"{path.stem}-{target}")
     return Path(f"{model.rpartition(':')[2].rpartition('.')[2]}-{target}")
+
+
+def _auto_config(args: argparse.Namespace) -> AutoConfig:
+    return AutoConfig(
+        target_speedup=args.target_speedup,
+        max_error=args.max_error,
+        device=args.device,
+        threads=args.threads,
+        cache_dir=args.cache_dir,
+    )
 
 
 def _bench_config(args: argparse.Namespace) -> BenchConfig:

@@ -20,7 +20,7 @@ from convert.bench import BenchConfig, Progress, benchmark_onnx, resolve_device
 from convert.errors import ConvertError, one_line
 from convert.onnx_export import OnnxConfig, ParityError, export_onnx, parity_message
 from convert.pipeline import ConversionResult
-from convert.report import OnnxReport, Report, plot_benchmark
+from convert.report import OnnxReport, Report, plot_auto, plot_benchmark
 
 ORIGINAL_ONNX = "original.onnx"
 CONVERTED_ONNX = "model.onnx"
@@ -181,6 +181,8 @@ def save_result(
                 for timing in report.benchmark.models:
                     timing.path = Path(timing.path).name  # relative to outdir
                 plot_benchmark(report.benchmark, staging / "benchmark.png")
+            if report.auto is not None:
+                plot_auto(report.auto, staging / "auto.png")
             _write_report(report, staging)
     except OSError as e:  # the file system's refusal, not a bug
         raise ConvertError(

@@ -7,6 +7,7 @@
 >>> save_result(result, "out", original=model, example_inputs=x, benchmark=BenchConfig(batch_sizes=(1, 8)))
 """
 
+from convert.auto import AutoConfig, AutoPlan, plan_for_speed
 from convert.bench import BenchConfig, benchmark_onnx, open_session, validate_onnx_file
 from convert.config import ConvertConfig
 from convert.errors import ConvertError
@@ -16,6 +17,8 @@ from convert.report import Benchmark, LayerReport, OnnxExport, OnnxReport, Repor
 from convert.save import save_result
 
 __all__ = [
+    "AutoConfig",
+    "AutoPlan",
     "BenchConfig",
     "Benchmark",
     "ConversionResult",
@@ -34,6 +37,7 @@ __all__ = [
     "export_onnx",
     "inspect_model",
     "open_session",
+    "plan_for_speed",
     "plot_benchmark",
     "save_result",
     "validate_onnx_file",

@@ -41,6 +41,7 @@ from convert.trace import trace
 from convert.verify import output_rel_error, run_model
 
 Progress = Callable[[str, float], None]
+NOISE = 0.01  # relative size of the noise that measures each layer's effect on the output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,8 @@ def plan_for_speed(
     traced = trace(copy.deepcopy(model), inputs, reference)
     layers = [layer for layer in find_convs(traced) if layer.skip is None]
     captured = _layer_inputs(traced.module, layers, inputs)
+    notify("measuring each layer's effect on the output", 0.0)
+    gains = _sensitivities(traced.module, layers, inputs)
     notify("measuring the original model", 0.0)
     baseline_ms = _model_latency(model, inputs, config)
     rows: list[AutoLayer] = []
@@ -123,7 +126,7 @@ def plan_for_speed(
             Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan), e, ms)
             for plan, e, ms in zip(form, errors, latencies, strict=True)
         ]
-        rows.append(AutoLayer(layer.name, list(x.shape), candidates, 0))
+        rows.append(AutoLayer(layer.name, list(x.shape), gains[layer.name], candidates, 0))
         forms.append(form)
     conv_ms = sum(row.candidates[0].latency_ms for row in rows)
     other_ms = max(0.0, baseline_ms - conv_ms)
@@ -259,6 +262,38 @@ def _layer_inputs(root: nn.Module, layers: list[ConvLayer], inputs: tuple[torch.
     return captured
 
 
+def _sensitivities(root: nn.Module, layers: list[ConvLayer], inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    """Per layer, the model output's relative error per unit of relative error at the layer's output: noise of
+    relative size NOISE is added there (at every call site) and the output's relative error divided by it.
+    One forward pass per layer; it weighs the layer errors in the search (a first-order model)."""
+    reference = run_model(root, inputs)
+    return {layer.name: output_rel_error(reference, _perturbed_run(root, layer, inputs)) / NOISE for layer in layers}
+
+
+def _perturbed_run(root: nn.Module, layer: ConvLayer, inputs: tuple[torch.Tensor, ...]):
+    generator = torch.Generator().manual_seed(0)
+    nodes = set(layer.nodes)
+
+    def perturb(output: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
+        return output + NOISE * noise * (output.norm() / noise.norm().clamp_min(1e-30))
+
+    if layer.module:
+        handle = root.get_submodule(layer.module).register_forward_hook(lambda _m, _a, out: perturb(out))
+        try:
+            return run_model(root, inputs)
+        finally:
+            handle.remove()
+
+    class Perturbed(fx.Interpreter):
+        def run_node(self, node: fx.Node):
+            result = super().run_node(node)
+            return perturb(result) if node in nodes else result
+
+    with torch.no_grad():
+        return Perturbed(root).run(*inputs)
+
+
 def _model_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], config: AutoConfig) -> float:
     """The original model's median latency end to end, on the same runtime the layers are timed on."""
     with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
@@ -268,8 +303,8 @@ def _model_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], config: A
         return benchmark_onnx([path], bench).models[0].latency[0].p50
 
 
-def _price(candidate: Candidate, lam: float) -> float:
-    return candidate.error**2 + lam * candidate.latency_ms
+def _price(layer: AutoLayer, candidate: Candidate, lam: float) -> float:
+    return (layer.sensitivity * candidate.error) ** 2 + lam * candidate.latency_ms
 
 
 def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[list[float]]]:
@@ -277,11 +312,11 @@ def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[li
     fastest plan), and the frontier of plans the multiplier sweeps through: [conv ms, sqrt(sum error^2)]."""
 
     def pick(lam: float) -> list[int]:
-        return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r.candidates[j], lam)) for r in rows]
+        return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r, r.candidates[j], lam)) for r in rows]
 
     def cost(choice: list[int]) -> tuple[float, float]:
         ms = sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
-        error = math.sqrt(sum(r.candidates[j].error ** 2 for r, j in zip(rows, choice, strict=True)))
+        error = math.sqrt(sum((r.sensitivity * r.candidates[j].error) ** 2 for r, j in zip(rows, choice, strict=True)))
         return ms, error
 
     fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]

@@ -403,6 +403,7 @@ class AutoLayer:
 
     name: str
     input_shape: list[int]
+    sensitivity: float  # the output's relative error per unit of relative error at this layer's output
     candidates: list[Candidate]  # keep first
     chosen: int  # index into candidates
 
@@ -419,7 +420,9 @@ class AutoReport:
     predicted_ms: float  # other_ms + the chosen candidates' latencies
     predicted_speedup: float  # baseline_ms / predicted_ms (the benchmark section has the measured one)
     layers: list[AutoLayer]
-    frontier: list[list[float]]  # [predicted ms, sqrt(sum of layer errors^2)] of the plans the search visited
+    # [predicted ms, predicted output error] of the plans the search visited; the predicted output error is
+    # sqrt(sum over layers of (sensitivity * layer error)^2)
+    frontier: list[list[float]]
     measured: int  # candidate latencies measured in this run
     cached: int  # candidate latencies read from the cache
     cache_dir: str
@@ -434,14 +437,15 @@ class AutoReport:
             f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
             *(f"- {note}" for note in self.notes),
             "",
-            "| layer | input | chosen | ms before | ms after | layer error | candidates |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| layer | input | chosen | ms before | ms after | layer error | sensitivity | candidates |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
         ]
         for layer in self.layers:
             keep, chosen = layer.candidates[0], layer.candidates[layer.chosen]
             lines.append(
                 f"| {layer.name} | {'x'.join(map(str, layer.input_shape))} | {chosen.label} | "
-                f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {len(layer.candidates)} |"
+                f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {layer.sensitivity:.3g} | "
+                f"{len(layer.candidates)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -456,12 +460,12 @@ def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
     axes = figure.add_subplot()
     ms, error = zip(*auto.frontier, strict=True) if auto.frontier else ((), ())
     axes.plot(ms, error, "o-", markersize=3, label="plans (Lagrangian sweep)")
-    chosen = math.sqrt(sum(layer.candidates[layer.chosen].error ** 2 for layer in auto.layers))
+    chosen = math.sqrt(sum((layer.sensitivity * layer.candidates[layer.chosen].error) ** 2 for layer in auto.layers))
     axes.plot([auto.predicted_ms], [chosen], "r*", markersize=12, label="chosen")
     axes.axvline(auto.baseline_ms / auto.target_speedup, color="gray", linestyle="--", label="budget")
     axes.axvline(auto.baseline_ms, color="black", linestyle=":", label="original")
     axes.set_xlabel(f"predicted latency, ms ({auto.device})")
-    axes.set_ylabel("error: sqrt(sum of layer errors^2)")
+    axes.set_ylabel("predicted output error (relative)")
     axes.set_title(f"--to auto: target {auto.target_speedup:g}x, predicted {auto.predicted_speedup:.2f}x", fontsize=10)
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -41,7 +41,9 @@ def layers_of(model: nn.Module, x: torch.Tensor):
 
 def row(name: str, *candidates: tuple[float, float]) -> AutoLayer:
     """A layer whose candidates are (latency ms, error); the first is keep."""
-    return AutoLayer(name, [1], [Candidate(f"c{i}", None, None, 0, e, ms) for i, (ms, e) in enumerate(candidates)], 0)
+    return AutoLayer(
+        name, [1], 1.0, [Candidate(f"c{i}", None, None, 0, e, ms) for i, (ms, e) in enumerate(candidates)], 0
+    )
 
 
 def test_search_finds_the_least_error_plan_within_the_budget() -> None:

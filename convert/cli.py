@@ -21,11 +21,11 @@ from rich.table import Table
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
 from convert.config import TARGETS, ConvertConfig
 from convert.errors import ConvertError
-from convert.load import DTYPES, LoadedModel, load_model, make_inputs, parse_input_shape
+from convert.job import JobOptions, example_inputs, output_files, run_job
+from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.onnx_export import DEFAULT_ATOL, OnnxConfig, ParityError
-from convert.pipeline import convert_model, inspect_model
+from convert.pipeline import inspect_model
 from convert.report import format_count, format_ratio, plot_benchmark
-from convert.save import check_save_options, save_result
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -236,38 +236,17 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    config = _config(args)
-    bench = _bench_config(args) if args.benchmark else None
-    if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
-        raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
-    onnx = OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None
-    outdir = args.output or _default_outdir(args.model, config.target)
-    check_save_options(outdir, None, onnx, bench)  # before the work, so a bad -o or --device costs nothing
-    loaded = _load(args)
-    inputs = _inputs(args, loaded)
-    check_save_options(outdir, inputs, onnx, bench)
-    with stderr.status("converting...") as status:
-        result = convert_model(
-            loaded.model,
-            inputs,
-            config,
-            exported=loaded.exported,
-            progress=lambda stage, fraction: status.update(f"converting: {stage} ({fraction:.0%})"),
-        )
-    with _progress_bar(enabled=onnx is not None) as progress:
-        save_result(
-            result, outdir, original=loaded.model, example_inputs=inputs, onnx=onnx, benchmark=bench, progress=progress
-        )
-    report = result.report
+    options = _job_options(args)
+    outdir = args.output or _default_outdir(args.model, options.config.target)
+    with _progress_bar() as progress:
+        report = run_job(options, outdir, progress=progress, on_warning=_warn)
     if args.json:
         print(report.to_json())
         return 0
     stdout.print(report.table())
     if report.benchmark is not None:
         stdout.print(report.benchmark.table())
-    files = ["model.pt", "report.json", "report.md"]
     if report.onnx is not None:
-        files += [report.onnx.original.path, report.onnx.converted.path]
         worst = ", ".join(
             f"{e.path} {max(p.max_rel for p in e.parity):.2g}" for e in (report.onnx.original, report.onnx.converted)
         )
@@ -276,10 +255,23 @@ def _run_convert(args: argparse.Namespace) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    if report.benchmark is not None:
-        files.append("benchmark.png")
-    stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(files)})", highlight=False, soft_wrap=True)
+    stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(output_files(report))})", highlight=False, soft_wrap=True)
     return 0
+
+
+def _job_options(args: argparse.Namespace) -> JobOptions:
+    bench = _bench_config(args) if args.benchmark else None
+    if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
+        raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
+    return JobOptions(
+        model=args.model,
+        weights=args.weights,
+        input_shapes=tuple(args.input_shape) if args.input_shape else None,
+        input_dtype=args.input_dtype,
+        config=_config(args),
+        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
+        bench=bench,
+    )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -360,22 +352,16 @@ def _config(args: argparse.Namespace, **overrides: object) -> ConvertConfig:
     return ConvertConfig(**(fields | overrides))
 
 
+def _warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _load(args: argparse.Namespace) -> LoadedModel:
-    return load_model(
-        args.model,
-        args.weights,
-        on_warning=lambda message: stderr.print(
-            f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True
-        ),
-    )
+    return load_model(args.model, args.weights, on_warning=_warn)
 
 
 def _inputs(args: argparse.Namespace, loaded: LoadedModel):
-    if args.input_shape:
-        return make_inputs(args.input_shape, args.input_dtype)
-    if loaded.example_inputs is not None:
-        return loaded.example_inputs
-    raise ConvertError("the example input shape is unknown: add --input-shape, e.g. --input-shape 1,3,224,224")
+    return example_inputs(loaded, args.input_shape, args.input_dtype)
 
 
 def _default_outdir(model: str, target: str) -> Path:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,10 @@ stderr = Console(stderr=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from server.cli import main as serve  # the gRPC service, with options of its own
+
+        return serve(argv[1:])
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "convert"
     parser, run = {
         "convert": (_convert_parser, _run_convert),
@@ -135,7 +140,8 @@ def _convert_parser() -> argparse.ArgumentParser:
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side.",
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
+        "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
     )
     _common_arguments(parser)
     output = parser.add_argument_group("output")
@@ -173,6 +179,19 @@ def _convert_parser() -> argparse.ArgumentParser:
         help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
     )
     _benchmark_arguments(bench)
+    service = parser.add_argument_group("service (convert on a `convert serve` server instead of here)")
+    service.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="upload the model (its bytes, not loaded here) and convert it there; results are downloaded into OUTDIR",
+    )
+    service.add_argument(
+        "--auth-token",
+        default=os.environ.get("CONVERT_AUTH_TOKEN"),
+        help="the server's token (default: $CONVERT_AUTH_TOKEN)",
+    )
+    service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     return parser
 
 
@@ -239,7 +258,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     options = _job_options(args)
     outdir = args.output or _default_outdir(args.model, options.config.target)
     with _progress_bar() as progress:
-        report = run_job(options, outdir, progress=progress, on_warning=_warn)
+        if args.server:
+            from server.client import ConvertClient  # grpc is imported only for remote runs
+
+            with ConvertClient(args.server, auth_token=args.auth_token, tls=args.tls, tls_ca=args.tls_ca) as client:
+                report = client.run(options, outdir, progress=progress, on_warning=_warn)
+        else:
+            report = run_job(options, outdir, progress=progress, on_warning=_warn)
     if args.json:
         print(report.to_json())
         return 0

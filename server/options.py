@@ -6,6 +6,7 @@ from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, Ben
 from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
 from convert.errors import ConvertError
 from convert.job import JobOptions
+from convert.load import DTYPES
 from convert.onnx_export import DEFAULT_ATOL, OnnxConfig
 from server.rpc import converter_pb2 as pb
 
@@ -81,6 +82,8 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
             duration=_optional(b, "duration_seconds"),
             batch_sizes=tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES,
         )
+    if message.input_dtype and message.input_dtype not in DTYPES:
+        raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
@@ -93,7 +96,7 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
         onnx=onnx,
         bench=bench,
         # JobOptions refuses any distill settings for now (see convert/job.py, DISTILL).
-        distill={"data": message.distill.data} if message.HasField("distill") else None,
+        distill={f.name: value for f, value in message.distill.ListFields()} if message.HasField("distill") else None,
     )
 
 

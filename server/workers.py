@@ -69,7 +69,6 @@ class WorkerPool:
         """Start the workers, and queue the jobs that were waiting when the server last stopped."""
         with self._cond:
             self._queue.extend(self._store.queued())
-            self._spares = [self._spawn() for _ in range(self._config.workers)]
         self._dispatcher.start()
 
     def enqueue(self, job_id: str) -> None:
@@ -135,12 +134,17 @@ class WorkerPool:
         )
 
     def _dispatch(self) -> None:
+        # Every worker is started by this thread, which lives until the last of them has exited: a worker dies
+        # with the thread that started it (PR_SET_PDEATHSIG follows the parent thread, not the process).
+        with self._cond:
+            self._spares = [self._spawn() for _ in range(self._config.workers)]
         while True:
             with self._cond:
                 self._cond.wait_for(
                     lambda: self._stopping or (self._queue and len(self._running) < self._config.workers)
                 )
                 if self._stopping:
+                    self._cond.wait_for(lambda: not self._running)
                     return
                 job_id = self._queue.popleft()
                 if not self._store.update(

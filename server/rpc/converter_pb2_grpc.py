@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ConverterStub:
-    """Missing associated documentation comment in .proto file."""
+    """Model conversion as asynchronous jobs.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +68,8 @@ class ConverterStub:
 
 
 class ConverterServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Model conversion as asynchronous jobs.
+    """
 
     def Submit(self, request_iterator, context):
         """Upload a model and submit a conversion job. The stream's first message is a SubmitHeader (options, model
@@ -163,7 +165,8 @@ def add_ConverterServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Converter:
-    """Missing associated documentation comment in .proto file."""
+    """Model conversion as asynchronous jobs.
+    """
 
     @staticmethod
     def Submit(request_iterator,

@@ -83,8 +83,10 @@ class ConvertClient:
     def close(self) -> None:
         self._channel.close()
 
-    def submit(self, options: JobOptions, *, sha256: bool = True, chunk_bytes: int = CHUNK_BYTES) -> str:
+    def submit(self, options: JobOptions, *, sha256: bool | str = True, chunk_bytes: int = CHUNK_BYTES) -> str:
         """Upload the model (a file's bytes as they are, never loaded here) or the factory's weights, and submit.
+
+        `sha256`: True computes the upload's digest for the server to check, a string gives it, False sends none.
 
         Returns:
             The job id; the job runs on the server, asynchronously.
@@ -94,7 +96,7 @@ class ConvertClient:
         """
         header, upload = _header(options)
         if upload is not None and sha256:
-            header.sha256 = _sha256(upload)
+            header.sha256 = sha256 if isinstance(sha256, str) else _sha256(upload)
         with self._errors():
             return self._stub.Submit(_requests(header, upload, chunk_bytes), metadata=self._metadata).job_id
 

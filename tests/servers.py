@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -19,6 +19,9 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 TOKEN = "test-token"
 FACTORIES = ["--allow-factory", "service_models:*"]
+SERVER = (sys.executable, "-m", "server")
+_SCRIPT = Path(sys.executable).with_name("convert")  # the console script, as a user runs it
+CONVERT = (str(_SCRIPT),) if _SCRIPT.exists() else (sys.executable, "-m", "convert.cli")
 
 
 def server_env() -> dict[str, str]:
@@ -60,11 +63,12 @@ def launch(command: list[str], cwd: Path, timeout: float = 60) -> Server:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, *options: str, cwd: Path | None = None) -> Iterator[Server]:
-    """`python -m server --port 0 --data-dir DATA_DIR OPTIONS...`, stopped (SIGTERM, then SIGKILL) after."""
+def running_server(data_dir: Path, *options: str, program: Sequence[str] = SERVER) -> Iterator[Server]:
+    """`python -m server --port 0 --data-dir DATA_DIR OPTIONS...` (or another `program`), in DATA_DIR's parent,
+    stopped (SIGTERM, then SIGKILL) after."""
     server = launch(
-        [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(data_dir), "--grace", "1", *options],
-        cwd or data_dir.parent,
+        [*program, "--port", "0", "--data-dir", str(data_dir), "--grace", "1", *options],
+        data_dir.parent,
     )
     try:
         yield server

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import service_models
 import torch
 from safetensors.torch import save_file
-from servers import FACTORIES, TOKEN, health, running_server, server_env
+from servers import CONVERT, FACTORIES, TOKEN, health, running_server, server_env
 
 from convert import ConvertConfig
 from convert.job import JobOptions, run_job
@@ -34,8 +33,6 @@ from server.rpc import converter_pb2_grpc as pb_grpc
 SHAPE = ((1, 3, 16, 16),)
 TINY = JobOptions("service_models:tiny", input_shapes=SHAPE, config=ConvertConfig(rank="full"))
 SLOW = JobOptions("service_models:slow", input_shapes=SHAPE)
-_SCRIPT = Path(sys.executable).with_name("convert")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "convert.cli"]
 
 pytestmark = pytest.mark.slow  # each test starts or uses a real server and its worker processes
 
@@ -121,7 +118,7 @@ def test_cli_through_the_server_prints_the_local_report(shared, weights: Path, t
     env = dict(server_env(), CONVERT_AUTH_TOKEN=TOKEN)
     results = [
         subprocess.run(
-            [*COMMAND, *args, "-o", str(tmp_path / run), *extra], env=env, capture_output=True, text=True, timeout=120
+            [*CONVERT, *args, "-o", str(tmp_path / run), *extra], env=env, capture_output=True, text=True, timeout=120
         )
         for run, extra in (("local", []), ("remote", ["--server", shared.address]))
     ]
@@ -130,6 +127,17 @@ def test_cli_through_the_server_prints_the_local_report(shared, weights: Path, t
     local, remote = (json.loads(result.stdout) for result in results)
     assert without_timings(remote) == without_timings(local)
     assert json.loads((tmp_path / "remote/report.json").read_text()) == remote
+    # a server that is not there: one line that says what to check, exit 2, nothing written
+    result = subprocess.run(
+        [*CONVERT, *args, "-o", str(tmp_path / "nowhere"), "--server", "127.0.0.1:9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach the conversion server at 127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
 
 
 # --- watch, cancel, limits ------------------------------------------------------------------------------------------
@@ -205,7 +213,8 @@ def test_a_crash_or_memory_hog_fails_its_job_not_the_server(client: ConvertClien
 
 
 def test_time_limit(tmp_path: Path) -> None:
-    with running_server(tmp_path / "data", "--job-time-limit", "8", *FACTORIES) as server:
+    serve = (*CONVERT, "serve")  # `convert serve` is `python -m server`
+    with running_server(tmp_path / "data", "--job-time-limit", "8", *FACTORIES, program=serve) as server:
         with ConvertClient(server.address) as client:
             job_id = client.submit(SLOW)
             pid = int(wait_for_file(tmp_path / "data" / "jobs" / job_id / "pid"))
@@ -219,7 +228,7 @@ def test_time_limit(tmp_path: Path) -> None:
 
 def test_restart_keeps_finished_jobs_and_never_leaves_one_running(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with running_server(data, *FACTORIES, "--grace", "3") as server:
+    with running_server(data, *FACTORIES, "--grace", "5") as server:
         with ConvertClient(server.address) as client:
             done = client.submit(TINY)
             wait_for(client, done, pb.SUCCEEDED)
@@ -228,8 +237,10 @@ def test_restart_keeps_finished_jobs_and_never_leaves_one_running(tmp_path: Path
             wait_for(client, stopped, pb.RUNNING)
             assert health(server.address) == "SERVING"
         server.process.send_signal(signal.SIGTERM)
-        statuses = {health(server.address, timeout=1) for _ in range(10)}
-        assert "NOT_SERVING" in statuses  # while the running job has its grace period
+        deadline, status = time.monotonic() + 5, "SERVING"
+        while status == "SERVING" and time.monotonic() < deadline:
+            status = health(server.address, timeout=1)
+        assert status == "NOT_SERVING"  # while the running job has its grace period
         assert server.stop() == 0
 
     with running_server(data, *FACTORIES) as server:
@@ -377,7 +388,7 @@ def test_a_pickle_that_creates_a_file_never_runs(shared, client: ConvertClient, 
     torch.save({"weight": _Payload(marker)}, evil)
     # as a model file, through the command line: refused by the server, not loaded on the client
     result = subprocess.run(
-        [*COMMAND, str(evil), "--input-shape", "1,3,16,16", "--server", shared.address, "--auth-token", TOKEN],
+        [*CONVERT, str(evil), "--input-shape", "1,3,16,16", "--server", shared.address, "--auth-token", TOKEN],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -30,6 +30,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: the only job ids that ever
 MAX_LIST = 1000
 DEFAULT_LIST = 100
 _WATCH_POLL = 1.0  # seconds between checks that a Watch's client is still there
+_CALL_ENDED = object()  # put in a Watch's inbox when its call ends (the client cancelled or went away)
 
 
 class ConverterServicer(pb_grpc.ConverterServicer):
@@ -84,6 +85,7 @@ class ConverterServicer(pb_grpc.ConverterServicer):
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
         job_id = self._record(request.job_id, context).id
         inbox = self._hub.subscribe(job_id)  # before reading the state, so that no change falls in between
+        context.add_callback(lambda: inbox.put(_CALL_ENDED))  # a client that goes away frees its thread at once
         try:
             current = state_event(self._store.get(job_id))
             yield current
@@ -95,6 +97,8 @@ class ConverterServicer(pb_grpc.ConverterServicer):
                     event = inbox.get(timeout=_WATCH_POLL)
                 except queue.Empty:
                     continue
+                if event is _CALL_ENDED:
+                    return
                 if event is CLOSED:
                     context.abort(
                         grpc.StatusCode.UNAVAILABLE, "the server is shutting down: watch again once it is back"

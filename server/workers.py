@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from server.config import ServerConfig
-from server.events import EventHub
+from server.events import EventHub, state_event
 from server.rpc import converter_pb2 as pb
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from server.worker import OUT_DIR
@@ -257,23 +257,11 @@ class WorkerPool:
         only_from: tuple[str, ...] = (RUNNING,),
         **fields: Any,
     ) -> None:
-        now = time.time()
         if not self._store.update(
-            job_id, only_from=only_from, state=state, message=message, failure=failure, finished=now, **fields
+            job_id, only_from=only_from, state=state, message=message, failure=failure, finished=time.time(), **fields
         ):
             return
-        record = self._store.get(job_id)
-        self._hub.publish(
-            pb.JobEvent(
-                job_id=job_id,
-                state=pb.JobState.Value(state),
-                stage=record.stage,
-                progress=record.progress,
-                message=message,
-                failure=pb.Failure.Value(failure) if failure else pb.FAILURE_UNSPECIFIED,
-                time=now,
-            )
-        )
+        self._hub.publish(state_event(self._store.get(job_id)))
 
     def _wait_finished(self, job_id: str) -> None:
         with self._cond:

@@ -6,6 +6,7 @@ tests that stop, restart or configure a server differently start their own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -212,12 +213,33 @@ def test_a_crash_or_memory_hog_fails_its_job_not_the_server(client: ConvertClien
     assert health(shared.address) == "SERVING"  # ... and is well
 
 
-def test_time_limit(tmp_path: Path) -> None:
+def test_time_limit_queue_bound_and_rpc_bound(tmp_path: Path) -> None:
     serve = (*CONVERT, "serve")  # `convert serve` is `python -m server`
-    with running_server(tmp_path / "data", "--job-time-limit", "8", *FACTORIES, program=serve) as server:
+    limits = ["--job-time-limit", "8", "--max-queued", "1", "--max-concurrent-rpcs", "3"]
+    with running_server(tmp_path / "data", *limits, *FACTORIES, program=serve) as server:
         with ConvertClient(server.address) as client:
             job_id = client.submit(SLOW)
             pid = int(wait_for_file(tmp_path / "data" / "jobs" / job_id / "pid"))
+            queued = client.submit(SLOW)
+            with pytest.raises(ServiceError) as error:
+                client.submit(SLOW)
+            assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in str(error.value)
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pb_grpc.ConverterStub(channel)
+                watches = [stub.Watch(pb.WatchRequest(job_id=job_id)) for _ in range(3)]
+                assert all(next(watch).state == pb.RUNNING for watch in watches)  # 3 calls held open
+                with pytest.raises(ServiceError) as error:
+                    client.list()
+                assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                for watch in watches:
+                    watch.cancel()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the server frees the calls as it learns they ended
+                with contextlib.suppress(ServiceError):
+                    client.cancel(queued)
+                    break
+                time.sleep(0.1)
+            assert client.get(queued).state == pb.CANCELLED
             job = wait_for(client, job_id, pb.FAILED)
             assert job.failure == pb.WORKER and "time limit of 8 s" in job.message
             assert gone(pid)

@@ -38,12 +38,14 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     if options.bench is not None:
         bench = options.bench
         message.benchmark.CopyFrom(
-            pb.BenchOptions(device=bench.device, warmup=bench.warmup, runs=bench.runs, batch_sizes=bench.batch_sizes)
+            pb.BenchOptions(device=bench.device, warmup=bench.warmup, batch_sizes=bench.batch_sizes)
         )
         if bench.threads is not None:
             message.benchmark.threads = bench.threads
         if bench.duration is not None:
             message.benchmark.duration_seconds = bench.duration
+        else:
+            message.benchmark.runs = bench.runs
     return message
 
 

@@ -318,7 +318,7 @@ def factory_header(data: bytes, spec: str = "service_models:tiny", **fields) -> 
     return header
 
 
-def test_bad_uploads(shared, weights: Path) -> None:
+def test_bad_uploads(shared, client: ConvertClient, weights: Path) -> None:
     data = weights.read_bytes()
     code, message = refused(shared.address, factory_header(os.urandom(5000)), [os.urandom(5000)])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in message  # another random draw
@@ -339,7 +339,20 @@ def test_bad_uploads(shared, weights: Path) -> None:
     code, message = refused(shared.address, factory_header(data), [data], token="wrong")
     assert code == grpc.StatusCode.UNAUTHENTICATED and "token" in message
     assert health(shared.address) == "SERVING"  # the health check needs no token
+
+    def vanishing_client():  # a client that dies in the middle of its upload
+        yield pb.SubmitRequest(header=factory_header(data))
+        yield pb.SubmitRequest(chunk=data[:100])
+        raise ConnectionError("the client went away")
+
+    jobs_before = {job.id for job in client.list(limit=1000)}
+    with grpc.insecure_channel(shared.address) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.ConverterStub(channel).Submit(vanishing_client(), metadata=(("authorization", f"Bearer {TOKEN}"),))
+    deadline = time.monotonic() + 10
+    while list((shared_data(shared) / "jobs").glob("*/upload.part")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not list((shared_data(shared) / "jobs").glob("*/upload.part"))  # nothing half-uploaded is kept
+    assert {job.id for job in client.list(limit=1000)} == jobs_before
 
 
 def test_bad_options(client: ConvertClient) -> None:

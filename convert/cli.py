@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -18,15 +19,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from convert.auto import AutoConfig, plan_for_speed
+from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
 from convert.config import TARGETS, ConvertConfig
 from convert.errors import ConvertError
-from convert.load import DTYPES, LoadedModel, load_model, make_inputs, parse_input_shape
+from convert.job import JobOptions, example_inputs, output_files, run_job
+from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.onnx_export import DEFAULT_ATOL, OnnxConfig, ParityError
-from convert.pipeline import convert_model, inspect_model
+from convert.pipeline import inspect_model
 from convert.report import format_count, format_ratio, plot_benchmark
-from convert.save import check_save_options, save_result
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -40,6 +41,10 @@ stderr = Console(stderr=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from server.cli import main as serve  # the gRPC service, with options of its own
+
+        return serve(argv[1:])
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "convert"
     parser, run = {
         "convert": (_convert_parser, _run_convert),
@@ -136,7 +141,8 @@ def _convert_parser() -> argparse.ArgumentParser:
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side.",
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
+        "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
     )
     _common_arguments(parser)
     output = parser.add_argument_group("output")
@@ -195,6 +201,19 @@ def _convert_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where layer latencies are cached (default: $CONVERT_CACHE_DIR or ~/.cache/convert/latency)",
     )
+    service = parser.add_argument_group("service (convert on a `convert serve` server instead of here)")
+    service.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="upload the model (its bytes, not loaded here) and convert it there; results are downloaded into OUTDIR",
+    )
+    service.add_argument(
+        "--auth-token",
+        default=os.environ.get("CONVERT_AUTH_TOKEN"),
+        help="the server's token (default: $CONVERT_AUTH_TOKEN)",
+    )
+    service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     return parser
 
 
@@ -258,46 +277,23 @@ def _inspect_parser() -> argparse.ArgumentParser:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    config = _config(args)
-    auto = _auto_config(args) if config.target == "auto" else None
-    bench = _bench_config(args) if args.benchmark or auto else None
-    if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
-        raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
-    onnx = OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None
-    outdir = args.output or _default_outdir(args.model, config.target)
-    check_save_options(outdir, None, onnx, bench)  # before the work, so a bad -o or --device costs nothing
-    loaded = _load(args)
-    inputs = _inputs(args, loaded)
-    check_save_options(outdir, inputs, onnx, bench)
-    plan = None
-    if auto is not None:
-        with _progress_bar() as progress:
-            plan = plan_for_speed(loaded.model, inputs, auto, progress=progress)
-    with stderr.status("converting...") as status:
-        result = convert_model(
-            loaded.model,
-            inputs,
-            config,
-            exported=loaded.exported,
-            plans=plan and plan.plans,
-            progress=lambda stage, fraction: status.update(f"converting: {stage} ({fraction:.0%})"),
-        )
-    if plan is not None:
-        result.report.auto = plan.report
-    with _progress_bar(enabled=onnx is not None) as progress:
-        save_result(
-            result, outdir, original=loaded.model, example_inputs=inputs, onnx=onnx, benchmark=bench, progress=progress
-        )
-    report = result.report
+    options = _job_options(args)
+    outdir = args.output or _default_outdir(args.model, options.config.target)
+    with _progress_bar() as progress:
+        if args.server:
+            from server.client import ConvertClient  # grpc is imported only for remote runs
+
+            with ConvertClient(args.server, auth_token=args.auth_token, tls=args.tls, tls_ca=args.tls_ca) as client:
+                report = client.run(options, outdir, progress=progress, on_warning=_warn)
+        else:
+            report = run_job(options, outdir, progress=progress, on_warning=_warn)
     if args.json:
         print(report.to_json())
         return 0
     stdout.print(report.table())
     if report.benchmark is not None:
         stdout.print(report.benchmark.table())
-    files = ["model.pt", "report.json", "report.md"]
     if report.onnx is not None:
-        files += [report.onnx.original.path, report.onnx.converted.path]
         worst = ", ".join(
             f"{e.path} {max(p.max_rel for p in e.parity):.2g}" for e in (report.onnx.original, report.onnx.converted)
         )
@@ -306,20 +302,35 @@ def _run_convert(args: argparse.Namespace) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    if report.benchmark is not None:
-        files.append("benchmark.png")
     if report.auto is not None:
-        files.append("auto.png")
         for note in report.auto.notes:
             stderr.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
-        measured = next((s.speedup for s in report.benchmark.speedup if s.batch == inputs[0].shape[0]), None)
+        measured = next((s.speedup for s in report.benchmark.speedup if s.batch == report.input_shapes[0][0]), None)
         stderr.print(
-            f"--to auto: target {auto.target_speedup:g}x, predicted {report.auto.predicted_speedup:.2f}x"
+            f"--to auto: target {report.auto.target_speedup:g}x, predicted {report.auto.predicted_speedup:.2f}x"
             + (f", measured {measured:.2f}x" if measured else ""),
             highlight=False,
         )
-    stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(files)})", highlight=False, soft_wrap=True)
+    stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(output_files(report))})", highlight=False, soft_wrap=True)
     return 0
+
+
+def _job_options(args: argparse.Namespace) -> JobOptions:
+    config = _config(args)
+    auto = _auto_config(args) if config.target == "auto" else None
+    bench = _bench_config(args) if args.benchmark or auto else None
+    if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
+        raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
+    return JobOptions(
+        model=args.model,
+        weights=args.weights,
+        input_shapes=tuple(args.input_shape) if args.input_shape else None,
+        input_dtype=args.input_dtype,
+        config=config,
+        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
+        bench=bench,
+        auto=auto,
+    )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -400,22 +411,16 @@ def _config(args: argparse.Namespace, **overrides: object) -> ConvertConfig:
     return ConvertConfig(**(fields | overrides))
 
 
+def _warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _load(args: argparse.Namespace) -> LoadedModel:
-    return load_model(
-        args.model,
-        args.weights,
-        on_warning=lambda message: stderr.print(
-            f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True
-        ),
-    )
+    return load_model(args.model, args.weights, on_warning=_warn)
 
 
 def _inputs(args: argparse.Namespace, loaded: LoadedModel):
-    if args.input_shape:
-        return make_inputs(args.input_shape, args.input_dtype)
-    if loaded.example_inputs is not None:
-        return loaded.example_inputs
-    raise ConvertError("the example input shape is unknown: add --input-shape, e.g. --input-shape 1,3,224,224")
+    return example_inputs(loaded, args.input_shape, args.input_dtype)
 
 
 def _default_outdir(model: str, target: str) -> Path:

@@ -14,7 +14,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
     "int64": torch.int64,
 }
+FileKind = Literal["torchscript", "pt2", "torch.save"]
 INPUT_SEED = 0  # example inputs are random but the same on every run
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # where training checkpoints keep the weights
 
@@ -168,20 +169,63 @@ def _key_mismatch(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], l
     return sorted(expected - set(state)), sorted(set(state) - expected)
 
 
-def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
-    _check_readable(path)
-    names = _zip_names(path)
+def file_kind(path: str | os.PathLike[str]) -> FileKind | None:
+    """What a model file is, from the names in its zip archive alone: nothing in it is read or unpickled.
+
+    Returns "torchscript" (torch.jit.save), "pt2" (torch.export.save), "torch.save" (a whole-model pickle or a
+    state dict: only unpickling tells which), or None for anything else (not a zip archive, truncated).
+    """
+    names = _zip_names(Path(path))
     if names is None:
+        return None
+    if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
+        return "torchscript"
+    if any(name.endswith("/archive_format") for name in names):
+        return "pt2"
+    return "torch.save"
+
+
+def weights_kind(path: str | os.PathLike[str]) -> Literal["safetensors", "torch.save"] | None:
+    """What a weights file is, from its first bytes and zip directory alone (nothing is unpickled): a
+    safetensors file (8-byte little-endian header length, then a JSON header), a torch.save archive, or None.
+
+    Raises:
+        ConvertError: when it is missing or unreadable.
+    """
+    path = Path(path)
+    _check_readable(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return "safetensors"
+    return "torch.save" if file_kind(path) == "torch.save" else None
+
+
+def model_file_kind(path: str | os.PathLike[str]) -> FileKind:
+    """`file_kind` of a file that must be a model file.
+
+    Raises:
+        ConvertError: when it is missing, unreadable, or not a PyTorch archive.
+    """
+    path = Path(path)
+    _check_readable(path)
+    kind = file_kind(path)
+    if kind is None:
         raise ConvertError(
             f"{path} is not a PyTorch model file (not a torch.save or torch.export.save archive): "
             "check that it is complete, or pass a factory spec package.module:callable"
         )
-    if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
+    return kind
+
+
+def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
+    kind = model_file_kind(path)
+    if kind == "torchscript":
         raise ConvertError(
             f"{path} is a TorchScript archive, which cannot be rewritten: re-save the model with "
             "torch.export.save(torch.export.export(model, example_args), 'model.pt2'), or pass its factory"
         )
-    if any(name.endswith("/archive_format") for name in names):
+    if kind == "pt2":
         return _load_pt2(path)
     try:
         torch.load(path, map_location="cpu", weights_only=True)

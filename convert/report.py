@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from typing import Any
 
 from rich.markup import escape
@@ -74,6 +76,11 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The inverse of `to_dict` (e.g. a report.json read back, or received from the service)."""
+        return _build(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -470,3 +477,22 @@ def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def _build(kind: Any, value: Any) -> Any:
+    """`value` (from JSON) as an instance of the annotated type `kind`: nested report dataclasses, their lists,
+    and optional fields; anything else is kept as it is."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(
+            **{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value}
+        )
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        inner = [arg for arg in typing.get_args(kind) if dataclasses.is_dataclass(arg)]
+        return _build(inner[0], value) if inner else value
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return [_build(item, element) for element in value]
+    return value

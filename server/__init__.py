@@ -1,0 +1,1 @@
+"""The conversion service over gRPC: `convert serve` / `python -m server`, and `ConvertClient` for scripts."""

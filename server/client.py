@@ -1,0 +1,256 @@
+"""A client of the conversion service, for scripts and for `convert MODEL ... --server HOST:PORT`.
+
+>>> from server.client import ConvertClient
+>>> from convert.job import JobOptions
+>>> with ConvertClient("localhost:50051") as client:
+...     report = client.run(JobOptions("torchvision.models:resnet18", input_shapes=((1, 3, 224, 224),)), "out")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from convert.errors import ConvertError
+from convert.job import JobOptions, Progress, Warn
+from convert.load import model_file_kind, weights_kind
+from convert.onnx_export import ParityError
+from convert.report import Report
+from convert.save import atomic_dir, check_outdir
+from server import options as wire
+from server.auth import call_metadata, channel_credentials
+from server.rpc import converter_pb2 as pb
+from server.rpc import converter_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 1 << 20  # upload chunks: the protocol's largest (fewer messages, faster on loopback)
+_MODEL_FORMATS = {"pt2": pb.ModelFile.PT2, "torch.save": pb.ModelFile.PICKLE, "torchscript": pb.ModelFile.TORCHSCRIPT}
+_WEIGHTS_FORMATS = {"safetensors": pb.Factory.SAFETENSORS, "torch.save": pb.Factory.STATE_DICT}
+FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+
+
+class ServiceError(ConvertError):
+    """The service refused a call (or could not be reached); `code` is its gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class JobFailed(ConvertError):
+    """A job ended FAILED or CANCELLED; `job` is its final record."""
+
+    def __init__(self, job: pb.Job) -> None:
+        state = pb.JobState.Name(job.state).lower()
+        super().__init__(f"job {job.id} {state}: {job.message}" if job.message else f"job {job.id} {state}")
+        self.job = job
+
+
+class ConvertClient:
+    """Submit, watch, fetch and cancel conversion jobs on a server.
+
+    Args:
+        address: HOST:PORT of `convert serve`.
+        auth_token: the server's token, when it has one.
+        tls: speak TLS (implied by `tls_ca`).
+        tls_ca: PEM file of the CA that signed the server's certificate (default: the system's roots).
+    """
+
+    def __init__(
+        self, address: str, *, auth_token: str | None = None, tls: bool = False, tls_ca: str | os.PathLike | None = None
+    ) -> None:
+        self.address = address
+        options = [("grpc.max_receive_message_length", CHUNK_BYTES + 64 * 1024)]
+        if tls or tls_ca:
+            credentials = channel_credentials(Path(tls_ca) if tls_ca else None)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.ConverterStub(self._channel)
+        self._metadata = call_metadata(auth_token)
+
+    def __enter__(self) -> ConvertClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def submit(self, options: JobOptions, *, sha256: bool | str = True, chunk_bytes: int = CHUNK_BYTES) -> str:
+        """Upload the model (a file's bytes as they are, never loaded here) or the factory's weights, and submit.
+
+        `sha256`: True computes the upload's digest for the server to check, a string gives it, False sends none.
+
+        Returns:
+            The job id; the job runs on the server, asynchronously.
+
+        Raises:
+            ConvertError: for a missing local file; ServiceError for what the server refuses.
+        """
+        header, upload = _header(options)
+        if upload is not None and sha256:
+            header.sha256 = sha256 if isinstance(sha256, str) else _sha256(upload)
+        with self._errors():
+            return self._stub.Submit(_requests(header, upload, chunk_bytes), metadata=self._metadata).job_id
+
+    def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
+        """The job's current state, then each change, until it finishes."""
+        with self._errors():
+            yield from self._stub.Watch(pb.WatchRequest(job_id=job_id), metadata=self._metadata)
+
+    def get(self, job_id: str) -> pb.Job:
+        with self._errors():
+            return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self._metadata)
+
+    def list(self, states: Sequence[int] = (), limit: int = 100) -> list[pb.Job]:
+        """Jobs, newest first; `states` are pb.JobState values (e.g. pb.RUNNING)."""
+        with self._errors():
+            request = pb.ListJobsRequest(states=states, limit=limit)
+            return list(self._stub.ListJobs(request, metadata=self._metadata).jobs)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        with self._errors():
+            return self._stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=self._metadata)
+
+    def report(self, job_id: str) -> Report:
+        """The report of a SUCCEEDED job."""
+        job = self.get(job_id)
+        if job.state != pb.SUCCEEDED:
+            raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
+        return Report.from_dict(json.loads(job.report_json))
+
+    def download(self, job_id: str, outdir: str | os.PathLike) -> list[str]:
+        """Every artifact of a SUCCEEDED job into `outdir`, atomically (replaced as a whole, never half-written),
+        each checked against its size and sha256.
+
+        Returns:
+            The names of the files written.
+        """
+        job = self.get(job_id)
+        if job.state != pb.SUCCEEDED:
+            raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
+        with atomic_dir(outdir) as staging:
+            for artifact in job.artifacts:
+                self._fetch(job_id, artifact, staging / artifact.name)
+        return [artifact.name for artifact in job.artifacts]
+
+    def wait(self, job_id: str, progress: Progress | None = None, on_log: Warn | None = None) -> pb.Job:
+        """Follow the job until it finishes, passing on its progress and log lines. Returns its final record."""
+        for event in self.watch(job_id):
+            if event.log:
+                if on_log:
+                    on_log(event.log)
+            elif progress and event.state == pb.RUNNING:
+                progress(event.stage or "running", event.progress)
+            elif progress and event.state == pb.QUEUED:
+                progress("queued", 0.0)
+            if event.state in FINAL_STATES and not event.log:
+                break
+        return self.get(job_id)
+
+    def run(
+        self,
+        options: JobOptions,
+        outdir: str | os.PathLike,
+        *,
+        progress: Progress | None = None,
+        on_warning: Warn | None = None,
+    ) -> Report:
+        """What `convert.job.run_job` does, through the service: submit, follow, download into `outdir`.
+
+        On Ctrl-C (KeyboardInterrupt) while the job runs, the job is cancelled.
+
+        Raises:
+            ServiceError: the server refused the submission; JobFailed: the job failed or was cancelled
+                (ParityError when ONNX Runtime did not match PyTorch).
+        """
+        check_outdir(outdir)  # before the upload, so a bad -o costs nothing
+        job_id = self.submit(options)
+        try:
+            job = self.wait(job_id, progress, lambda line: on_warning and on_warning(line.removeprefix("warning: ")))
+        except KeyboardInterrupt:
+            with contextlib.suppress(ConvertError):
+                self.cancel(job_id)
+            raise
+        if job.state == pb.FAILED and job.failure == pb.PARITY:
+            raise ParityError(f"{job.message} (on the server, job {job_id})")
+        if job.state != pb.SUCCEEDED:
+            raise JobFailed(job)
+        self.download(job_id, outdir)
+        return Report.from_dict(json.loads(job.report_json))
+
+    def _fetch(self, job_id: str, artifact: pb.Artifact, path: Path) -> None:
+        digest, size = hashlib.sha256(), 0
+        with self._errors(), open(path, "wb") as f:
+            request = pb.DownloadRequest(job_id=job_id, name=artifact.name)
+            for chunk in self._stub.Download(request, metadata=self._metadata):
+                f.write(chunk.data)
+                digest.update(chunk.data)
+                size += len(chunk.data)
+        if size != artifact.size_bytes or digest.hexdigest() != artifact.sha256:
+            raise ConvertError(f"{artifact.name} arrived damaged (size or sha256 differ): download it again")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """gRPC errors as ServiceError, with the server's message (one line a person can act on)."""
+        try:
+            yield
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details() or ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                details = (
+                    f"cannot reach the conversion server at {self.address} ({details}): check the address, and that "
+                    "`convert serve` runs there"
+                    if "shutting down" not in details
+                    else details
+                )
+            raise ServiceError(code, details) from None
+
+
+def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
+    """The Submit header for `options`, and the file to upload (None: a factory without weights)."""
+    header = pb.SubmitHeader(options=wire.to_proto(options))
+    path = Path(options.model)
+    if path.exists() or ":" not in options.model:
+        if options.weights is not None:
+            raise ConvertError("--weights goes with a factory spec (package.module:callable), not a model file")
+        kind = model_file_kind(path)  # from the zip's names alone: the file is not loaded here
+        header.model_file.CopyFrom(pb.ModelFile(format=_MODEL_FORMATS[kind], filename=path.name))
+        upload: Path | None = path
+    else:
+        header.factory.spec = options.model
+        upload = Path(options.weights) if options.weights is not None else None
+        if upload is not None:
+            kind = weights_kind(upload)
+            if kind is None:
+                raise ConvertError(
+                    f"cannot read weights from {upload}: give a state dict saved as .safetensors or with "
+                    "torch.save(model.state_dict())"
+                )
+            header.factory.weights_format = _WEIGHTS_FORMATS[kind]
+    header.size_bytes = upload.stat().st_size if upload is not None else 0
+    return header, upload
+
+
+def _requests(header: pb.SubmitHeader, upload: Path | None, chunk_bytes: int) -> Iterator[pb.SubmitRequest]:
+    yield pb.SubmitRequest(header=header)
+    if upload is None:
+        return
+    with open(upload, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            yield pb.SubmitRequest(chunk=chunk)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

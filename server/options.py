@@ -1,0 +1,106 @@
+"""JobOptions <-> the proto's JobOptions message: the same settings on both sides of the wire."""
+
+from __future__ import annotations
+
+from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
+from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
+from convert.errors import ConvertError
+from convert.job import JobOptions
+from convert.load import DTYPES
+from convert.onnx_export import DEFAULT_ATOL, OnnxConfig
+from server.rpc import converter_pb2 as pb
+
+
+def to_proto(options: JobOptions) -> pb.JobOptions:
+    """The wire form of `options` (its model and weights travel separately, as the upload)."""
+    config = options.config
+    message = pb.JobOptions(
+        target=config.target,
+        full_rank=config.rank == "full",
+        no_pointwise=not config.pointwise,
+        include=config.include or "",
+        exclude=config.exclude or "",
+        min_channels=config.min_channels,
+        input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
+        input_dtype=options.input_dtype,
+    )
+    if isinstance(config.rank, int):
+        message.rank = config.rank
+    if config.energy is not None:
+        message.energy = config.energy
+    if config.groups is not None:
+        message.groups = config.groups
+    if options.onnx is not None:
+        onnx = options.onnx
+        message.onnx.CopyFrom(pb.OnnxOptions(static_shapes=not onnx.dynamic_batch, atol=onnx.atol))
+        if onnx.opset is not None:
+            message.onnx.opset = onnx.opset
+    if options.bench is not None:
+        bench = options.bench
+        message.benchmark.CopyFrom(
+            pb.BenchOptions(device=bench.device, warmup=bench.warmup, batch_sizes=bench.batch_sizes)
+        )
+        if bench.threads is not None:
+            message.benchmark.threads = bench.threads
+        if bench.duration is not None:
+            message.benchmark.duration_seconds = bench.duration
+        else:
+            message.benchmark.runs = bench.runs
+    return message
+
+
+def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -> JobOptions:
+    """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server.
+
+    Raises:
+        ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
+    """
+    if message.full_rank and message.HasField("rank"):
+        raise ConvertError("give either rank or full_rank, not both")
+    rank: int | str | None = "full" if message.full_rank else _optional(message, "rank")
+    config = ConvertConfig(
+        target=message.target or "separable",
+        rank=rank,  # type: ignore[arg-type]
+        energy=_optional(message, "energy"),
+        groups=_optional(message, "groups"),
+        pointwise=not message.no_pointwise,
+        include=message.include or None,
+        exclude=message.exclude or None,
+        min_channels=_optional(message, "min_channels", DEFAULT_MIN_CHANNELS),
+    )
+    onnx = bench = None
+    if message.HasField("onnx"):
+        o = message.onnx
+        onnx = OnnxConfig(_optional(o, "opset"), not o.static_shapes, _optional(o, "atol", DEFAULT_ATOL))
+    if message.HasField("benchmark"):
+        b = message.benchmark
+        if b.HasField("runs") and b.HasField("duration_seconds"):
+            raise ConvertError("give either runs or duration_seconds for the benchmark, not both")
+        bench = BenchConfig(
+            device=b.device or "auto",
+            threads=_optional(b, "threads"),
+            warmup=_optional(b, "warmup", DEFAULT_WARMUP),
+            runs=_optional(b, "runs", DEFAULT_RUNS),
+            duration=_optional(b, "duration_seconds"),
+            batch_sizes=tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES,
+        )
+    if message.input_dtype and message.input_dtype not in DTYPES:
+        raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    for shape in message.input_shapes:
+        if not shape.dims or 0 in shape.dims:
+            raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
+    return JobOptions(
+        model=model,
+        weights=weights,
+        input_shapes=tuple(tuple(shape.dims) for shape in message.input_shapes) or None,
+        input_dtype=message.input_dtype or "float32",
+        config=config,
+        onnx=onnx,
+        bench=bench,
+        # JobOptions refuses any distill settings for now (see convert/job.py, DISTILL).
+        distill={f.name: value for f, value in message.distill.ListFields()} if message.HasField("distill") else None,
+    )
+
+
+def _optional(message, field: str, default=None):
+    return getattr(message, field) if message.HasField(field) else default

@@ -1,0 +1,44 @@
+"""JobOptions survive the wire: to_proto, then from_proto, gives them back; bad ones are refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from convert import BenchConfig, ConvertConfig, ConvertError, OnnxConfig
+from convert.job import JobOptions
+from server.options import from_proto, to_proto
+from server.rpc import converter_pb2 as pb
+
+CASES = [
+    JobOptions("m"),
+    JobOptions("m", input_shapes=((1, 3, 8, 8), (2, 5)), input_dtype="float64", config=ConvertConfig(rank="full")),
+    JobOptions("m", config=ConvertConfig(rank=3, include="layer1", exclude="fc", min_channels=4)),
+    JobOptions("m", config=ConvertConfig(energy=0.9)),
+    JobOptions("m", config=ConvertConfig(target="grouped", groups=4, pointwise=False)),
+    JobOptions("m", onnx=OnnxConfig(opset=18, dynamic_batch=False, atol=1e-3)),
+    JobOptions("m", bench=BenchConfig(device="cpu", threads=2, warmup=0, runs=7, batch_sizes=(1, 8))),
+    JobOptions("m", bench=BenchConfig(device="cuda", duration=2.5)),
+]
+
+
+@pytest.mark.parametrize("options", CASES, ids=range(len(CASES)))
+def test_round_trip(options: JobOptions) -> None:
+    wire = pb.JobOptions.FromString(to_proto(options).SerializeToString())
+    assert from_proto(wire, "m") == options
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (pb.JobOptions(rank=2, full_rank=True), "either rank or full_rank"),
+        (pb.JobOptions(groups=2), "--groups applies to --to grouped only"),
+        (pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 0])]), "input shape"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either runs or duration"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
+        (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
+        (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", steps=10)), "distillation is not available"),
+    ],
+)
+def test_refused(message: pb.JobOptions, expected: str) -> None:
+    with pytest.raises(ConvertError, match=expected):
+        from_proto(message, "m")

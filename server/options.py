@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
 from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
 from convert.errors import ConvertError
@@ -35,6 +36,10 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.onnx.CopyFrom(pb.OnnxOptions(static_shapes=not onnx.dynamic_batch, atol=onnx.atol))
         if onnx.opset is not None:
             message.onnx.opset = onnx.opset
+    if options.auto is not None:
+        message.auto.target_speedup = options.auto.target_speedup
+        if options.auto.max_error is not None:
+            message.auto.max_error = options.auto.max_error
     if options.bench is not None:
         bench = options.bench
         message.benchmark.CopyFrom(
@@ -84,6 +89,17 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
             duration=_optional(b, "duration_seconds"),
             batch_sizes=tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES,
         )
+    auto = None
+    if config.target == "auto":
+        device, threads = (bench.device, bench.threads) if bench else ("auto", None)
+        auto = AutoConfig(
+            target_speedup=_optional(message.auto, "target_speedup", AutoConfig.target_speedup),
+            max_error=_optional(message.auto, "max_error"),
+            device=device,
+            threads=threads,
+        )
+    elif message.HasField("auto"):
+        raise ConvertError("auto options go with target 'auto'")
     if message.input_dtype and message.input_dtype not in DTYPES:
         raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
     for shape in message.input_shapes:
@@ -97,6 +113,7 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
         config=config,
         onnx=onnx,
         bench=bench,
+        auto=auto,
         # JobOptions refuses any distill settings for now (see convert/job.py, DISTILL).
         distill={f.name: value for f, value in message.distill.ListFields()} if message.HasField("distill") else None,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from convert import BenchConfig, ConvertConfig, ConvertError, OnnxConfig
+from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, OnnxConfig
 from convert.job import JobOptions
 from server.options import from_proto, to_proto
 from server.rpc import converter_pb2 as pb
@@ -18,6 +18,13 @@ CASES = [
     JobOptions("m", onnx=OnnxConfig(opset=18, dynamic_batch=False, atol=1e-3)),
     JobOptions("m", bench=BenchConfig(device="cpu", threads=2, warmup=0, runs=7, batch_sizes=(1, 8))),
     JobOptions("m", bench=BenchConfig(device="cuda", duration=2.5)),
+    JobOptions("m", config=ConvertConfig(target="auto")),
+    JobOptions(
+        "m",
+        config=ConvertConfig(target="auto"),
+        auto=AutoConfig(target_speedup=3.0, max_error=0.2, device="cpu", threads=2),
+        bench=BenchConfig(device="cpu", threads=2, batch_sizes=(1, 4)),
+    ),
 ]
 
 
@@ -36,6 +43,8 @@ def test_round_trip(options: JobOptions) -> None:
         (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either runs or duration"),
         (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
+        (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "auto options go with target 'auto'"),
+        (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),
         (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", steps=10)), "distillation is not available"),
     ],
 )

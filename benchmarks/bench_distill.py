@@ -124,7 +124,7 @@ def predictions(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: no spinning threads on a shared CPU)")
     parser.add_argument("--steps", type=int, default=600, help="distillation steps")
     parser.add_argument("--inputs", type=int, default=5000, help="unlabeled real inputs for distillation")
     parser.add_argument("--teacher-inputs", type=int, default=10000, help="labeled inputs to train the teacher")

@@ -335,14 +335,14 @@ class _Run:
         stop_requested = False
         clock = time.perf_counter()
         for step, batch in zip(range(start, total), self._loader(data.train, sampler), strict=False):
+            if self._any(stop_requested or sigint()):  # before the forward: BatchNorm statistics stay as they were
+                status = "interrupted"
+                break
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, config.lr, warmup_steps)
             self._set_train_modes()
             loss = self._loss(_to(batch, self.device))
-            loss_value, stop = self._agree(loss, stop_requested or sigint())
-            if stop:
-                status = "interrupted"
-                break
+            loss_value = self._mean(loss)
             if not math.isfinite(loss_value):
                 status, stopped_at = "nan", step
                 last.restore()
@@ -455,13 +455,21 @@ class _Run:
             return loss
         return loss + self.config.feature_weight * features
 
-    def _agree(self, loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
-        """The loss averaged over the processes, and whether any of them wants to stop: all decide alike."""
+    def _any(self, flag: bool) -> bool:
+        """Whether any process says so: every process stops at the same step."""
         if self.world == 1:
-            return float(loss.detach()), stop
-        flags = torch.stack([loss.detach().float(), torch.tensor(float(stop), device=loss.device)])
-        dist.all_reduce(flags)
-        return float(flags[0]) / self.world, bool(flags[1] > 0)
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(value)
+        return bool(value > 0)
+
+    def _mean(self, loss: torch.Tensor) -> float:
+        """The loss averaged over the processes: every process sees the same, and stops alike on a NaN."""
+        value = loss.detach().float()
+        if self.world > 1:
+            dist.all_reduce(value)
+            value = value / self.world
+        return float(value)
 
     # -- validation --
 

@@ -13,6 +13,7 @@ Targets (issue 4): agreement >= 95% and at most 3 points of accuracy lost, with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
 import time
@@ -124,7 +125,9 @@ def predictions(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: no spinning threads on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads (1: no spinning threads on a shared CPU)"
+    )
     parser.add_argument("--steps", type=int, default=600, help="distillation steps")
     parser.add_argument("--inputs", type=int, default=5000, help="unlabeled real inputs for distillation")
     parser.add_argument("--teacher-inputs", type=int, default=10000, help="labeled inputs to train the teacher")
@@ -132,6 +135,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=2000, help="held-out labeled test inputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also each default changed alone (lr, feature weight, BatchNorm)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine = platform.processor() or platform.machine()
@@ -158,13 +164,24 @@ def main() -> None:
     totals = converted.report.totals
     row("rank-1 separable, SVD only", converted.model)
     config = DistillConfig(steps=args.steps, seed=args.seed)
-    sources = [(f"distilled, {args.inputs} real inputs", unlabeled)]
+    runs = [(f"distilled, {args.inputs} real inputs", unlabeled, config)]
     if not args.skip_synthetic:
-        sources.append(("distilled, synthetic inputs", "synthetic"))
-    for name, source in sources:
+        runs.append(("distilled, synthetic inputs", "synthetic", config))
+    if args.ablation:
+        changes = [
+            {"lr": 1e-3},
+            {"lr": 1e-2},
+            {"feature_weight": 0.0},
+            {"feature_weight": 10.0},
+            {"batchnorm": "freeze"},
+        ]
+        for change in changes:
+            label = ", ".join(f"{key} {value}" for key, value in change.items())
+            runs.append((f"real inputs, {label}", unlabeled, dataclasses.replace(config, **change)))
+    for name, source, run_config in runs:
         data = load_data(source, test_x[:1], seed=args.seed)
         clock = time.perf_counter()
-        result = distill_result(converted, teacher, data, config)
+        result = distill_result(converted, teacher, data, run_config)
         distill = result.report.distill
         row(f"{name}, {distill.steps} steps", result.model, time.perf_counter() - clock, distill.steps_per_second)
 

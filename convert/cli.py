@@ -34,6 +34,7 @@ from convert.distill import (
     DistillConfig,
     DistillEvent,
     DistillProgress,
+    check_distill_options,
     distill_result,
     is_main_process,
     load_checkpoint,
@@ -440,6 +441,7 @@ def _distill_job(
         transform=transform,
         seed=config.seed,
     )
+    check_distill_options(config, data)
     return data, config, checkpoint
 
 

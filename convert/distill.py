@@ -166,9 +166,7 @@ def distill_result(
     config = config or DistillConfig()
     notify = progress or (lambda _event: None)
     saved = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    total = _total_steps(config, data)
-    device = resolve_training_device(config.device)
-    amp = _amp_dtype(config.amp, device)
+    total, device, amp = _plan(config, data)
     with (
         _process_group(device) as (rank, world, device),
         _deterministic(device),
@@ -182,6 +180,22 @@ def distill_result(
             )
         run = _Run(result, teacher, data, config, device, amp, rank, world)
         return run.train(total, saved, notify, sigint)
+
+
+def check_distill_options(config: DistillConfig, data: DistillData) -> None:
+    """Everything `distill_result` would refuse about `config` and `data` before training: call it before
+    converting, so that a bad option costs nothing.
+
+    Raises:
+        ConvertError: for a device or autocast that cannot run here, or epochs of synthetic inputs.
+    """
+    _plan(config, data)
+
+
+def _plan(config: DistillConfig, data: DistillData) -> tuple[int, torch.device, torch.dtype | None]:
+    """(steps, device, autocast dtype) of a run."""
+    device = resolve_training_device(config.device)
+    return _total_steps(config, data), device, _amp_dtype(config.amp, device)
 
 
 def resolve_training_device(name: str) -> torch.device:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from convert.errors import ConvertError, one_line
+from convert.load import read_tensor_file
 
 SYNTHETIC = "synthetic"
 DEFAULT_VAL_FRACTION = 0.1  # of DATA held out for validation when no --val is given ...
@@ -286,17 +287,13 @@ def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[t
             f"({', '.join(TENSOR_SUFFIXES)}), or synthetic"
         )
     try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data: Any = load_file(path)
-        elif suffix == ".npy":
-            data = torch.from_numpy(np.load(path, allow_pickle=False))
+        if suffix == ".npy":
+            data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 data = {key: torch.from_numpy(archive[key]) for key in archive.files}
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = read_tensor_file(path)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
         raise ConvertError(
             f"cannot read inputs from {path} ({one_line(e)}): save a tensor shaped (N, ...) with torch.save, "

@@ -384,8 +384,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     return code
 
 
-_DISTILL_OPTIONS = (
-    "val",
+# --distill options that are DistillConfig fields (same names), then the others
+_DISTILL_CONFIG_OPTIONS = (
     "steps",
     "epochs",
     "batch_size",
@@ -397,10 +397,8 @@ _DISTILL_OPTIONS = (
     "amp",
     "seed",
     "workers",
-    "image_mean",
-    "image_std",
-    "resume",
 )
+_DISTILL_OPTIONS = (*_DISTILL_CONFIG_OPTIONS, "val", "image_mean", "image_std", "resume")
 
 
 def _distill_job(
@@ -412,21 +410,9 @@ def _distill_job(
         if given:
             raise ConvertError(f"--{given[0].replace('_', '-')} goes with --distill DATA: add --distill")
         return None
-    fields = {
-        "steps": args.steps,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "feature_weight": args.feature_weight,
-        "loss": args.loss,
-        "temperature": args.temperature,
-        "batchnorm": args.batchnorm,
-        "amp": args.amp,
-        "seed": args.seed,
-        "workers": args.workers,
-    }
+    fields = {name: getattr(args, name) for name in _DISTILL_CONFIG_OPTIONS if getattr(args, name) is not None}
     device = "cuda" if args.device == "tensorrt" else args.device  # TensorRT is ONNX Runtime's: train on CUDA
-    config = DistillConfig(device=device, **{name: value for name, value in fields.items() if value is not None})
+    config = DistillConfig(device=device, **fields)
     transform = None
     if args.image_mean is not None or args.image_std is not None:
         if inputs[0].dim() != 4:

@@ -365,13 +365,7 @@ class _Run:
                 state["val_curve"] = [point for point in state["val_curve"] if point[0] <= last.step]
                 break
             last.take(step)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if config.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.params, config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._update(loss)
             state["step"] = step + 1
             state["history"].append(loss_value)
             now = time.perf_counter()
@@ -404,13 +398,12 @@ class _Run:
             )
         else:
             kept, kept_step, after = state["best"], state["best_step"], state["best_metrics"]
-            if status == "interrupted":
-                message = (
-                    f"interrupted at step {state['step']}/{total}: kept the best weights so far (step {kept_step}); "
-                    "--resume continues"
-                )
-            else:
-                message = f"completed {total} steps; kept the weights of step {kept_step} (best validation loss)"
+            message = (
+                f"interrupted at step {state['step']}/{total}: kept the best weights so far (step {kept_step}); "
+                "--resume continues"
+                if status == "interrupted"
+                else f"completed {total} steps; kept the weights of step {kept_step} (best validation loss)"
+            )
         checkpoint = self._checkpoint(state, total, with_optimizer=status != "nan")
         if kept is not None:
             self.student.load_state_dict(kept)
@@ -421,6 +414,16 @@ class _Run:
             state, total, status, message, kept_step, after, train_seconds, eval_seconds, steps_run, warmup_steps
         )
         return ConversionResult(model, report, dict(self.result.replaced), checkpoint)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """One AdamW step on `loss` (scaled for fp16 autocast), gradients clipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _start(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         """The state of the run: new, or from a checkpoint; sets the losses' units (`scales`)."""

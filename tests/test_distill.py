@@ -32,6 +32,7 @@ from convert import (
     save_result,
 )
 from convert.distill import learning_rate, load_checkpoint, output_loss_kinds
+from convert.trace import plain_graph_module
 
 X = torch.zeros(1, 3, 10, 10)
 FAST = DistillConfig(steps=6, batch_size=8, eval_every=2)
@@ -139,6 +140,17 @@ def test_feature_sites_at_every_converted_layer(teacher: nn.Module, data) -> Non
     assert distill.feature_layers == converted and distill.unmatched_layers == []
     assert distill.loss_start < 1e-5  # float32 noise; a mismatched pair gives a relative error of order 1
     assert distill.before.output_rel_error < 1e-5 and distill.before.top1_agreement == 1.0
+
+
+def test_feature_sites_in_an_exported_teacher(teacher: nn.Module, data) -> None:
+    """A .pt2 teacher is an aten-level graph without conv modules: its conv calls are made modules to hook."""
+    exported = torch.export.export(teacher, (X,))
+    graph_teacher = plain_graph_module(exported)
+    exact = convert_model(graph_teacher, X, ConvertConfig(rank="full"), exported=exported)
+    result = distill_result(exact, graph_teacher, data, dataclasses.replace(FAST, steps=1, batchnorm="freeze"))
+    distill = result.report.distill
+    assert distill.feature_layers == ["stem", "shared", "weight"] and distill.unmatched_layers == []
+    assert distill.loss_start < 1e-5
 
 
 def test_distillation_brings_the_student_closer(teacher: nn.Module, converted, data) -> None:

@@ -22,8 +22,23 @@ from rich.table import Table
 from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
 from convert.config import TARGETS, ConvertConfig
+from convert.data import SYNTHETIC
+from convert.distill import (
+    AMP_MODES,
+    BATCHNORM_MODES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FEATURE_WEIGHT,
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    DEFAULT_TEMPERATURE,
+    LOSSES,
+    DistillConfig,
+    DistillEvent,
+    DistillProgress,
+    is_main_process,
+)
 from convert.errors import ConvertError
-from convert.job import JobOptions, example_inputs, output_files, run_job
+from convert.job import DistillJob, JobOptions, example_inputs, output_files, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.onnx_export import DEFAULT_ATOL, OnnxConfig, ParityError
 from convert.pipeline import inspect_model
@@ -32,6 +47,8 @@ from convert.report import format_count, format_ratio, plot_benchmark
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_PARITY = 3  # ONNX Runtime does not match PyTorch: the files are kept in OUTDIR.failed-parity/
+EXIT_DISTILL_NAN = 4  # the distillation loss was not finite: OUTDIR has the last good weights
+EXIT_INTERRUPTED = 130  # Ctrl-C
 SUBCOMMANDS = ("inspect", "bench")
 
 # Piped output keeps a readable table width instead of rich's 80-column default.
@@ -65,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         stderr.print("interrupted: nothing was written")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug: one line unless --verbose
         if args.verbose:
             raise
@@ -179,7 +196,11 @@ def _convert_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
     )
-    _benchmark_arguments(bench)
+    _benchmark_arguments(
+        bench,
+        device_help="where to distill (torch: auto is CUDA when torch sees a GPU; tensorrt trains on CUDA) and to "
+        "benchmark (ONNX Runtime provider: auto is CUDA when a session really runs there); default: auto",
+    )
     auto = parser.add_argument_group(
         "latency-aware planning (--to auto; implies --benchmark, on the --device and --threads above)"
     )
@@ -214,7 +235,73 @@ def _convert_parser() -> argparse.ArgumentParser:
     )
     service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
+    _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
     return parser
+
+
+def _distill_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of --distill; each defaults to None so that one given without --distill is caught."""
+    group.add_argument(
+        "--distill",
+        action="append",
+        metavar="DATA",
+        help=f"unlabeled inputs: '{SYNTHETIC}', a folder of images (ImageFolder layout or flat), or a tensor file "
+        "shaped (N, ...) (.pt, .npy, .npz, .safetensors); repeat for a file per model input",
+    )
+    group.add_argument(
+        "--val",
+        action="append",
+        metavar="DATA",
+        help="validation inputs, in the same forms (default: 10%% of DATA held out, at most 1000)",
+    )
+    length = group.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, metavar="N", help=f"optimizer steps (default: {DEFAULT_STEPS})")
+    length.add_argument("--epochs", type=float, metavar="E", help="passes over DATA instead of --steps")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help=f"inputs per step, over all processes (default: {DEFAULT_BATCH_SIZE})",
+    )
+    group.add_argument(
+        "--lr", type=float, help=f"peak learning rate, AdamW with warm-up and cosine decay (default: {DEFAULT_LR:g})"
+    )
+    group.add_argument(
+        "--feature-weight",
+        type=float,
+        metavar="W",
+        help="weight of matching each converted layer's output to the original conv's "
+        f"(default: {DEFAULT_FEATURE_WEIGHT:g}; 0: outputs only)",
+    )
+    group.add_argument(
+        "--loss",
+        choices=LOSSES,
+        help="output loss: auto (KL for outputs shaped N x classes, else relative MSE), kl, mse (default: auto)",
+    )
+    group.add_argument(
+        "--temperature", type=float, metavar="T", help=f"of the KL loss (default: {DEFAULT_TEMPERATURE:g})"
+    )
+    group.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        help="student BatchNorm: update (batch statistics, running averages updated) or freeze (default: update)",
+    )
+    group.add_argument("--amp", choices=AMP_MODES, help="autocast on CUDA: auto is bf16 where supported, else fp16")
+    group.add_argument("--seed", type=int, metavar="S", help="batch order and synthetic inputs (default: 0)")
+    group.add_argument("--workers", type=int, metavar="N", help="DataLoader processes decoding images (default: 0)")
+    group.add_argument(
+        "--image-mean",
+        type=_floats,
+        metavar="M,M,M",
+        help="per channel, for image folders (default: ImageNet's for 3 channels, else 0.5)",
+    )
+    group.add_argument("--image-std", type=_floats, metavar="S,S,S", help="per channel (default: ImageNet's or 0.5)")
+    group.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue from OUTDIR/distill-checkpoint.pt, which every distillation writes",
+    )
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -232,13 +319,11 @@ def _bench_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _benchmark_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICES,
-        help="ONNX Runtime provider (default: auto, CUDA when a session really runs there, else CPU)",
-    )
+def _benchmark_arguments(
+    group: argparse._ArgumentGroup,
+    device_help: str = "ONNX Runtime provider (default: auto, CUDA when a session really runs there, else CPU)",
+) -> None:
+    group.add_argument("--device", default="auto", choices=DEVICES, help=device_help)
     group.add_argument("--threads", type=int, metavar="N", help="CPU intra-op threads (default: the physical cores)")
     length = group.add_mutually_exclusive_group()
     length.add_argument(
@@ -286,10 +371,16 @@ def _run_convert(args: argparse.Namespace) -> int:
             with ConvertClient(args.server, auth_token=args.auth_token, tls=args.tls, tls_ca=args.tls_ca) as client:
                 report = client.run(options, outdir, progress=progress, on_warning=_warn)
         else:
-            report = run_job(options, outdir, progress=progress, on_warning=_warn)
+            printer = _distill_printer(quiet=args.json, bar=progress is not None)
+            report = run_job(options, outdir, progress=progress, on_warning=_warn, on_event=printer)
+    if options.distill is not None and not is_main_process():
+        return 0  # a torchrun worker: rank 0 writes OUTDIR and prints
+    code = _distill_exit_status(report.distill)
     if args.json:
         print(report.to_json())
-        return 0
+        if code:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(report.distill.message)}", highlight=False, soft_wrap=True)
+        return code
     stdout.print(report.table())
     if report.benchmark is not None:
         stdout.print(report.benchmark.table())
@@ -311,8 +402,80 @@ def _run_convert(args: argparse.Namespace) -> int:
             + (f", measured {measured:.2f}x" if measured else ""),
             highlight=False,
         )
+    if report.distill is not None:
+        stderr.print(_distill_summary(report.distill), highlight=False, soft_wrap=True)
     stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(output_files(report))})", highlight=False, soft_wrap=True)
-    return 0
+    return code
+
+
+# --distill options that are DistillConfig fields (same names), then the others
+_DISTILL_CONFIG_OPTIONS = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "feature_weight",
+    "loss",
+    "temperature",
+    "batchnorm",
+    "amp",
+    "seed",
+    "workers",
+)
+_DISTILL_OPTIONS = (*_DISTILL_CONFIG_OPTIONS, "val", "image_mean", "image_std", "resume")
+
+
+def _distill_options(args: argparse.Namespace) -> DistillJob | None:
+    """The --distill settings; None without --distill (then none of its options may be given)."""
+    if not args.distill:
+        given = [name for name in _DISTILL_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ConvertError(f"--{given[0].replace('_', '-')} goes with --distill DATA: add --distill")
+        return None
+    fields = {name: getattr(args, name) for name in _DISTILL_CONFIG_OPTIONS if getattr(args, name) is not None}
+    device = "cuda" if args.device == "tensorrt" else args.device  # TensorRT is ONNX Runtime's: train on CUDA
+    return DistillJob(
+        data=tuple(args.distill),
+        config=DistillConfig(device=device, **fields),
+        val=None if args.val is None else tuple(args.val),
+        image_mean=args.image_mean,
+        image_std=args.image_std,
+        resume=bool(args.resume),
+    )
+
+
+def _distill_printer(quiet: bool, bar: bool) -> DistillProgress:
+    """What is trained where, and (without a progress bar) a line per validation; nothing with --json."""
+    quiet = quiet or not is_main_process()
+
+    def show(event: DistillEvent) -> None:
+        if event.kind == "eval" and not bar and not quiet:
+            stderr.print(f"step {event.step}/{event.total}: validation {_metrics(event.metrics)}", highlight=False)
+        elif event.kind == "start" and not quiet:
+            stderr.print(escape(event.message or ""), highlight=False)
+
+    return show
+
+
+def _metrics(metrics) -> str:
+    agreement = "" if metrics.top1_agreement is None else f", top-1 agreement {metrics.top1_agreement:.1%}"
+    return f"output rel. error {metrics.output_rel_error:.3g}{agreement}"
+
+
+def _distill_summary(distill) -> str:
+    return (
+        f"distilled {distill.steps}/{distill.total_steps} steps in {distill.seconds:.1f} s "
+        f"({distill.steps_per_second:.3g} steps/s): {_metrics(distill.before)} -> {_metrics(distill.after)}"
+        f"{'; on synthetic inputs: accuracy on real data is unknown' if distill.synthetic else ''}; "
+        f"{escape(distill.message)}"
+    )
+
+
+def _distill_exit_status(distill) -> int:
+    """0, or the status of a distillation that stopped early (its results are written all the same)."""
+    if distill is None or distill.status == "completed":
+        return 0
+    return EXIT_DISTILL_NAN if distill.status == "nan" else EXIT_INTERRUPTED
 
 
 def _job_options(args: argparse.Namespace) -> JobOptions:
@@ -330,6 +493,7 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
         onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
         bench=bench,
         auto=auto,
+        distill=_distill_options(args),
     )
 
 
@@ -459,6 +623,15 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
     return sizes
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: use comma-separated numbers, e.g. 0.5,0.5,0.5"
+        ) from None
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +17,22 @@ import torch
 from convert.auto import AutoConfig, plan_for_speed
 from convert.bench import BenchConfig
 from convert.config import ConvertConfig
+from convert.data import DistillData, image_transform, input_names, load_data
+from convert.distill import (
+    DistillConfig,
+    DistillEvent,
+    DistillProgress,
+    check_distill_options,
+    distill_result,
+    is_main_process,
+    load_checkpoint,
+)
 from convert.errors import ConvertError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.onnx_export import OnnxConfig
 from convert.pipeline import convert_model
 from convert.report import Report
-from convert.save import check_save_options, save_result
+from convert.save import DISTILL_CHECKPOINT, DISTILL_PLOT, check_save_options, save_result
 
 Progress = Callable[[str, float], None]  # (what is running, fraction of the whole job done)
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
@@ -28,6 +40,29 @@ Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loadin
 # Share of the progress bar taken by loading, and by converting (the rest is saving: export and benchmark).
 _LOAD_SHARE = 0.05
 _CONVERT_SHARE = {"plain": 0.9, "onnx": 0.4, "benchmark": 0.25}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillJob:
+    """--distill: where the training inputs come from, and how to train."""
+
+    # "synthetic", a folder of images, or a tensor file shaped (N, ...); several: a file per model input.
+    data: tuple[str, ...]
+    config: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    # Validation inputs in the same forms; None: a split of `data` is held out.
+    val: tuple[str, ...] | None = None
+    # Image normalisation per channel; None: ImageNet's for 3 channels, else 0.5 (see convert.data).
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
+    # Continue from OUTDIR/distill-checkpoint.pt, written by an earlier run that stopped.
+    resume: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DistillJob:
+        tuples = {
+            k: None if data.get(k) is None else tuple(data[k]) for k in ("data", "val", "image_mean", "image_std")
+        }
+        return cls(**{**data, **tuples, "config": DistillConfig(**data.get("config", {}))})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +86,8 @@ class JobOptions:
     # Target "auto": what the latency-aware plan aims for and where it measures (default AutoConfig()).
     # Implies `bench` on the same device and threads.
     auto: AutoConfig | None = None
-    # Placeholder for the distillation settings (--distill DATA, --steps, --epochs, --batch-size, --lr, --val,
-    # --seed, --feature-weight), wired in when distillation lands; must be None until then.
-    distill: Mapping[str, Any] | None = None
+    # Fine-tune the converted model against the original (None: no distillation).
+    distill: DistillJob | None = None
 
     def __post_init__(self) -> None:
         if self.config.target == "auto" and self.auto is None:
@@ -64,10 +98,6 @@ class JobOptions:
             object.__setattr__(self, "bench", BenchConfig(device=self.auto.device, threads=self.auto.threads))
         if self.bench is not None and self.onnx is None:
             object.__setattr__(self, "onnx", OnnxConfig())  # the benchmark times the ONNX files
-        # DISTILL: the one place that refuses distillation settings (the service answers INVALID_ARGUMENT with
-        # this message). Remove it when run_job's distill step below is wired in.
-        if self.distill is not None:
-            raise ConvertError("distillation is not available in this build: drop the distill settings")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (the service stores them with each job)."""
@@ -93,7 +123,7 @@ class JobOptions:
             onnx=None if onnx is None else OnnxConfig(**onnx),
             bench=None if bench is None else BenchConfig(**bench),
             auto=None if auto is None else AutoConfig(**auto),
-            distill=data.get("distill"),
+            distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
         )
 
 
@@ -103,6 +133,7 @@ def run_job(
     *,
     progress: Progress | None = None,
     on_warning: Warn | None = None,
+    on_event: DistillProgress | None = None,
 ) -> Report:
     """Load the model, convert it, and write the results into `outdir` (replaced as a whole, atomically).
 
@@ -112,6 +143,8 @@ def run_job(
             `options.onnx` / `options.bench`).
         progress: called with (what is running, fraction of the whole job done).
         on_warning: receives one-line warnings for the user.
+        on_event: receives each distillation event (start, step, eval, end); raising KeyboardInterrupt from it
+            stops the distillation cleanly, keeping the best weights so far.
 
     Returns:
         The Report, as written to `outdir/report.json`.
@@ -127,6 +160,7 @@ def run_job(
     loaded = load_model(options.model, options.weights, on_warning=on_warning)
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     check_save_options(outdir, inputs, onnx, bench)
+    distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if bench else "onnx" if onnx else "plain"]
     plan = None
     if options.auto is not None:  # measuring the candidates takes most of an auto job
@@ -142,7 +176,13 @@ def run_job(
     )
     if plan is not None:
         result.report.auto = plan.report
-    # DISTILL: the distillation step goes here, between convert_model and save_result.
+    if distill is not None:
+        data, config, checkpoint = distill
+        result = distill_result(
+            result, loaded.model, data, config, progress=_distill_events(notify, on_event), checkpoint=checkpoint
+        )
+        if not is_main_process():
+            return result.report  # a torchrun worker: rank 0 writes OUTDIR
     save_result(
         result,
         outdir,
@@ -176,6 +216,46 @@ def _span(notify: Progress, start: float, end: float) -> Progress:
     return lambda what, fraction: notify(what, start + (end - start) * min(max(fraction, 0.0), 1.0))
 
 
+def _prepare_distill(
+    job: DistillJob | None, loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], outdir: str | os.PathLike[str]
+) -> tuple[DistillData, DistillConfig, dict | None] | None:
+    """The data, options and checkpoint of a distillation, all checked; None without one."""
+    if job is None:
+        return None
+    transform = None
+    if job.image_mean is not None or job.image_std is not None:
+        if inputs[0].dim() != 4:
+            raise ConvertError("--image-mean and --image-std go with a folder of images and an N,C,H,W input")
+        transform = image_transform(inputs[0].shape, job.image_mean, job.image_std)
+    checkpoint = load_checkpoint(Path(outdir) / DISTILL_CHECKPOINT) if job.resume else None
+    data = load_data(
+        list(job.data),
+        inputs,
+        val=None if job.val is None else list(job.val),
+        input_names=input_names(loaded.model),
+        transform=transform,
+        seed=job.config.seed,
+    )
+    check_distill_options(job.config, data)
+    return data, job.config, checkpoint
+
+
+def _distill_events(notify: Progress, on_event: DistillProgress | None) -> DistillProgress:
+    """Distillation events as progress lines (and passed on to `on_event`)."""
+
+    def handle(event: DistillEvent) -> None:
+        if event.kind == "step" and event.total:
+            eta = time.strftime("%H:%M:%S", time.gmtime(event.eta_seconds or 0))
+            notify(
+                f"distilling: step {event.step}/{event.total}, loss {event.loss:.4g}, ETA {eta}",
+                event.step / event.total,
+            )
+        if on_event is not None:
+            on_event(event)
+
+    return handle
+
+
 def output_files(report: Report) -> list[str]:
     """The files `run_job` wrote into its output folder for `report`, relative to it."""
     files = ["model.pt", "report.json", "report.md"]
@@ -185,4 +265,6 @@ def output_files(report: Report) -> list[str]:
         files.append("benchmark.png")
     if report.auto is not None:
         files.append("auto.png")
+    if report.distill is not None:
+        files += [DISTILL_PLOT, DISTILL_CHECKPOINT]
     return files

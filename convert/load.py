@@ -138,15 +138,20 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         raise ConvertError(f"{path} does not fit the model ({detail}): check the factory and the weights file") from e
 
 
+def read_tensor_file(path: Path) -> Any:
+    """What a .safetensors file holds, or a torch.save file read with weights_only=True: tensors and plain
+    containers, never code. Raises the reader's own error."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     _check_readable(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_tensor_file(path)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
         raise ConvertError(
             f"cannot read weights from {path} ({one_line(e)}): give a state dict saved as .safetensors "

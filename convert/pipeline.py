@@ -32,6 +32,11 @@ class ConversionResult:
 
     model: nn.Module
     report: Report
+    # converted layer name (as in the report) -> module path of its replacement in `model`; the two differ
+    # for functional convs, whose replacement is a new submodule
+    replaced: dict[str, str] = dataclasses.field(default_factory=dict)
+    # distillation state (optimizer, step, best weights) that `save_result` writes for `--resume`
+    checkpoint: dict[str, Any] | None = None
 
 
 def convert_model(
@@ -96,14 +101,14 @@ def convert_model(
     else:
         plans = plan_layers(layers, config)
     stage_done("plan", 0.3)
-    rows, swaps = [], {}
+    rows, swaps, replaced = [], {}, {}
     for index, layer in enumerate(layers):
         plan = plans.get(layer.name)
         if plan is None:
             rows.append(_layer_row(layer, None, None))
         else:
             original = traced.module.get_submodule(layer.module) if layer.module else None
-            row, replacement = _convert_layer(traced.module, layer, plan)
+            row, replacement, replaced[layer.name] = _convert_layer(traced.module, layer, plan)
             rows.append(row)
             if original is not None:
                 swaps[index] = (original, replacement)
@@ -141,7 +146,8 @@ def convert_model(
         versions={"torch": torch.__version__},
     )
     stage_done("report", 1.0)
-    return ConversionResult(converted, report)
+    kept = {row.name for row in rows if row.status == "converted"}  # the module walk may have undone swaps
+    return ConversionResult(converted, report, {name: path for name, path in replaced.items() if name in kept})
 
 
 def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) -> dict[str, LayerPlan]:
@@ -157,13 +163,13 @@ def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) 
     return plans
 
 
-def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module]:
+def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module, str]:
     weight = layer.weight
     factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
     training = root.get_submodule(layer.module).training if layer.module else root.training
     replacement = build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad)
-    apply(root, layer, replacement)
-    return _layer_row(layer, plan, factors.rel_error), replacement
+    path = apply(root, layer, replacement)
+    return _layer_row(layer, plan, factors.rel_error), replacement, path
 
 
 def _keep_swaps_that_run(

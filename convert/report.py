@@ -73,6 +73,7 @@ class Report:
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
+    distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,7 +111,7 @@ class Report:
             "|" + "---|" * len(_COLUMNS),
         ]
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in self.layers]
-        sections = [section.to_markdown() for section in (self.auto, self.onnx, self.benchmark) if section is not None]
+        sections = [s.to_markdown() for s in (self.auto, self.distill, self.onnx, self.benchmark) if s is not None]
         return "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
 
     def table(self) -> Table:
@@ -496,3 +497,117 @@ def _build(kind: Any, value: Any) -> Any:
         (item,) = typing.get_args(kind)
         return [_build(item, element) for element in value]
     return value
+
+
+# --- distillation record -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DistillMetrics:
+    """The student against the teacher on the validation inputs."""
+
+    loss: float  # the output loss (feature matching not included)
+    output_rel_error: float  # ||y_student - y_teacher|| / ||y_teacher|| over all output tensors
+    top1_agreement: float | None  # share of inputs whose top class agrees (class-score outputs only, else None)
+
+
+@dataclasses.dataclass
+class DistillReport:
+    """How the converted model (student) was fine-tuned to match the original (teacher)."""
+
+    status: str  # completed | interrupted (Ctrl-C: best weights kept) | nan (loss not finite: last good weights kept)
+    message: str  # one line on how it ended
+    data: str  # the training inputs
+    val_data: str  # the validation inputs
+    synthetic: bool  # random training inputs: accuracy on real data is unknown
+    steps: int  # optimizer steps done, those before a --resume included
+    total_steps: int  # steps asked for
+    resumed_from: int | None  # the checkpoint's step, when resumed
+    batch_size: int  # inputs per step, over all processes
+    epochs: float | None  # passes over the training inputs (None for synthetic)
+    lr: float  # peak learning rate (AdamW, linear warm-up then cosine decay to 0)
+    warmup_steps: int
+    weight_decay: float
+    output_loss: list[str]  # per output tensor: "kl" (class scores, with temperature) or "mse" (relative)
+    temperature: float
+    feature_weight: float  # weight of the feature loss (relative MSE at each converted layer's output)
+    batchnorm: str  # "update" (batch statistics, running averages updated) or "freeze" (running statistics kept)
+    feature_layers: list[str]  # converted layers matched against the teacher's conv output there
+    unmatched_layers: list[str]  # converted layers with no teacher conv output to match (output loss only)
+    device: str  # where it trained: cpu, cuda, cuda:N
+    amp: str | None  # autocast dtype on CUDA (bfloat16, float16), None in float32
+    world_size: int  # processes (torch.distributed DDP), 1 without torchrun
+    seed: int
+    seconds: float  # wall time of the training steps of this run (validation not included)
+    steps_per_second: float  # training steps of this run / seconds
+    eval_seconds: float  # wall time of validation
+    loss_start: float  # training loss (output + weighted feature loss), mean of the first steps (LOSS_WINDOW)
+    loss_end: float  # the same over the last steps
+    before: DistillMetrics  # the converted model as it came from the SVD
+    after: DistillMetrics  # the weights kept
+    best_step: int  # the step whose weights were kept (0: the SVD init was not improved)
+    curve: list[list[float]]  # [step, training loss], averaged over buckets of steps (at most CURVE_POINTS)
+    val_curve: list[list[float]]  # [step, validation loss] at each validation
+    notes: list[str]
+
+    def to_markdown(self) -> str:
+        def fmt(metrics: DistillMetrics) -> list[str]:
+            agreement = "" if metrics.top1_agreement is None else f"{metrics.top1_agreement:.2%}"
+            return [f"{metrics.output_rel_error:.4g}", agreement, f"{metrics.loss:.4g}"]
+
+        amp = f", autocast {self.amp}" if self.amp else ""
+        processes = f", {self.world_size} processes" if self.world_size > 1 else ""
+        lines = [
+            "## Distillation",
+            "",
+            f"- {self.message}",
+            f"- training data: {self.data}; validation: {self.val_data}",
+            f"- {self.steps}/{self.total_steps} steps in {self.seconds:.1f} s ({self.steps_per_second:.3g} steps/s) "
+            f"on {self.device}{amp}{processes}; batch {self.batch_size}, lr {self.lr:g}, "
+            f"feature weight {self.feature_weight:g}, BatchNorm {self.batchnorm}, "
+            f"output loss {', '.join(self.output_loss)}, seed {self.seed}",
+            f"- training loss {self.loss_start:.4g} -> {self.loss_end:.4g}; weights kept from step {self.best_step}",
+            "",
+            "| on the validation inputs | before | after |",
+            "|---|---:|---:|",
+        ]
+        for label, before, after in zip(
+            ("output rel. error", "top-1 agreement with the original", "output loss"),
+            fmt(self.before),
+            fmt(self.after),
+            strict=True,
+        ):
+            if before:
+                lines.append(f"| {label} | {before} | {after} |")
+        lines += [""] + [f"- {note}" for note in self.notes] if self.notes else []
+        lines += ["", "![loss curve](distill.png)"]
+        return "\n".join(lines) + "\n"
+
+
+def plot_distill(distill: DistillReport, path: str | os.PathLike[str]) -> None:
+    """Write a PNG of the training loss per step, with the validation loss and the step whose weights were kept."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if distill.curve:
+        steps, losses = zip(*distill.curve, strict=True)
+        axes.plot(steps, losses, label="training loss (output + features)")
+    if distill.val_curve:
+        steps, losses = zip(*distill.val_curve, strict=True)
+        axes.plot(steps, losses, "o-", label="validation output loss")
+    axes.axvline(distill.best_step, color="grey", linestyle=":", label=f"kept: step {distill.best_step}")
+    values = [v for _, v in distill.curve + distill.val_curve if v > 0]
+    if values and max(values) > 20 * min(values):
+        axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    agreement = ""
+    if distill.after.top1_agreement is not None and distill.before.top1_agreement is not None:
+        agreement = f", top-1 agreement {distill.before.top1_agreement:.1%} -> {distill.after.top1_agreement:.1%}"
+    axes.set_title(f"distillation: {distill.steps} steps, {distill.status}{agreement}", fontsize=10)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -64,6 +64,28 @@ def build_replacement(
     return module.train(training)
 
 
+def plain_conv(spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A standard conv module computing `spec` with `weight` and `bias` (copied): a functional call as a module."""
+    conv = _CONV_CLASSES[spec.dim](
+        spec.in_channels,
+        spec.out_channels,
+        spec.kernel,
+        stride=spec.stride,
+        padding=spec.padding,
+        dilation=spec.dilation,
+        groups=spec.groups,
+        bias=bias is not None,
+        padding_mode=spec.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
 def apply(root: nn.Module, layer: ConvLayer, replacement: nn.Module) -> str:
     """Put `replacement` in place of `layer` in `root`; returns the replacement's module path."""
     if layer.module is not None:

@@ -20,8 +20,10 @@ from convert.bench import BenchConfig, Progress, benchmark_onnx, resolve_device
 from convert.errors import ConvertError, one_line
 from convert.onnx_export import OnnxConfig, ParityError, export_onnx, parity_message
 from convert.pipeline import ConversionResult
-from convert.report import OnnxReport, Report, plot_auto, plot_benchmark
+from convert.report import OnnxReport, Report, plot_auto, plot_benchmark, plot_distill
 
+DISTILL_CHECKPOINT = "distill-checkpoint.pt"  # what --resume reads
+DISTILL_PLOT = "distill.png"
 ORIGINAL_ONNX = "original.onnx"
 CONVERTED_ONNX = "model.onnx"
 FAILED_PARITY_SUFFIX = ".failed-parity"
@@ -132,6 +134,8 @@ def save_result(
 ) -> Path:
     """Write model.pt (torch.save of the converted module), report.json and report.md into `outdir`.
 
+    After distillation, also distill.png (the loss curve) and distill-checkpoint.pt (for a resume).
+
     With `onnx` (or `benchmark`), also original.onnx and model.onnx, each checked with onnx.checker and
     ONNX Runtime against PyTorch (`report.onnx`). With `benchmark`, the two are timed side by side on ONNX
     Runtime (`report.benchmark`, a table in report.md, benchmark.png). The report of `result` is updated.
@@ -161,6 +165,10 @@ def save_result(
     try:
         with atomic_dir(outdir) as staging:
             torch.save(result.model, staging / "model.pt")
+            if result.checkpoint is not None:
+                torch.save(result.checkpoint, staging / DISTILL_CHECKPOINT)
+            if report.distill is not None:
+                plot_distill(report.distill, staging / DISTILL_PLOT)
             if onnx is not None:
                 report.onnx = _export_both(result, original, example_inputs, staging, onnx, notify)
                 exports = [report.onnx.original, report.onnx.converted]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
 from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
+from convert.data import SYNTHETIC
+from convert.distill import DistillConfig
 from convert.errors import ConvertError
-from convert.job import JobOptions
+from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
 from convert.onnx_export import DEFAULT_ATOL, OnnxConfig
 from server.rpc import converter_pb2 as pb
@@ -40,6 +42,12 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.auto.target_speedup = options.auto.target_speedup
         if options.auto.max_error is not None:
             message.auto.max_error = options.auto.max_error
+    if options.distill is not None:
+        config = options.distill.config
+        message.distill.CopyFrom(pb.DistillOptions(data=",".join(options.distill.data)))
+        for name in ("steps", "epochs", "batch_size", "lr", "seed", "feature_weight"):
+            if getattr(config, name) is not None:
+                setattr(message.distill, name, getattr(config, name))
     if options.bench is not None:
         bench = options.bench
         message.benchmark.CopyFrom(
@@ -114,9 +122,20 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
         onnx=onnx,
         bench=bench,
         auto=auto,
-        # JobOptions refuses any distill settings for now (see convert/job.py, DISTILL).
-        distill={f.name: value for f, value in message.distill.ListFields()} if message.HasField("distill") else None,
+        distill=_distill(message.distill, bench) if message.HasField("distill") else None,
     )
+
+
+def _distill(message: pb.DistillOptions, bench: BenchConfig | None) -> DistillJob:
+    """The distillation settings; the service trains on `synthetic` inputs only (no upload of data yet)."""
+    if message.data != SYNTHETIC:
+        raise ConvertError(
+            f"distillation data {message.data!r} is not available on the service: use data 'synthetic' "
+            "(uploading training inputs is not supported yet), or distill locally with convert --distill"
+        )
+    fields = {f.name: value for f, value in message.ListFields() if f.name != "data"}
+    device = "auto" if bench is None or bench.device == "tensorrt" else bench.device
+    return DistillJob(data=(SYNTHETIC,), config=DistillConfig(device=device, **fields))
 
 
 def _optional(message, field: str, default=None):

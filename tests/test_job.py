@@ -10,7 +10,8 @@ import torch
 
 from convert import ConvertConfig, ConvertError
 from convert.bench import BenchConfig
-from convert.job import JobOptions, output_files, run_job
+from convert.distill import DistillConfig
+from convert.job import DistillJob, JobOptions, output_files, run_job
 from convert.onnx_export import OnnxConfig
 
 FACTORY = "torchvision.models:resnet18"
@@ -29,9 +30,22 @@ def test_options_round_trip_through_json() -> None:
     assert JobOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
 
 
-def test_distill_settings_are_refused_until_distillation_lands() -> None:
-    with pytest.raises(ConvertError, match="distillation is not available in this build"):
-        JobOptions(model=FACTORY, distill={"data": "synthetic", "steps": 10})
+def test_distill_settings_round_trip_and_run(tmp_path: Path) -> None:
+    job = DistillJob(data=("synthetic",), config=DistillConfig(steps=3, batch_size=2, device="cpu"))
+    options = JobOptions(model=FACTORY, input_shapes=((2, 3, 64, 64),), distill=job)
+    assert JobOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    events: list[str] = []
+    report = run_job(options, tmp_path / "out", on_event=lambda event: events.append(event.kind))
+    assert report.distill is not None and report.distill.steps == 3 and report.distill.synthetic
+    assert events[0] == "start" and events.count("step") == 3 and events[-1] == "end"
+    assert set(output_files(report)) <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_bad_distill_data_fails_before_any_work(tmp_path: Path) -> None:
+    options = JobOptions(model=FACTORY, input_shapes=((1, 3, 32, 32),), distill=DistillJob(data=("missing.npy",)))
+    with pytest.raises(ConvertError, match="missing.npy"):
+        run_job(options, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_job_writes_the_folder_and_reports_progress(tmp_path: Path) -> None:

@@ -360,7 +360,7 @@ def test_bad_options(client: ConvertClient) -> None:
         (pb.JobOptions(rank=2, energy=0.9), "either a rank or an energy"),
         (pb.JobOptions(target="sideways"), "unknown target"),
         (pb.JobOptions(input_dtype="float8"), "input dtype"),
-        (pb.JobOptions(distill=pb.DistillOptions(data="synthetic")), "distillation is not available in this build"),
+        (pb.JobOptions(distill=pb.DistillOptions(data="images/")), "not available on the service"),
     ]
     for options, expected in cases:
         header = pb.SubmitHeader(options=options, factory=pb.Factory(spec="service_models:tiny"))

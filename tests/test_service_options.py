@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, OnnxConfig
-from convert.job import JobOptions
+from convert.distill import DistillConfig
+from convert.job import DistillJob, JobOptions
 from server.options import from_proto, to_proto
 from server.rpc import converter_pb2 as pb
 
@@ -19,6 +20,7 @@ CASES = [
     JobOptions("m", bench=BenchConfig(device="cpu", threads=2, warmup=0, runs=7, batch_sizes=(1, 8))),
     JobOptions("m", bench=BenchConfig(device="cuda", duration=2.5)),
     JobOptions("m", config=ConvertConfig(target="auto")),
+    JobOptions("m", distill=DistillJob(data=("synthetic",), config=DistillConfig(steps=10, lr=0.01, seed=3))),
     JobOptions(
         "m",
         config=ConvertConfig(target="auto"),
@@ -45,7 +47,7 @@ def test_round_trip(options: JobOptions) -> None:
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
         (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "auto options go with target 'auto'"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),
-        (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", steps=10)), "distillation is not available"),
+        (pb.JobOptions(distill=pb.DistillOptions(data="images/", steps=10)), "not available on the service"),
     ],
 )
 def test_refused(message: pb.JobOptions, expected: str) -> None:

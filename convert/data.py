@@ -1,0 +1,433 @@
+"""Unlabeled inputs for distillation: a folder of images, tensor files, in-memory tensors, or `synthetic`.
+
+Every source becomes a torch Dataset whose items are tuples of tensors, one per model input, each shaped like
+one example input without its batch dimension. Everything is checked when loaded, so a bad source fails
+before any training starts. Image folders are checked from the file headers and decoded lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from convert.errors import ConvertError, one_line
+from convert.load import read_tensor_file
+
+SYNTHETIC = "synthetic"
+DEFAULT_VAL_FRACTION = 0.1  # of DATA held out for validation when no --val is given ...
+MAX_VAL_INPUTS = 1000  # ... but at most this many: validation runs several times per distillation
+SYNTHETIC_VAL_INPUTS = 256  # random validation inputs for `synthetic` without --val
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the default normalisation of 3-channel images
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OTHER_MEAN, OTHER_STD = 0.5, 0.5  # per channel, for 1- and 4-channel images
+_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # model input channels -> PIL mode the images must have
+_SYNTHETIC_VAL_SEED_OFFSET = 1 << 31  # validation draws never coincide with training draws
+
+Inputs = tuple[torch.Tensor, ...]  # one sample: a tensor per model input, without the batch dimension
+ImageTransform = Callable[[Any], torch.Tensor]  # PIL image -> (C, H, W) float tensor
+DataSource = str | os.PathLike[str] | torch.Tensor | Sequence[Any] | Mapping[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class DistillData:
+    """Training and validation inputs for `distill_result`."""
+
+    train: Dataset[Inputs]
+    val: Dataset[Inputs]
+    train_size: int | None  # None: `synthetic`, as many as the steps draw
+    source: str  # what the training inputs are, for the report
+    val_source: str  # what the validation inputs are
+    synthetic: bool  # the training inputs are random: accuracy on real data is unknown
+
+    @property
+    def val_size(self) -> int:
+        return len(self.val)
+
+
+def load_data(
+    source: DataSource | Sequence[DataSource],
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    val: DataSource | Sequence[DataSource] | None = None,
+    input_names: Sequence[str] | None = None,
+    transform: ImageTransform | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+) -> DistillData:
+    """Load and check distillation inputs; hold out a validation split unless `val` is given.
+
+    Args:
+        source: `"synthetic"` (random inputs like the example inputs: normal for float, 0/1 for integer
+            inputs); a folder of images (ImageFolder layout or flat, searched recursively); a tensor file
+            of inputs shaped (N, ...) (`.pt`/`.pth` loaded with weights_only=True, `.npy`, `.npz`,
+            `.safetensors`); a list with a tensor file per model input; or tensors in memory. A file or
+            mapping with several tensors is keyed by the model's input names.
+        example_inputs: the model's example inputs: each sample must have their shape without the batch
+            dimension, and a dtype of the same kind (floating point data is cast to the input's dtype).
+        val: validation inputs, in any form `source` takes; default: `val_fraction` of `source` (at most
+            MAX_VAL_INPUTS), chosen at random with `seed`.
+        input_names: the model's input names (`input_names(model)`), to match keyed tensors to inputs.
+        transform: PIL image -> (C, H, W) tensor for image folders; default `image_transform(shape)`.
+        val_fraction: the share of `source` held out when `val` is None.
+        seed: for the validation split and synthetic inputs.
+
+    Raises:
+        ConvertError: naming the source and what to do, for anything that cannot feed the model.
+    """
+    examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if not 0 < val_fraction < 1:
+        raise ConvertError(f"validation fraction {val_fraction} is not valid: use a fraction in (0, 1), e.g. 0.1")
+    if seed < 0:
+        raise ConvertError(f"seed {seed} is not valid: use 0 or a positive integer")
+    train, size, description = _load_source(source, examples, input_names, transform, seed)
+    if val is not None:
+        val_set, val_size, val_description = _load_source(val, examples, input_names, transform, seed)
+        if val_size is None:
+            val_set, val_description = _synthetic_val(val_set)
+        return DistillData(train, val_set, size, description, f"--val {val_description}", size is None)
+    if size is None:
+        val_set, val_description = _synthetic_val(train)
+        return DistillData(train, val_set, None, description, val_description, True)
+    if size < 2:
+        raise ConvertError(
+            f"{description} holds {size} input: give at least 2 (one is held out for validation), or give --val"
+        )
+    count = min(max(1, round(size * val_fraction)), MAX_VAL_INPUTS, size - 1)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return DistillData(
+        Subset(train, sorted(order[count:])),
+        Subset(train, sorted(order[:count])),
+        size - count,
+        f"{description}, {size - count} for training",
+        f"{count} held out of {description}",
+        False,
+    )
+
+
+def _synthetic_val(synthetic: Dataset[Inputs]) -> tuple[Dataset[Inputs], str]:
+    """A fixed set of synthetic validation inputs, none of which training draws."""
+    held_out = range(_SYNTHETIC_VAL_SEED_OFFSET, _SYNTHETIC_VAL_SEED_OFFSET + SYNTHETIC_VAL_INPUTS)
+    return Subset(synthetic, held_out), f"{SYNTHETIC_VAL_INPUTS} synthetic inputs"
+
+
+def image_transform(
+    shape: Sequence[int], mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> ImageTransform:
+    """The default image transform for a model input of `shape` (N, C, H, W).
+
+    PIL image (already in mode L, RGB or RGBA for C = 1, 3, 4) -> uint8 tensor -> resized to H x W
+    (bilinear, antialiased; the aspect ratio is not kept) -> float in [0, 1] -> (x - mean) / std per channel,
+    with ImageNet's mean and std for 3 channels and 0.5, 0.5 otherwise.
+    """
+    from torchvision.transforms import v2
+
+    channels, height, width = shape[1], shape[2], shape[3]
+    mean = list(mean) if mean is not None else list(IMAGENET_MEAN if channels == 3 else [OTHER_MEAN] * channels)
+    std = list(std) if std is not None else list(IMAGENET_STD if channels == 3 else [OTHER_STD] * channels)
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ConvertError(
+                f"image {name} has {len(values)} values, the model takes {channels} channels: give one per channel"
+            )
+    if any(s <= 0 for s in std):
+        raise ConvertError(f"image std {std} is not valid: use positive values")
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize((height, width), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The generator seed of item `index` of the random stream `seed`: distinct for every index below 2**32.
+
+    torch's CPU generator keeps only the low 32 bits of a seed, so (seed << 32) + index would drop the seed.
+    """
+    return (seed * 0x9E3779B1 + index) % (1 << 32)
+
+
+def input_names(model: nn.Module) -> list[str] | None:
+    """Names of the model's positional inputs, from its forward signature; None when it takes *args."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in positional]
+
+
+# --- datasets -----------------------------------------------------------------------------------------------------
+
+
+class TensorInputs(Dataset[Inputs]):
+    """Inputs held in memory: sample i is (t[i] for each input tensor t)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> Inputs:
+        return tuple(t[index] for t in self.tensors)
+
+
+class ImageFiles(Dataset[Inputs]):
+    """Image files, decoded when read: sample i is (transform(image i),)."""
+
+    def __init__(self, paths: Sequence[Path], mode: str, transform: ImageTransform, dtype: torch.dtype) -> None:
+        self.paths, self.mode, self.transform, self.dtype = list(paths), mode, transform, dtype
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Inputs:
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as image:
+            return (self.transform(image.convert(self.mode)).to(self.dtype),)
+
+
+class SyntheticInputs(Dataset[Inputs]):
+    """Random inputs like the example inputs; sample i is the same on every call (seeded by `seed` and i)."""
+
+    def __init__(self, examples: Sequence[torch.Tensor], seed: int) -> None:
+        self.shapes = [tuple(t.shape[1:]) for t in examples]
+        self.dtypes = [t.dtype for t in examples]
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return 1 << 62  # as many as asked for
+
+    def __getitem__(self, index: int) -> Inputs:
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, index))
+        return tuple(
+            torch.randn(shape, generator=generator).to(dtype)
+            if dtype.is_floating_point
+            else torch.randint(0, 2, shape, generator=generator, dtype=dtype)
+            for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
+        )
+
+
+# --- loading and checking -----------------------------------------------------------------------------------------
+
+
+def _load_source(
+    source: Any,
+    examples: tuple[torch.Tensor, ...],
+    names: Sequence[str] | None,
+    transform: ImageTransform | None,
+    seed: int,
+) -> tuple[Dataset[Inputs], int | None, str]:
+    """(dataset, its size or None for synthetic, description)."""
+    if isinstance(source, (list, tuple)) and len(source) == 1:
+        source = source[0]
+    if isinstance(source, str) and source == SYNTHETIC:
+        return SyntheticInputs(examples, seed), None, "synthetic inputs"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return _image_folder(path, examples, transform)
+        tensors = _read_tensors(path)
+        return _checked(tensors, examples, names, str(path))
+    if isinstance(source, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in source):
+        if any(str(s) == SYNTHETIC or Path(s).is_dir() for s in source):
+            raise ConvertError("give several data sources only as one tensor file per model input")
+        tensors = [_single(_read_tensors(Path(s)), str(s)) for s in source]
+        return _checked(tensors, examples, None, " + ".join(map(str, source)))
+    if isinstance(source, torch.Tensor) or (
+        isinstance(source, (list, tuple, Mapping)) and all(isinstance(t, torch.Tensor) for t in _values(source))
+    ):
+        return _checked(source, examples, names, "tensors in memory")
+    raise ConvertError(
+        f"data of type {type(source).__name__} is not supported: give 'synthetic', a folder of images, "
+        "a tensor file, or tensors"
+    )
+
+
+def _values(source: Any) -> list[Any]:
+    return list(source.values()) if isinstance(source, Mapping) else list(source)
+
+
+def _single(tensors: Any, what: str) -> torch.Tensor:
+    if isinstance(tensors, torch.Tensor):
+        return tensors
+    values = _values(tensors)
+    if len(values) != 1:
+        raise ConvertError(f"{what} holds {len(values)} tensors: with a file per input, each holds one tensor")
+    return values[0]
+
+
+def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[torch.Tensor]:
+    """The tensor, dict or list of tensors in a file; never unpickles code."""
+    if not path.exists():
+        raise ConvertError(f"{path}: no such file or folder (for random inputs, write --distill synthetic)")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConvertError(f"{path} is not a readable file: check the path and its permissions")
+    suffix = path.suffix.lower()
+    if suffix not in TENSOR_SUFFIXES:
+        raise ConvertError(
+            f"{path} is not a known data format: give a folder of images, a tensor file "
+            f"({', '.join(TENSOR_SUFFIXES)}), or synthetic"
+        )
+    try:
+        if suffix == ".npy":
+            data: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                data = {key: torch.from_numpy(archive[key]) for key in archive.files}
+        else:
+            data = read_tensor_file(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
+        raise ConvertError(
+            f"cannot read inputs from {path} ({one_line(e)}): save a tensor shaped (N, ...) with torch.save, "
+            "numpy.save or safetensors"
+        ) from e
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, (dict, list, tuple)) and data and all(isinstance(t, torch.Tensor) for t in _values(data)):
+        return dict(data) if isinstance(data, dict) else list(data)
+    raise ConvertError(
+        f"{path} holds a {type(data).__name__}, not tensors of inputs: save a tensor shaped (N, ...), "
+        "or a dict of them keyed by input name"
+    )
+
+
+def _checked(
+    data: Any, examples: tuple[torch.Tensor, ...], names: Sequence[str] | None, what: str
+) -> tuple[Dataset[Inputs], int, str]:
+    tensors = _ordered(data, examples, names, what)
+    checked = []
+    for index, (tensor, example) in enumerate(zip(tensors, examples, strict=True)):
+        label = what if len(examples) == 1 else f"{what} (input {index + 1})"
+        checked.append(_check_tensor(tensor, example, label))
+    sizes = {len(t) for t in checked}
+    if len(sizes) > 1:
+        raise ConvertError(f"{what} has different numbers of samples per input ({sorted(sizes)}): give as many of each")
+    size = sizes.pop()
+    return TensorInputs(checked), size, f"{size} inputs from {what}"
+
+
+def _ordered(
+    data: Any, examples: tuple[torch.Tensor, ...], names: Sequence[str] | None, what: str
+) -> list[torch.Tensor]:
+    """The tensors of `data` in the order of the model's inputs."""
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    if isinstance(data, Mapping):
+        keys = list(data)
+        if len(keys) == 1 and len(examples) == 1:
+            return [data[keys[0]]]
+        if names is None or set(keys) != set(names[: len(examples)]):
+            expected = ", ".join(names[: len(examples)]) if names else "unknown: give one file per input instead"
+            raise ConvertError(
+                f"{what} holds tensors named {', '.join(keys)}; the model's inputs are {expected}: "
+                "key the tensors by input name"
+            )
+        return [data[name] for name in names[: len(examples)]]
+    tensors = list(data)
+    if len(tensors) != len(examples):
+        raise ConvertError(
+            f"{what} holds {len(tensors)} input tensor(s), the model takes {len(examples)}: give a tensor file "
+            "per input (repeat the option) or a dict keyed by input name"
+        )
+    return tensors
+
+
+def _check_tensor(tensor: torch.Tensor, example: torch.Tensor, what: str) -> torch.Tensor:
+    sample = tuple(example.shape[1:])
+    if tensor.dim() != example.dim() or tuple(tensor.shape[1:]) != sample or len(tensor) == 0:
+        raise ConvertError(
+            f"{what} is shaped {'x'.join(map(str, tensor.shape))}, the model takes inputs shaped "
+            f"N x {'x'.join(map(str, sample))} (from the example input): save inputs of that shape, "
+            "or change --input-shape"
+        )
+    if example.dtype.is_floating_point != tensor.dtype.is_floating_point or tensor.dtype in (torch.bool, torch.uint8):
+        kind = "floating point" if example.dtype.is_floating_point else "integer"
+        raise ConvertError(
+            f"{what} holds {str(tensor.dtype).removeprefix('torch.')} values, the model takes "
+            f"{str(example.dtype).removeprefix('torch.')} inputs: save {kind} data (e.g. images already "
+            "scaled and normalised), or give a folder of image files"
+        )
+    if tensor.is_complex() or (tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all())):
+        raise ConvertError(f"{what} holds NaN, infinite or complex values: give finite real inputs")
+    return tensor.to(example.dtype).contiguous()
+
+
+def _image_folder(
+    folder: Path, examples: tuple[torch.Tensor, ...], transform: ImageTransform | None
+) -> tuple[Dataset[Inputs], int, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(examples) != 1 or examples[0].dim() != 4 or not examples[0].dtype.is_floating_point:
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in examples)
+        raise ConvertError(
+            f"a folder of images feeds a model with one float input shaped N,C,H,W, not {shapes}: "
+            "give tensor files of inputs instead"
+        )
+    shape = tuple(examples[0].shape)
+    channels = shape[1]
+    if transform is None and channels not in _IMAGE_MODES:
+        raise ConvertError(
+            f"the model takes {channels}-channel inputs, which images do not have (1, 3 or 4 channels): "
+            "give tensor files of inputs, or an image transform (library)"
+        )
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise ConvertError(
+            f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}, searched in subfolders too): "
+            "add images, or give a tensor file or synthetic"
+        )
+    mode = _IMAGE_MODES.get(channels, "RGB")
+    for path in paths:  # headers only: cheap, and every bad file is found before training
+        try:
+            with Image.open(path) as image:
+                native = _native_mode(image)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConvertError(f"cannot read image {path} ({one_line(e)}): remove or replace the file") from e
+        bands = 3 if native == "P" else Image.getmodebands(native)
+        if transform is None and bands != channels:
+            raise ConvertError(
+                f"image {path} has {bands} channel(s) (mode {native}), the model takes {channels}: convert the "
+                f"images to {mode}, or give --input-shape with {bands} channel(s)"
+            )
+    dataset = ImageFiles(paths, mode, transform or image_transform(shape), examples[0].dtype)
+    first = dataset[0][0]
+    if tuple(first.shape) != shape[1:]:
+        raise ConvertError(
+            f"the image transform gives tensors shaped {'x'.join(map(str, first.shape))}, the model takes "
+            f"{'x'.join(map(str, shape[1:]))}: make the transform resize to the input shape"
+        )
+    classes = {p.parent for p in paths}
+    layout = (
+        f"ImageFolder layout, {len(classes)} class folders"
+        if all(p.parent.parent == folder for p in paths) and len(classes) > 1
+        else "flat"
+        if classes == {folder}
+        else "nested folders"
+    )
+    return dataset, len(paths), f"{len(paths)} images in {folder}/ ({layout})"
+
+
+def _native_mode(image: Any) -> str:
+    """The image's mode; a palette image counts as the mode its palette holds (RGB, or RGBA with transparency)."""
+    if image.mode == "P":
+        return "RGBA" if "transparency" in image.info else "P"
+    return image.mode

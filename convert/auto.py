@@ -8,12 +8,11 @@ another candidate beats on both MACs and weight error. For the rest:
 - error: the relative error of the layer's output on its real input (captured on the example input);
 - latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
 
-The search is a Lagrangian relaxation of the multiple-choice knapsack "least total error within the latency
-budget": for a multiplier lam each layer independently picks the candidate minimising error^2 + lam * ms,
-and lam is bisected to the smallest value whose plan fits the budget. The budget is the original model's
-end-to-end latency divided by the target speedup, less the time of everything that is not a conv (the
-end-to-end latency minus the sum of the convs' own latencies). "Keep" is always a candidate, so a layer where
-factorizing is slower stays as it is.
+The search is the multiple-choice knapsack "least total weighted error within the latency budget", solved
+by dynamic programming over latency; each layer's error is weighted by its measured effect on the model's
+output (`_sensitivities`). The budget is the original model's end-to-end latency divided by the target
+speedup, less the time of everything that is not a conv (the end-to-end latency minus the sum of the convs'
+own latencies). "Keep" is always a candidate, so a layer where factorizing is slower stays as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -41,6 +41,7 @@ from convert.trace import trace
 from convert.verify import output_rel_error, run_model
 
 Progress = Callable[[str, float], None]
+BINS = 2000  # latency resolution of the plan search: the budget in this many steps
 NOISE = 0.01  # relative size of the noise that measures each layer's effect on the output
 
 
@@ -309,7 +310,12 @@ def _price(layer: AutoLayer, candidate: Candidate, lam: float) -> float:
 
 def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[list[float]]]:
     """Per layer, the candidate index of the least-error plan within `budget_ms` of conv time (else the
-    fastest plan), and the frontier of plans the multiplier sweeps through: [conv ms, sqrt(sum error^2)]."""
+    fastest plan), and the frontier of plans a Lagrangian sweep visits: [conv ms, sqrt(sum error^2)].
+
+    The choice is a multiple-choice knapsack solved by dynamic programming over latency in BINS steps of
+    the budget (each latency rounded to the nearest step: far finer than the timing noise); the Lagrangian
+    sweep only reaches the convex hull of the plans and draws the frontier.
+    """
 
     def pick(lam: float) -> list[int]:
         return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r, r.candidates[j], lam)) for r in rows]
@@ -320,15 +326,42 @@ def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[li
         return ms, error
 
     fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
-    lo, hi = -12.0, 6.0  # log10 of the multiplier: error^2 is at most ~1, a layer's ms at least ~1e-3
-    if cost(pick(10**lo))[0] <= budget_ms:
-        best = pick(10**lo)
-    elif cost(pick(10**hi))[0] > budget_ms:
-        best = fastest  # out of reach: the caller says so
-    else:
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if cost(pick(10**mid))[0] <= budget_ms else (mid, hi)
-        best = pick(10**hi)
+    best = _knapsack(rows, budget_ms) if cost(fastest)[0] <= budget_ms else None
     frontier = sorted({cost(pick(10 ** (e / 4))) for e in range(-48, 25)} | {cost(fastest)})
-    return best, [[ms, error] for ms, error in frontier]
+    return best or fastest, [[ms, error] for ms, error in frontier]  # fastest: out of reach, the caller says so
+
+
+def _knapsack(rows: list[AutoLayer], budget_ms: float) -> list[int] | None:
+    """The least sum of (sensitivity * error)^2 with the latencies' sum within the budget: dynamic programming
+    over latency in steps of budget / BINS (rounded to the nearest step, with room for the rounding; of the
+    resulting plans, the best whose true sum fits is taken)."""
+    if budget_ms <= 0:
+        return None
+    step = budget_ms / BINS
+    size = BINS + len(rows) + 1  # each rounding adds at most half a step
+    least = np.full(size, np.inf)  # least[b]: the least error of the layers so far using b steps
+    least[0] = 0.0
+    picks = []
+    for r in rows:
+        new, pick = np.full(size, np.inf), np.zeros(size, dtype=np.int64)
+        for j, c in enumerate(r.candidates):
+            n = round(c.latency_ms / step)
+            if n >= size:
+                continue
+            shifted = np.full(size, np.inf)
+            shifted[n:] = least[: size - n] + (r.sensitivity * c.error) ** 2
+            better = shifted < new
+            new[better], pick[better] = shifted[better], j
+        least = new
+        picks.append(pick)
+    for end in np.argsort(least, kind="stable"):
+        if not np.isfinite(least[end]):
+            return None
+        b, choice = int(end), []
+        for r, pick in zip(reversed(rows), reversed(picks), strict=True):
+            choice.append(int(pick[b]))
+            b -= round(r.candidates[choice[-1]].latency_ms / step)
+        choice.reverse()
+        if sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True)) <= budget_ms * (1 + 1e-12):
+            return choice
+    return None

@@ -61,6 +61,43 @@ def test_search_finds_the_least_error_plan_within_the_budget() -> None:
         assert got == pytest.approx(best), budget
 
 
+def test_search_matches_brute_force_on_random_cases() -> None:
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        rows = [
+            row(
+                str(i),
+                (6.0, 0.0),
+                *(
+                    (float(torch.randint(1, 7, (1,), generator=rng)), float(torch.rand(1, generator=rng)))
+                    for _ in range(3)
+                ),
+            )
+            for i in range(3)
+        ]
+        budget = float(torch.randint(3, 19, (1,), generator=rng))
+        choice, _ = _search(rows, budget)
+        plans = [c for c in itertools.product(range(4), repeat=3) if _ms(rows, c) <= budget]
+        if plans:
+            assert _ms(rows, choice) <= budget
+            assert _err(rows, choice) == pytest.approx(min(_err(rows, c) for c in plans))
+
+
+def _ms(rows: list[AutoLayer], choice) -> float:
+    return sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
+
+
+def _err(rows: list[AutoLayer], choice) -> float:
+    return sum(r.candidates[j].error ** 2 for r, j in zip(rows, choice, strict=True))
+
+
+def test_search_spends_the_budget_the_convex_hull_leaves() -> None:
+    # the hull jumps from all-keep (8 ms) to a@2ms+b@1ms (3 ms); with 6 ms, keeping b and factorizing a fits
+    rows = [row("a", (4.0, 0.0), (2.0, 0.5)), row("b", (4.0, 0.0), (1.0, 0.6))]
+    choice, _ = _search(rows, budget_ms=6.0)
+    assert choice == [1, 0]
+
+
 def test_search_out_of_reach_takes_the_fastest_plan_and_keeps_a_keep_that_is_fastest() -> None:
     rows = [row("slow-factorized", (1.0, 0.0), (2.0, 0.1)), row("b", (4.0, 0.0), (3.0, 0.2))]
     choice, frontier = _search(rows, budget_ms=1.0)

@@ -17,7 +17,7 @@ from convert.config import ConvertConfig
 from convert.errors import ConvertError, one_line
 from convert.factorize import block_diagonal, low_rank, singular_values, truncation_error
 from convert.find import ConvLayer, find_convs
-from convert.plan import LayerPlan, conv_cost, plan_layers
+from convert.plan import LayerPlan, conv_cost, plan_layers, standard_weight
 from convert.report import LayerReport, Report, Totals
 from convert.rewrite import apply, build_replacement, set_submodule
 from convert.trace import trace
@@ -137,10 +137,13 @@ def convert_model(
 
 
 def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module]:
-    weight = layer.weight
-    factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
+    weight, outer = standard_weight(layer), layer.spec.groups
+    if plan.pointwise:
+        factors = low_rank(weight, plan.groups, plan.rank, outer)
+    else:
+        factors = block_diagonal(weight, plan.groups, outer)
     training = root.get_submodule(layer.module).training if layer.module else root.training
-    replacement = build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad)
+    replacement = build_replacement(layer.spec, factors, layer.bias, training, layer.weight.requires_grad)
     apply(root, layer, replacement)
     return _layer_row(layer, plan, factors.rel_error), replacement
 
@@ -194,9 +197,10 @@ def inspect_model(
 def _predicted_error(layer: ConvLayer, plan: LayerPlan | None) -> float | None:
     if plan is None:
         return None
+    weight, outer = standard_weight(layer), layer.spec.groups
     if not plan.pointwise:
-        return block_diagonal(layer.weight, plan.groups).rel_error
-    return truncation_error(singular_values(layer.weight, plan.groups), plan.rank)
+        return block_diagonal(weight, plan.groups, outer).rel_error
+    return truncation_error(singular_values(weight, plan.groups, outer), plan.rank)
 
 
 def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -215,10 +219,9 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
     params_before = macs_before = params_after = macs_after = 0
     if spec is not None:
         bias = layer.bias is not None
-        params_before, per_position = conv_cost(spec, None, bias)
-        macs_before = per_position * _positions(layer)
-        params_after, per_position = conv_cost(spec, plan, bias)
-        macs_after = per_position * _positions(layer)
+        positions = _positions(layer.in_shapes), _positions(layer.out_shapes)
+        params_before, macs_before = conv_cost(spec, None, bias, *positions)
+        params_after, macs_after = conv_cost(spec, plan, bias, *positions)
     return LayerReport(
         name=layer.name,
         op=layer.op,
@@ -243,9 +246,9 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
     )
 
 
-def _positions(layer: ConvLayer) -> int:
-    """Output positions (batch x spatial) summed over the call sites."""
-    return sum(shape[0] * math.prod(shape[2:]) for shape in layer.out_shapes if shape)
+def _positions(shapes: list[tuple[int, ...]]) -> int:
+    """Positions (batch x spatial) summed over the call sites."""
+    return sum(shape[0] * math.prod(shape[2:]) for shape in shapes if shape)
 
 
 def _count_params(model: nn.Module) -> int:

@@ -4,7 +4,8 @@ A standard conv weight W of shape (C_out, C_in, *k) with its input channels spli
 grouped conv (G groups, r filters each, same kernel) followed by a 1x1 conv. For group g, the matrix
 M_g = W[:, group g] of shape (C_out, (C_in/G)*K) is approximated by its rank-r truncated SVD
 U_r S_r V_r^T: the grouped filters are sqrt(S_r) V_r^T, the pointwise columns U_r sqrt(S_r). Exact when
-r >= min(C_out, (C_in/G)*K); otherwise the best rank-r approximation of each group (Eckart-Young).
+r >= min(C_out, (C_in/G)*K); otherwise the best rank-r approximation of each group (Eckart-Young). At
+full rank no SVD is needed: M_g = I @ M_g or M_g @ I, exact to the last bit.
 G = C_in is the depthwise-separable case (depth multiplier r).
 
 A conv that is already grouped (`outer_groups` g0 > 1, weight (C_out, C_in/g0, *k)) factorizes group by group:
@@ -115,15 +116,34 @@ def low_rank(weight: torch.Tensor, groups: int, rank: int, outer_groups: int = 1
     limit = full_rank(c_out, c_in, math.prod(kernel), groups, outer_groups)
     if not 1 <= rank <= limit:
         raise ValueError(f"rank={rank} is outside 1..{limit} for a weight of shape {tuple(weight.shape)}")
-    u, s, vh = torch.linalg.svd(_group_matrices(weight, groups, outer_groups), full_matrices=False)
-    # u: (G, C_out/g0, m), s: (G, m), vh: (G, m, (C_in/G)*K)
-    root = s[:, :rank].sqrt()  # (G, r)
-    first = (root.unsqueeze(2) * vh[:, :rank]).reshape(groups * rank, c_in // groups, *kernel)
-    columns = u[:, :, :rank] * root.unsqueeze(1)  # (G, C_out/g0, r): group h's columns of the 1x1 conv
+    matrices = _group_matrices(weight, groups, outer_groups)  # (G, C_out/g0, (C_in/G)*K)
+    if rank == limit:
+        columns, filters = _exact_split(matrices)
+        error = 0.0
+    else:
+        u, s, vh = torch.linalg.svd(matrices, full_matrices=False)
+        # u: (G, C_out/g0, m), s: (G, m), vh: (G, m, (C_in/G)*K)
+        root = s[:, :rank].sqrt()  # (G, r)
+        columns, filters = u[:, :, :rank] * root.unsqueeze(1), root.unsqueeze(2) * vh[:, :rank]
+        error = truncation_error(s, rank)
+    # columns: (G, C_out/g0, r), group h's columns of the 1x1 conv; filters: (G, r, (C_in/G)*K)
+    first = filters.reshape(groups * rank, c_in // groups, *kernel)
     inner = groups // outer_groups
     pointwise = columns.reshape(outer_groups, inner, c_out // outer_groups, rank).permute(0, 2, 1, 3)
     pointwise = pointwise.reshape(c_out, inner * rank, *([1] * len(kernel)))  # (C_out, G*r/g0, 1, ...)
-    return Factors(_like(first, weight), _like(pointwise, weight), truncation_error(s, rank))
+    return Factors(_like(first, weight), _like(pointwise, weight), error)
+
+
+def _exact_split(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, filters) with columns @ filters == M exactly, for each group's matrix M (C_out/g0, m), at
+    full rank and without an SVD: I @ M when C_out/g0 <= m (the filters are M's rows, the 1x1 conv copies
+    them), else M @ I (the filters are the m unit kernels, the 1x1 conv holds M). The factors are M's own
+    entries, so the composition carries none of the rounding error of a float32 SVD (~1e-6 per layer, which
+    deep models amplify).
+    """
+    groups, rows, cols = matrices.shape
+    identity = torch.eye(min(rows, cols), dtype=matrices.dtype, device=matrices.device).expand(groups, -1, -1)
+    return (identity, matrices) if rows <= cols else (matrices, identity)
 
 
 def block_diagonal(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> Factors:

@@ -84,6 +84,12 @@ def convert_model(
     reference = _reference_output(model, inputs)
     work = model if exported is not None else copy.deepcopy(model)  # an exported graph is copied by trace
     traced = trace(work, inputs, reference, exported)
+    params_before = _count_params(traced.module)  # a graph keeps only the modules the example input reaches
+    if params_before < _count_params(model):
+        traced.notes.append(
+            f"{traced.path}: {_count_params(model) - params_before} parameters of modules the example input does "
+            "not reach are not in the converted model (nor in the totals)"
+        )
     stage_done("trace", 0.2)
     layers = find_convs(traced)
     plans = plan_layers(layers, config)
@@ -112,7 +118,7 @@ def convert_model(
     error = output_rel_error(reference, output)
     stage_done("verify", 0.9)
     totals = Totals(
-        params_before=_count_params(model),
+        params_before=params_before,
         params_after=_count_params(converted),
         macs_before=_count_macs(model, inputs),
         macs_after=_count_macs(converted, inputs),

@@ -132,6 +132,7 @@ class _LeafTracer(fx.Tracer):
         for node in reversed(list(graph.nodes)):
             if node.op == "get_attr" and not node.users:
                 graph.erase_node(node)
+        graph._tracer_cls = fx.Tracer  # noqa: SLF001 - what a pickled GraphModule re-traces with; not this class
         return graph
 
 
@@ -145,6 +146,9 @@ def _fx_graph(
     """Trace, then run the graph once (ShapeProp stores shapes; convs inside leaves record theirs in `calls`)
     and check it matches the model."""
     graph = tracer.trace(model)
+    output = next(node for node in graph.nodes if node.op == "output")
+    with graph.inserting_before(output):
+        output.args = (_keep_mapping_types(graph, output.args[0], reference),)
     gm = _copy_modes(fx.GraphModule(tracer.root, graph, type(model).__name__), model)
     leaves = list(getattr(tracer, "leaves", {}))
     with _recording_conv_calls(gm, leaves, calls):
@@ -153,6 +157,21 @@ def _fx_graph(
     if not error <= TRACE_MATCH_RTOL:
         raise RuntimeError(f"the traced graph's output differs from the model's (relative error {error:.2g})")
     return gm
+
+
+def _keep_mapping_types(graph: fx.Graph, value: Any, reference: Any) -> Any:
+    """The graph's output `value`, with each mapping the model returns as a dict subclass (OrderedDict, as
+    torchvision's segmentation models and feature pyramids do) built as that type again: fx records every
+    mapping as a plain dict. (A pickled GraphModule is re-traced when loaded, which makes it a dict again.)"""
+    if isinstance(reference, dict) and isinstance(value, dict) and value.keys() == reference.keys():
+        items = [(key, _keep_mapping_types(graph, value[key], reference[key])) for key in value]
+        if type(reference) is dict:
+            return dict(items)
+        return graph.call_function(type(reference), (items,))
+    if isinstance(reference, list | tuple) and isinstance(value, list | tuple) and len(value) == len(reference):
+        items = [_keep_mapping_types(graph, v, r) for v, r in zip(value, reference, strict=True)]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
 
 
 def _copy_modes(gm: fx.GraphModule, model: nn.Module) -> fx.GraphModule:

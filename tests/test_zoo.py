@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import converted_rows, count_params, forward, leaves, skipped_rows
+import torch.nn.functional as F
+from conftest import assert_outputs_close, conv_macs, converted_rows, count_params, forward, leaves, skipped_rows
+from torch import fx, nn
 from torch.utils import _pytree as pytree
 from zoo_models import ZOO
 
@@ -92,3 +94,95 @@ def test_zoo_model(name: str, tmp_path: Path) -> None:
     assert totals.macs_after < totals.macs_before and totals.params_after < totals.params_before
     if not ZOO[name].slow:
         assert export_onnx(low.model, inputs, tmp_path / "rank1.onnx", onnx).passed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Awkward graphs, through conversion and ONNX export.
+
+
+class Decoder(nn.Module):
+    """Two inputs, a nested dict/list/tuple output, a conv module called at two sites, a functional conv on a
+    parameter, a grouped conv, and transposed convs (module and functional) that upsample, U-Net style."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.w = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3)
+        self.wt = nn.Parameter(torch.randn(4, 2, 2, 2) * 0.3)
+        self.signal = nn.Conv1d(5, 6, 3, dilation=2)
+
+    def forward(self, image: torch.Tensor, signal: torch.Tensor) -> dict[str, object]:
+        x = torch.relu(F.conv2d(image, self.w, padding=1))
+        x = self.shared(torch.relu(self.shared(x)))
+        up = self.up(self.grouped(x))
+        return {"maps": [up, F.conv_transpose2d(up, self.wt, stride=2)], "pair": (self.signal(signal), x.mean())}
+
+
+def test_awkward_graph_converts_and_exports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Decoder().eval()
+    inputs = (torch.randn(2, 3, 8, 8), torch.randn(2, 5, 12))
+
+    result = convert_model(model, inputs, ConvertConfig(rank="full", include_grouped=True))
+
+    rows = {layer.name: layer for layer in result.report.layers}
+    assert set(rows) == {"w", "shared", "grouped", "up", "wt", "signal"}
+    assert all(layer.status == "converted" and layer.rank == layer.full_rank for layer in rows.values())
+    assert rows["shared"].calls == 2
+    output = forward(result.model, *inputs)
+    assert_outputs_close(output, forward(model, *inputs))
+    assert pytree.tree_structure(output) == pytree.tree_structure(forward(model, *inputs))
+    export = export_onnx(result.model, inputs, tmp_path / "decoder.onnx")  # dynamic batch: two parity batches
+    assert export.passed and [p.batch for p in export.parity] == [2, 3]
+
+
+class ValueGated(nn.Module):
+    """Value-dependent control flow in its own forward: neither fx nor torch.export can trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(6, 6, 3, padding=1)
+        self.inner = nn.Sequential(nn.Conv2d(6, 6, (1, 3), padding=(0, 1)), nn.BatchNorm2d(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.mean()) > -1e9:
+            x = x * 1.5
+        return self.inner(self.conv(x))
+
+
+class LeafNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.gated = ValueGated()
+        self.w = nn.Parameter(torch.randn(4, 6, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gated(torch.relu(self.stem(x)))
+        return F.conv2d(self.gated(x), self.w)  # the untraceable module at two sites
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_untraceable_submodule_called_whole_and_converted_inside(mode: str) -> None:
+    torch.manual_seed(0)
+    model = LeafNet().train(mode == "train")
+    x = torch.randn(2, 3, 7, 7)
+
+    result = convert_model(model, x, ConvertConfig(rank="full"))
+
+    report = result.report
+    assert report.trace == "fx-leaves"
+    assert any(note.startswith("fx-leaves: gated is called whole") for note in report.trace_notes)
+    rows = {layer.name: layer for layer in report.layers}
+    assert set(rows) == {"stem", "w", "gated.conv", "gated.inner.0"}
+    assert all(layer.status == "converted" and layer.rank == layer.full_rank for layer in rows.values())
+    assert rows["gated.conv"].calls == 2 and rows["gated.conv"].output_shape == [2, 6, 7, 7]
+    assert rows["gated.conv"].macs_before == 2 * conv_macs(6, 6, (3, 3), (2, 6, 7, 7))
+    assert rows["stem"].receptive_field == [3, 3]  # graph convs keep their graph facts
+    assert isinstance(result.model, fx.GraphModule) and type(result.model.gated) is ValueGated
+    assert isinstance(result.model.gated.conv, nn.Sequential)
+    assert_outputs_close(forward(result.model, x), forward(model, x))
+    other = mode != "train"  # the leaf is a real module: switching modes reaches its BatchNorm
+    assert_outputs_close(forward(result.model.train(other), x), forward(model.train(other), x))

@@ -111,7 +111,7 @@ def convert_model(
     try:
         output = run_model(converted, inputs)
     except Exception:
-        if traced.path != "module-walk":
+        if traced.path not in ("module-walk", "fx-leaves"):  # only swaps made without seeing a graph can break
             raise
         _keep_swaps_that_run(converted, layers, rows, swaps, inputs)
         output = run_model(converted, inputs)
@@ -161,9 +161,9 @@ def _keep_swaps_that_run(
     swaps: dict[int, tuple[nn.Module, nn.Module]],
     inputs: tuple[torch.Tensor, ...],
 ) -> None:
-    """Module walk only: the model no longer runs, so some code reads a swapped conv's attributes (e.g.
-    `self.conv.weight`) outside its call. Without a graph to tell which, put the originals back and keep
-    each swap only if the model still runs with it."""
+    """Module walk (or inside modules an fx graph calls whole): the model no longer runs, so some code reads a
+    swapped conv's attributes (e.g. `self.conv.weight`) outside its call. Without a graph to tell which, put
+    the originals back and keep each swap only if the model still runs with it."""
     for index, (original, _) in swaps.items():
         set_submodule(root, layers[index].module, original)
     for index, (original, replacement) in swaps.items():

@@ -37,31 +37,22 @@ def build_replacement(
     bias_first = bias is not None and factors.pointwise is None
     if spec.transposed:
         weight = transposed_layout(weight, groups)  # (C_in, r, *k)
-        first = _TRANSPOSED_CLASSES[spec.dim](
-            spec.in_channels,
-            weight.shape[1] * groups,
-            spec.kernel,
-            stride=spec.stride,
-            padding=spec.padding,
-            output_padding=spec.output_padding,
-            groups=groups,
-            bias=bias_first,
-            dilation=spec.dilation,
-            **options,
-        )
+        first_class, channels = _TRANSPOSED_CLASSES[spec.dim], weight.shape[1] * groups
+        extra = {"output_padding": spec.output_padding}  # ConvTranspose has no padding mode but zeros
     else:
-        first = conv(
-            spec.in_channels,
-            weight.shape[0],
-            spec.kernel,
-            stride=spec.stride,
-            padding=spec.padding,
-            dilation=spec.dilation,
-            groups=groups,
-            bias=bias_first,
-            padding_mode=spec.padding_mode,
-            **options,
-        )
+        first_class, channels, extra = conv, weight.shape[0], {"padding_mode": spec.padding_mode}
+    first = first_class(
+        spec.in_channels,
+        channels,
+        spec.kernel,
+        stride=spec.stride,
+        padding=spec.padding,
+        dilation=spec.dilation,
+        groups=groups,
+        bias=bias_first,
+        **extra,
+        **options,
+    )
     layers = [("depthwise" if groups == spec.in_channels else "grouped", first)]
     if factors.pointwise is not None:
         pointwise = conv(first.out_channels, spec.out_channels, 1, groups=spec.groups, bias=bias is not None, **options)

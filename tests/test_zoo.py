@@ -186,3 +186,24 @@ def test_untraceable_submodule_called_whole_and_converted_inside(mode: str) -> N
     assert_outputs_close(forward(result.model, x), forward(model, x))
     other = mode != "train"  # the leaf is a real module: switching modes reaches its BatchNorm
     assert_outputs_close(forward(result.model.train(other), x), forward(model.train(other), x))
+
+
+class WeightReader(ValueGated):
+    """Reads its conv's weight outside the conv call, where no graph shows it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.conv.weight.mean()
+
+
+def test_untraceable_submodule_reading_a_conv_weight_keeps_that_conv() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), WeightReader()).eval()
+    x = torch.randn(2, 3, 7, 7)
+
+    result = convert_model(model, x, ConvertConfig(rank="full"))
+
+    assert result.report.trace == "fx-leaves"
+    rows = {layer.name: layer for layer in result.report.layers}
+    assert rows["1.conv"].status == "skipped" and "read outside" in rows["1.conv"].reason
+    assert rows["0"].status == rows["1.inner.0"].status == "converted"
+    assert_outputs_close(forward(result.model, x), forward(model, x))

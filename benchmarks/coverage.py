@@ -6,7 +6,7 @@ over the outputs) beside the original's own float32 error (float32 vs float64, t
 parity (max relative difference, full rank and rank 1, static shapes); the wall time of the rank-1 conversion
 (median of 3).
 
-    .venv/bin/python benchmarks/coverage.py [--models resnet18 ...] [--threads 2]
+    .venv/bin/python benchmarks/coverage.py [--models resnet18 ...] [--threads 2] [--include-grouped]
 """
 
 from __future__ import annotations
@@ -55,16 +55,16 @@ def reasons(report) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in counts.most_common()) or "-"
 
 
-def row(name: str, folder: Path) -> str:
+def row(name: str, folder: Path, include_grouped: bool) -> str:
     spec = ZOO[name]
     model, inputs = spec.model(), spec.inputs()
     expected = run_model(model, inputs)
     exact = run_model(copy.deepcopy(model).double(), [t.double() for t in inputs])
-    full = convert_model(model, inputs, ConvertConfig(rank="full"))
+    full = convert_model(model, inputs, ConvertConfig(rank="full", include_grouped=include_grouped))
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()
-        low = convert_model(model, inputs, ConvertConfig(rank=1))
+        low = convert_model(model, inputs, ConvertConfig(rank=1, include_grouped=include_grouped))
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     parity = []
@@ -88,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO), metavar="NAME")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--include-grouped", action="store_true", help="factorize grouped convs too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -104,7 +105,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            print(row(name, Path(folder)), flush=True)
+            print(row(name, Path(folder), args.include_grouped), flush=True)
 
 
 if __name__ == "__main__":

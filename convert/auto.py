@@ -99,7 +99,8 @@ def plan_for_speed(
     cache = LatencyCache(Path(config.cache_dir)) if config.cache_dir else LatencyCache.default()
     reference = run_model(model, inputs)
     traced = trace(copy.deepcopy(model), inputs, reference)
-    layers = [layer for layer in find_convs(traced) if layer.skip is None]
+    found = [layer for layer in find_convs(traced) if layer.skip is None]
+    layers = [layer for layer in found if layer.spec.groups == 1 and not layer.spec.transposed]
     captured = _layer_inputs(traced.module, layers, inputs)
     notify("measuring each layer's effect on the output", 0.0)
     gains = _sensitivities(traced.module, layers, inputs)
@@ -124,7 +125,7 @@ def plan_for_speed(
 
         latencies = measure_layer(shape, form, config.bench(), cache, on_progress)
         candidates = [
-            Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan), e, ms)
+            Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan, x), e, ms)
             for plan, e, ms in zip(form, errors, latencies, strict=True)
         ]
         rows.append(AutoLayer(layer.name, list(x.shape), gains[layer.name], candidates, 0))
@@ -133,7 +134,11 @@ def plan_for_speed(
     other_ms = max(0.0, baseline_ms - conv_ms)
     budget = baseline_ms / config.target_speedup - other_ms
     choice, frontier = _search(rows, budget)
-    plans: dict[str, LayerPlan | str] = {}
+    plans: dict[str, LayerPlan | str] = {
+        layer.name: "auto plans standard convs only (transposed or grouped: --to separable)"
+        for layer in found
+        if layer.spec.groups > 1 or layer.spec.transposed
+    }
     for row, form, j in zip(rows, forms, choice, strict=True):
         row.chosen, chosen, plan = j, row.candidates[j], form[j]
         if plan is None:
@@ -213,15 +218,16 @@ def _output_error(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple
         original.weight.copy_(layer.weight)
         if layer.bias is not None:
             original.bias.copy_(layer.bias)
-        factors = low_rank(layer.weight, plan.groups, plan.rank, svd)
+        factors = low_rank(layer.weight, plan.groups, plan.rank, svd=svd)
         replacement = build_replacement(spec, factors, layer.bias, False, False)
         original, replacement = original.to(x.device, x.dtype), replacement.to(x.device, x.dtype)
         return output_rel_error(original(x), replacement(x))
 
 
-def _macs(layer: ConvLayer, plan: LayerPlan | None) -> int:
-    positions = sum(s[0] * math.prod(s[2:]) for s in layer.out_shapes[:1])
-    return conv_cost(layer.spec, plan, False)[1] * positions
+def _macs(layer: ConvLayer, plan: LayerPlan | None, x: torch.Tensor) -> int:
+    """MACs at the first call site (where `x` is the input)."""
+    out_positions = sum(s[0] * math.prod(s[2:]) for s in layer.out_shapes[:1])
+    return conv_cost(layer.spec, plan, False, x.shape[0] * math.prod(x.shape[2:]), out_positions)[1]
 
 
 def _label(layer: ConvLayer, plan: LayerPlan | None) -> str:

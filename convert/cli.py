@@ -21,7 +21,7 @@ from rich.table import Table
 
 from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
-from convert.config import TARGETS, ConvertConfig
+from convert.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
 from convert.data import SYNTHETIC
 from convert.distill import (
     AMP_MODES,
@@ -140,6 +140,18 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         dest="pointwise",
         action="store_false",
         help="--to grouped: keep W's block diagonal as one grouped conv, no 1x1 after it (lossy)",
+    )
+    options.add_argument(
+        "--transposed",
+        default="separable",
+        choices=TRANSPOSED_FORMS,
+        help="transposed convs: depthwise transposed conv + 1x1 conv (exact at full rank), or skip them "
+        "(default: separable)",
+    )
+    options.add_argument(
+        "--include-grouped",
+        action="store_true",
+        help="also factorize convs that are grouped already (1 < groups < C_in), group by group",
     )
     options.add_argument("--include", metavar="REGEX", help="convert only layers whose name matches")
     options.add_argument("--exclude", metavar="REGEX", help="skip layers whose name matches")
@@ -571,6 +583,8 @@ def _config(args: argparse.Namespace, **overrides: object) -> ConvertConfig:
         include=args.include,
         exclude=args.exclude,
         min_channels=args.min_channels,
+        transposed=args.transposed,
+        include_grouped=args.include_grouped,
     )
     return ConvertConfig(**(fields | overrides))
 

@@ -9,6 +9,8 @@ from convert.errors import ConvertError
 
 Target = Literal["separable", "grouped", "auto"]
 TARGETS: tuple[str, ...] = ("separable", "grouped", "auto")
+TransposedForm = Literal["skip", "separable"]
+TRANSPOSED_FORMS: tuple[str, ...] = ("skip", "separable")
 
 DEFAULT_SEPARABLE_RANK = 1  # the classic MobileNet block: one depthwise filter per input channel
 DEFAULT_MIN_CHANNELS = 1
@@ -38,6 +40,12 @@ class ConvertConfig:
     exclude: str | None = None
     # Layers with fewer input or output channels than this are skipped.
     min_channels: int = DEFAULT_MIN_CHANNELS
+    # Transposed convs: "separable" makes each a depthwise transposed conv + pointwise 1x1 (whatever `target`
+    # says; rank as for the other layers, default 1); "skip" leaves them as they are.
+    transposed: TransposedForm = "separable"
+    # Convs that are grouped already (1 < groups < C_in): True factorizes each of their groups (the 1x1 conv
+    # keeps their groups); False skips them. Depthwise convs are always skipped.
+    include_grouped: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -58,5 +66,7 @@ class ConvertConfig:
             raise ConvertError("--groups applies to --to grouped only (separable uses one group per channel)")
         if not self.pointwise and self.target != "grouped":
             raise ConvertError("--no-pointwise applies to --to grouped only")
+        if self.transposed not in TRANSPOSED_FORMS:
+            raise ConvertError(f"unknown transposed form {self.transposed!r}: use one of {', '.join(TRANSPOSED_FORMS)}")
         if self.min_channels < 1:
             raise ConvertError(f"min_channels {self.min_channels} is not valid: use a positive integer")

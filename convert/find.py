@@ -1,7 +1,8 @@
 """Find the convolutions in a traced model, and say for each one that cannot be converted why not.
 
-A standard conv is nn.Conv1d/2d/3d (a module whose forward is the stock one) or a functional
-`F.conv*d` / `aten.conv*d` call whose weight is a parameter or buffer of the model, with groups == 1.
+A candidate is nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d (a module whose forward is the stock one), or a
+functional `F.conv*d` / `F.conv_transpose*d` / `aten.conv*d` call whose weight is a parameter or buffer of the
+model, that is not depthwise already. Whether grouped and transposed ones are converted is the plan's choice.
 """
 
 from __future__ import annotations
@@ -10,22 +11,22 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from convert.ops import CONV_FUNCTIONS, conv_call_args, per_dim
+from convert.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, conv_call_args, per_dim
 from convert.receptive import receptive_fields
-from convert.trace import Traced
+from convert.trace import CallShapes, Traced
 
-_MODULE_TYPES: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-# Convolutions found but never converted (yet), each with the reason given in the report.
+_MODULE_TYPES: dict[type[nn.Module], int] = {
+    nn.Conv1d: 1,
+    nn.Conv2d: 2,
+    nn.Conv3d: 3,
+    nn.ConvTranspose1d: 1,
+    nn.ConvTranspose2d: 2,
+    nn.ConvTranspose3d: 3,
+}
+# Convolutions found but never converted, each with the reason given in the report.
 _UNSUPPORTED_FUNCTIONS: dict[Any, str] = {
-    F.conv_transpose1d: "transposed conv: not converted yet",
-    F.conv_transpose2d: "transposed conv: not converted yet",
-    F.conv_transpose3d: "transposed conv: not converted yet",
-    torch.ops.aten.conv_transpose1d.default: "transposed conv: not converted yet",
-    torch.ops.aten.conv_transpose2d.input: "transposed conv: not converted yet",
-    torch.ops.aten.conv_transpose3d.input: "transposed conv: not converted yet",
     torch.ops.aten.convolution.default: "generic aten.convolution call: not converted",
 }
 
@@ -43,6 +44,8 @@ class ConvSpec:
     dilation: tuple[int, ...]
     groups: int
     padding_mode: str  # zeros | reflect | replicate | circular
+    transposed: bool = False  # ConvTranspose: weight (C_in, C_out/groups, *k)
+    output_padding: tuple[int, ...] = ()  # transposed only: extra size added to one side of the output
 
 
 @dataclasses.dataclass
@@ -57,27 +60,35 @@ class ConvLayer:
     module: str | None = None  # path of the conv module to swap; None for functional calls
     nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites to rewrite
     out_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
+    in_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
     skip: str | None = None  # why it is not converted; None while it is a candidate
     receptive_field: tuple[int, ...] | None = None  # in input positions, at the output; None without a graph
 
 
 def find_convs(traced: Traced) -> list[ConvLayer]:
-    """Every convolution the example input reaches, standard ones first in graph order."""
+    """Every convolution the example input reaches, in graph order (the module walk: in module order).
+
+    Conv modules inside modules that the graph calls as a whole (`traced.leaves`, or the whole model on the
+    module walk) are found by walking those modules, with their call shapes from `traced.calls`.
+    """
     if traced.path == "module-walk":
-        return _find_in_modules(traced.module, traced.calls)
-    return _find_in_graph(traced.module)
+        return _find_in_modules(traced.module, [""], traced.calls)
+    layers = _find_in_graph(traced.module)
+    return layers + _find_in_modules(traced.module, traced.leaves, traced.calls)
 
 
-def _find_in_modules(model: nn.Module, calls: dict[str, list[tuple[int, ...]]]) -> list[ConvLayer]:
+def _find_in_modules(root: nn.Module, owners: list[str], calls: dict[str, list[CallShapes]]) -> list[ConvLayer]:
     layers = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.modules.conv._ConvNd):
-            continue
-        layer = _module_layer(name, module)
-        layer.out_shapes = calls.get(name, [])
-        if not layer.out_shapes and layer.skip is None:
-            layer.skip = "not called on the example input"
-        layers.append(layer)
+    for owner in owners:
+        for name, module in root.get_submodule(owner).named_modules(prefix=owner):
+            if not isinstance(module, nn.modules.conv._ConvNd):
+                continue
+            layer = _module_layer(name, module)
+            layer.in_shapes = [shapes[0] for shapes in calls.get(name, [])]
+            layer.out_shapes = [shapes[1] for shapes in calls.get(name, [])]
+            if not layer.out_shapes and layer.skip is None:
+                layer.skip = "not called on the example input"
+            layers.append(layer)
     return layers
 
 
@@ -92,7 +103,9 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
                 by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
                 if {f"{node.target}.weight", f"{node.target}.bias"} & read_directly:
                     by_key[key].skip = "its weight is also read outside the conv module"
-        elif node.op == "call_function" and node.target in CONV_FUNCTIONS:
+            if len(node.args) + len(node.kwargs) > 1:
+                by_key[key].skip = "called with an output_size: its replacement takes the input only"
+        elif node.op == "call_function" and (node.target in CONV_FUNCTIONS or node.target in TRANSPOSED_FUNCTIONS):
             key, layer = _function_layer(gm, node)
             if key not in by_key:
                 by_key[key] = layer
@@ -103,6 +116,7 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
         else:
             continue
         by_key[key].out_shapes.append(_shape(node))
+        by_key[key].in_shapes.append(_shape(node.args[0] if node.args else node.kwargs.get("input")))
         if node in fields:  # the widest over call sites
             known = by_key[key].receptive_field or fields[node]
             by_key[key].receptive_field = tuple(map(max, known, fields[node]))
@@ -112,14 +126,13 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
 def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
     layer = ConvLayer(name=name, op=type(module).__name__, module=name, weight=module.weight, bias=module.bias)
     base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
-    if module.transposed:
-        layer.skip = "transposed conv: not converted yet"
-    elif base is None:
-        layer.skip = f"{type(module).__name__} is not a standard Conv1d/2d/3d"
-    elif type(module).forward is not base.forward or type(module)._conv_forward is not base._conv_forward:
-        layer.skip = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
     if base is None:
+        layer.skip = f"{type(module).__name__} is not a standard Conv1d/2d/3d or ConvTranspose1d/2d/3d"
         return layer
+    if type(module).forward is not base.forward or getattr(type(module), "_conv_forward", None) is not getattr(
+        base, "_conv_forward", None
+    ):
+        layer.skip = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
     layer.spec = ConvSpec(
         dim=_MODULE_TYPES[base],
         in_channels=module.in_channels,
@@ -130,13 +143,16 @@ def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
         dilation=tuple(module.dilation),
         groups=module.groups,
         padding_mode=module.padding_mode,
+        transposed=module.transposed,
+        output_padding=tuple(module.output_padding) if module.transposed else (),
     )
-    layer.skip = layer.skip or _groups_reason(layer.spec)
+    layer.skip = layer.skip or _depthwise_reason(layer.spec)
     return layer
 
 
 def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
-    dim, op = CONV_FUNCTIONS[node.target]
+    transposed = node.target in TRANSPOSED_FUNCTIONS
+    dim, op = (TRANSPOSED_FUNCTIONS if transposed else CONV_FUNCTIONS)[node.target]
     args = conv_call_args(node)
     weight_node, bias_node = args["weight"], args["bias"]
     if not _is_attr(weight_node) or not (bias_node is None or _is_attr(bias_node)):
@@ -144,31 +160,34 @@ def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
         return node.name, ConvLayer(name=node.name, op=op, skip=f"its {what} is computed at run time")
     weight = _attr(gm, weight_node.target)
     bias = None if bias_node is None else _attr(gm, bias_node.target)
-    padding = args["padding"]
+    padding, groups = args["padding"], args["groups"]
+    channels = (
+        (weight.shape[0], weight.shape[1] * groups) if transposed else (weight.shape[1] * groups, weight.shape[0])
+    )
     spec = ConvSpec(
         dim=dim,
-        in_channels=weight.shape[1] * args["groups"],
-        out_channels=weight.shape[0],
+        in_channels=channels[0],
+        out_channels=channels[1],
         kernel=tuple(weight.shape[2:]),
         stride=per_dim(args["stride"], dim),
         padding=padding if isinstance(padding, str) else per_dim(padding, dim),
         dilation=per_dim(args["dilation"], dim),
-        groups=args["groups"],
+        groups=groups,
         padding_mode="zeros",  # a padding_mode other than zeros shows as a separate pad op before the call
+        transposed=transposed,
+        output_padding=per_dim(args["output_padding"], dim) if transposed else (),
     )
     weight_path = weight_node.target
     name = weight_path.removesuffix(".weight") if weight_path.endswith(".weight") else weight_path
     key = (weight_path, getattr(bias_node, "target", None), spec)
-    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, skip=_groups_reason(spec))
+    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, skip=_depthwise_reason(spec))
     return key, layer
 
 
-def _groups_reason(spec: ConvSpec) -> str | None:
-    if spec.groups == 1:
-        return None
-    if spec.groups == spec.in_channels:
+def _depthwise_reason(spec: ConvSpec) -> str | None:
+    if spec.groups > 1 and spec.groups == spec.in_channels:
         return "already depthwise"
-    return f"already grouped (groups={spec.groups})"
+    return None
 
 
 def _is_attr(value: Any) -> bool:
@@ -180,7 +199,9 @@ def _attr(gm: fx.GraphModule, path: str) -> torch.Tensor:
     return getattr(gm.get_submodule(owner), leaf)
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
+def _shape(node: Any) -> tuple[int, ...]:
+    if not isinstance(node, fx.Node):
+        return ()
     meta = node.meta.get("tensor_meta", node.meta.get("val"))  # tensor_meta: ShapeProp's, on the inputs given
     return tuple(int(d) for d in meta.shape) if meta is not None else ()
 

@@ -16,13 +16,23 @@ CONV_FUNCTIONS: dict[Any, tuple[int, str]] = {
     **{getattr(_aten, f"conv{d}d").default: (d, f"aten.conv{d}d") for d in (1, 2, 3)},
     **{getattr(_aten, f"conv{d}d").padding: (d, f"aten.conv{d}d") for d in (1, 2, 3)},  # padding="same"/"valid"
 }
+# the same for transposed convs, whose weight is (C_in, C_out/groups, *k)
+TRANSPOSED_FUNCTIONS: dict[Any, tuple[int, str]] = {
+    **{getattr(F, f"conv_transpose{d}d"): (d, f"F.conv_transpose{d}d") for d in (1, 2, 3)},
+    _aten.conv_transpose1d.default: (1, "aten.conv_transpose1d"),
+    _aten.conv_transpose2d.input: (2, "aten.conv_transpose2d"),
+    _aten.conv_transpose3d.input: (3, "aten.conv_transpose3d"),
+}
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+_TRANSPOSED_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1}
 
 
 def conv_call_args(node: fx.Node) -> dict[str, Any]:
-    """The arguments of a call in CONV_FUNCTIONS by name, defaults filled in (positional or keyword alike)."""
-    return dict(_CONV_DEFAULTS) | dict(zip(_CONV_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    """The arguments of a call in CONV_FUNCTIONS or TRANSPOSED_FUNCTIONS by name, defaults filled in (positional
+    or keyword alike)."""
+    names = _TRANSPOSED_ARGS if node.target in TRANSPOSED_FUNCTIONS else _CONV_ARGS
+    return dict(_CONV_DEFAULTS) | dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
 
 
 def per_dim(value: Any, dims: int) -> tuple[int, ...]:

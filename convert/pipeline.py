@@ -17,7 +17,7 @@ from convert.config import ConvertConfig
 from convert.errors import ConvertError, one_line
 from convert.factorize import block_diagonal, low_rank, singular_values, truncation_error
 from convert.find import ConvLayer, find_convs
-from convert.plan import LayerPlan, conv_cost, plan_layers
+from convert.plan import LayerPlan, conv_cost, plan_layers, standard_weight
 from convert.report import LayerReport, Report, Totals
 from convert.rewrite import apply, build_replacement, set_submodule
 from convert.trace import trace
@@ -92,6 +92,12 @@ def convert_model(
     reference = _reference_output(model, inputs)
     work = model if exported is not None else copy.deepcopy(model)  # an exported graph is copied by trace
     traced = trace(work, inputs, reference, exported)
+    params_before = _count_params(traced.module)  # a graph keeps only the modules the example input reaches
+    if params_before < _count_params(model):
+        traced.notes.append(
+            f"{traced.path}: {_count_params(model) - params_before} parameters of modules the example input does "
+            "not reach are not in the converted model (nor in the totals)"
+        )
     stage_done("trace", 0.2)
     layers = find_convs(traced)
     if plans is not None:
@@ -118,14 +124,14 @@ def convert_model(
     try:
         output = run_model(converted, inputs)
     except Exception:
-        if traced.path != "module-walk":
+        if traced.path not in ("module-walk", "fx-leaves"):  # only swaps made without seeing a graph can break
             raise
         _keep_swaps_that_run(converted, layers, rows, swaps, inputs)
         output = run_model(converted, inputs)
     error = output_rel_error(reference, output)
     stage_done("verify", 0.9)
     totals = Totals(
-        params_before=_count_params(model),
+        params_before=params_before,
         params_after=_count_params(converted),
         macs_before=_count_macs(model, inputs),
         macs_after=_count_macs(converted, inputs),
@@ -164,10 +170,13 @@ def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) 
 
 
 def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module, str]:
-    weight = layer.weight
-    factors = low_rank(weight, plan.groups, plan.rank) if plan.pointwise else block_diagonal(weight, plan.groups)
+    weight, outer = standard_weight(layer), layer.spec.groups
+    if plan.pointwise:
+        factors = low_rank(weight, plan.groups, plan.rank, outer)
+    else:
+        factors = block_diagonal(weight, plan.groups, outer)
     training = root.get_submodule(layer.module).training if layer.module else root.training
-    replacement = build_replacement(layer.spec, factors, layer.bias, training, weight.requires_grad)
+    replacement = build_replacement(layer.spec, factors, layer.bias, training, layer.weight.requires_grad)
     path = apply(root, layer, replacement)
     return _layer_row(layer, plan, factors.rel_error), replacement, path
 
@@ -179,9 +188,9 @@ def _keep_swaps_that_run(
     swaps: dict[int, tuple[nn.Module, nn.Module]],
     inputs: tuple[torch.Tensor, ...],
 ) -> None:
-    """Module walk only: the model no longer runs, so some code reads a swapped conv's attributes (e.g.
-    `self.conv.weight`) outside its call. Without a graph to tell which, put the originals back and keep
-    each swap only if the model still runs with it."""
+    """Module walk (or inside modules an fx graph calls whole): the model no longer runs, so some code reads a
+    swapped conv's attributes (e.g. `self.conv.weight`) outside its call. Without a graph to tell which, put
+    the originals back and keep each swap only if the model still runs with it."""
     for index, (original, _) in swaps.items():
         set_submodule(root, layers[index].module, original)
     for index, (original, replacement) in swaps.items():
@@ -221,9 +230,10 @@ def inspect_model(
 def _predicted_error(layer: ConvLayer, plan: LayerPlan | None) -> float | None:
     if plan is None:
         return None
+    weight, outer = standard_weight(layer), layer.spec.groups
     if not plan.pointwise:
-        return block_diagonal(layer.weight, plan.groups).rel_error
-    return truncation_error(singular_values(layer.weight, plan.groups), plan.rank)
+        return block_diagonal(weight, plan.groups, outer).rel_error
+    return truncation_error(singular_values(weight, plan.groups, outer), plan.rank)
 
 
 def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -242,10 +252,9 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
     params_before = macs_before = params_after = macs_after = 0
     if spec is not None:
         bias = layer.bias is not None
-        params_before, per_position = conv_cost(spec, None, bias)
-        macs_before = per_position * _positions(layer)
-        params_after, per_position = conv_cost(spec, plan, bias)
-        macs_after = per_position * _positions(layer)
+        positions = _positions(layer.in_shapes), _positions(layer.out_shapes)
+        params_before, macs_before = conv_cost(spec, None, bias, *positions)
+        params_after, macs_after = conv_cost(spec, plan, bias, *positions)
     return LayerReport(
         name=layer.name,
         op=layer.op,
@@ -270,9 +279,9 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
     )
 
 
-def _positions(layer: ConvLayer) -> int:
-    """Output positions (batch x spatial) summed over the call sites."""
-    return sum(shape[0] * math.prod(shape[2:]) for shape in layer.out_shapes if shape)
+def _positions(shapes: list[tuple[int, ...]]) -> int:
+    """Positions (batch x spatial) summed over the call sites."""
+    return sum(shape[0] * math.prod(shape[2:]) for shape in shapes if shape)
 
 
 def _count_params(model: nn.Module) -> int:

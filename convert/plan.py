@@ -6,9 +6,11 @@ import dataclasses
 import math
 import re
 
+import torch
+
 from convert.config import DEFAULT_SEPARABLE_RANK, ConvertConfig
 from convert.errors import ConvertError
-from convert.factorize import full_rank, rank_for_energy, singular_values
+from convert.factorize import full_rank, rank_for_energy, singular_values, standard_layout
 from convert.find import ConvLayer, ConvSpec
 
 
@@ -48,7 +50,7 @@ def plan_layers(layers: list[ConvLayer], config: ConvertConfig) -> dict[str, Lay
 
 
 def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:
-    """The plan for one standard conv, or the reason it is left as it is."""
+    """The plan for one candidate conv, or the reason it is left as it is."""
     spec = layer.spec
     assert spec is not None and layer.weight is not None  # candidates always have them
     if config.include and not re.search(config.include, layer.name):
@@ -57,7 +59,11 @@ def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:
         return f"name matches --exclude {config.exclude!r}"
     if min(spec.in_channels, spec.out_channels) < config.min_channels:
         return f"fewer than --min-channels {config.min_channels} channels"
-    if config.target == "separable":
+    if spec.transposed and config.transposed == "skip":
+        return "transposed conv: --transposed separable converts it"
+    if spec.groups > 1 and not config.include_grouped:
+        return f"already grouped (groups={spec.groups}): --include-grouped factorizes each group"
+    if config.target == "separable" or spec.transposed:
         if math.prod(spec.kernel) == 1:
             return "1x1 conv is already pointwise (--to grouped can convert it)"
         groups = spec.in_channels
@@ -66,6 +72,8 @@ def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:
         assert groups is not None  # ConvertConfig requires it for "grouped"
         if spec.in_channels % groups:
             return f"groups={groups} does not divide the {spec.in_channels} input channels"
+        if groups % spec.groups:
+            return f"groups={groups} is not a multiple of the conv's own groups={spec.groups}"
         if not config.pointwise:
             if spec.out_channels % groups:
                 return f"groups={groups} does not divide the {spec.out_channels} output channels"
@@ -74,15 +82,15 @@ def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:
 
 
 def _choose_rank(layer: ConvLayer, spec: ConvSpec, groups: int, config: ConvertConfig) -> LayerPlan:
-    exact = full_rank(spec.out_channels, spec.in_channels, math.prod(spec.kernel), groups)
+    exact = full_rank(spec.out_channels, spec.in_channels, math.prod(spec.kernel), groups, spec.groups)
     if config.energy is not None:
-        rank = rank_for_energy(singular_values(layer.weight, groups), config.energy)
+        rank = rank_for_energy(singular_values(standard_weight(layer), groups, spec.groups), config.energy)
         return LayerPlan(groups, rank, True, exact, f"energy {config.energy:g} -> rank {rank}")
     if config.rank == "full":
         return LayerPlan(groups, exact, True, exact)
     if config.rank is not None:
         wanted = config.rank
-    elif config.target == "separable":
+    elif config.target == "separable" or spec.transposed:
         wanted = DEFAULT_SEPARABLE_RANK
     else:
         wanted = max(1, spec.out_channels // groups)  # keeps C_out channels, as the plain grouped form does
@@ -91,17 +99,32 @@ def _choose_rank(layer: ConvLayer, spec: ConvSpec, groups: int, config: ConvertC
     return LayerPlan(groups, wanted, True, exact)
 
 
-def conv_cost(spec: ConvSpec, plan: LayerPlan | None, bias: bool) -> tuple[int, int]:
-    """(parameters, MACs per output position) of the conv as it is (`plan` None) or as planned.
+def standard_weight(layer: ConvLayer) -> torch.Tensor:
+    """The layer's weight in the standard layout (C_out, C_in/groups, *k), transposed convs included."""
+    assert layer.spec is not None and layer.weight is not None
+    return standard_layout(layer.weight, layer.spec.transposed, layer.spec.groups)
 
-    Per output position: standard C_out*C_in/g*K; grouped low-rank r*C_in*K + G*r*C_out (separable is
-    G = C_in); plain grouped C_out*(C_in/G)*K. The bias adds C_out parameters and no MACs.
+
+def conv_cost(
+    spec: ConvSpec, plan: LayerPlan | None, bias: bool, in_positions: int, out_positions: int
+) -> tuple[int, int]:
+    """(parameters, MACs) of the conv as it is (`plan` None) or as planned, over the positions given.
+
+    Positions are batch x spatial size summed over the call sites, of the input and of the output. A conv
+    costs its weight's size per output position; a transposed conv per input position (each input value
+    is spread over the output). The factorized form: first conv r*C_in*K per output position (transposed:
+    per input position), then the 1x1 conv G*r*C_out/g0 per output position, g0 the conv's own groups.
+    The plain grouped form: C_out*(C_in/G)*K per output position. The bias adds C_out parameters, no MACs.
     """
     k = math.prod(spec.kernel)
+    first_positions = in_positions if spec.transposed else out_positions
     if plan is None:
-        macs = spec.out_channels * (spec.in_channels // spec.groups) * k
+        params = spec.out_channels * (spec.in_channels // spec.groups) * k
+        macs = params * first_positions
     elif plan.pointwise:
-        macs = plan.rank * spec.in_channels * k + plan.groups * plan.rank * spec.out_channels
+        first, pointwise = plan.rank * spec.in_channels * k, plan.groups * plan.rank * spec.out_channels // spec.groups
+        params, macs = first + pointwise, first * first_positions + pointwise * out_positions
     else:
-        macs = spec.out_channels * (spec.in_channels // plan.groups) * k
-    return macs + (spec.out_channels if bias else 0), macs
+        params = spec.out_channels * (spec.in_channels // plan.groups) * k
+        macs = params * out_positions
+    return params + (spec.out_channels if bias else 0), macs

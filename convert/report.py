@@ -59,7 +59,7 @@ class Report:
     """The record of one conversion; `to_json` is the report.json contract."""
 
     target: str  # separable | grouped
-    trace: str  # fx | export | module-walk
+    trace: str  # fx | export | fx-leaves | module-walk
     trace_notes: list[str]  # why earlier trace paths were not used
     options: dict[str, Any]  # the ConvertConfig fields
     input_shapes: list[list[int]]

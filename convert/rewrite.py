@@ -13,10 +13,11 @@ from collections import OrderedDict
 import torch
 from torch import fx, nn
 
-from convert.factorize import Factors
+from convert.factorize import Factors, transposed_layout
 from convert.find import ConvLayer, ConvSpec
 
 _CONV_CLASSES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_TRANSPOSED_CLASSES: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
 def build_replacement(
@@ -24,34 +25,40 @@ def build_replacement(
 ) -> nn.Module:
     """The module computing the factorized conv: `first` alone, or Sequential(depthwise|grouped, pointwise).
 
-    The first conv keeps the kernel, stride, padding, dilation and padding_mode; the bias goes on the last
-    conv. Dtype and device follow the original weight; requires_grad follows the original weight (for the
-    weights made from it) and bias.
+    The first conv keeps the kernel, stride, padding, dilation and padding_mode (a transposed conv: a
+    transposed first conv, with its output_padding too); the 1x1 conv keeps the original's groups; the bias
+    goes on the last conv. Dtype and device follow the original weight; requires_grad follows the original
+    weight (for the weights made from it) and bias.
     """
     conv = _CONV_CLASSES[spec.dim]
-    weight = factors.first
+    weight = factors.first  # (G*r, C_in/G, *k)
     groups = spec.in_channels // weight.shape[1]
-    first = conv(
+    options = dict(device=weight.device, dtype=weight.dtype)
+    bias_first = bias is not None and factors.pointwise is None
+    if spec.transposed:
+        weight = transposed_layout(weight, groups)  # (C_in, r, *k)
+        first_class, channels = _TRANSPOSED_CLASSES[spec.dim], weight.shape[1] * groups
+        extra = {"output_padding": spec.output_padding}  # ConvTranspose has no padding mode but zeros
+    else:
+        first_class, channels, extra = conv, weight.shape[0], {"padding_mode": spec.padding_mode}
+    first = first_class(
         spec.in_channels,
-        weight.shape[0],
+        channels,
         spec.kernel,
         stride=spec.stride,
         padding=spec.padding,
         dilation=spec.dilation,
         groups=groups,
-        bias=bias is not None and factors.pointwise is None,
-        padding_mode=spec.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
+        bias=bias_first,
+        **extra,
+        **options,
     )
     layers = [("depthwise" if groups == spec.in_channels else "grouped", first)]
     if factors.pointwise is not None:
-        pointwise = conv(
-            weight.shape[0], spec.out_channels, 1, bias=bias is not None, device=weight.device, dtype=weight.dtype
-        )
+        pointwise = conv(first.out_channels, spec.out_channels, 1, groups=spec.groups, bias=bias is not None, **options)
         layers.append(("pointwise", pointwise))
     with torch.no_grad():
-        first.weight.copy_(factors.first)
+        first.weight.copy_(weight)
         if factors.pointwise is not None:
             layers[-1][1].weight.copy_(factors.pointwise)
         if bias is not None:

@@ -78,30 +78,32 @@ def skipped_rows(report: Any) -> list[Any]:
     return [r for r in report.layers if r.status == "skipped"]
 
 
-def dense_weight(replacement: nn.Module) -> torch.Tensor:
-    """The (C_out, C_in, *k) weight of the standard conv that `replacement` computes, in float64.
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The (C_out, C_in, *k) weight of the standard (groups=1) conv that `module` computes, in float64.
 
-    `replacement` is Sequential(grouped or depthwise conv, 1x1 conv) or a single plain grouped conv.
+    `module` is a conv (any groups; a transposed conv's weight is read in the standard orientation, entry
+    [o, i] mapping input channel i to output channel o), or Sequential(first conv, 1x1 conv), whose dense
+    weight is the 1x1 conv's matrix times the first conv's.
     """
-    if isinstance(replacement, nn.Sequential):
-        first, pointwise = list(replacement)
+    if isinstance(module, nn.Sequential):
+        first, pointwise = list(module)
         k = pointwise.weight.shape[2:]
-        assert all(d == 1 for d in k) and pointwise.groups == 1
+        assert all(d == 1 for d in k) and not pointwise.transposed
         assert all(s == 1 for s in pointwise.stride) and all(p == 0 for p in pointwise.padding)
         assert first.bias is None
-        groups = first.groups
-        c_in, c_out = first.in_channels, pointwise.out_channels
-        rank = first.out_channels // groups
-        filters = first.weight.detach().double().reshape(groups, rank, -1)  # (G, r, (C_in/G)*K)
-        mixing = pointwise.weight.detach().double().reshape(c_out, groups, rank).permute(1, 0, 2)  # (G, C_out, r)
-        blocks = mixing @ filters  # (G, C_out, (C_in/G)*K)
-        return blocks.permute(1, 0, 2).reshape(c_out, c_in, *first.weight.shape[2:])
-    conv = replacement
+        inner = dense_weight(first)  # (M, C_in, *k)
+        mixing = dense_weight(pointwise).reshape(pointwise.out_channels, -1)  # (C_out, M)
+        return (mixing @ inner.reshape(inner.shape[0], -1)).reshape(-1, *inner.shape[1:])
+    conv = module
     groups, c_in, c_out = conv.groups, conv.in_channels, conv.out_channels
-    weight = torch.zeros(c_out, c_in, *conv.weight.shape[2:], dtype=torch.float64)
     og, ig = c_out // groups, c_in // groups
+    kernel = conv.weight.shape[2:]
+    w = conv.weight.detach().double()
+    if conv.transposed:  # (C_in, C_out/g, *k) -> (C_out, C_in/g, *k), group by group
+        w = w.reshape(groups, ig, og, *kernel).transpose(1, 2).reshape(c_out, ig, *kernel)
+    weight = torch.zeros(c_out, c_in, *kernel, dtype=torch.float64)
     for g in range(groups):
-        weight[g * og : (g + 1) * og, g * ig : (g + 1) * ig] = conv.weight.detach().double()[g * og : (g + 1) * og]
+        weight[g * og : (g + 1) * og, g * ig : (g + 1) * ig] = w[g * og : (g + 1) * og]
     return weight
 
 

@@ -65,6 +65,14 @@ TINY = textwrap.dedent(
 
     def linear_only():
         return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+    def decoder():  # a grouped conv, and a transposed conv that upsamples
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2),
+            nn.ConvTranspose2d(8, 4, 2, stride=2),
+        )
     """
 )
 SHAPE = ["--input-shape", "1,3,16,16"]
@@ -234,6 +242,27 @@ def test_two_inputs_and_json_output(work: Path) -> None:
         assert converted(torch.randn(1, 3, 16, 16), torch.randn(1, 4, 50)).shape == (1, 8)
 
 
+def test_transposed_and_grouped_options(work: Path) -> None:
+    full = ok(run(work, "tiny:decoder", *SHAPE, "--rank", "full", "--include-grouped", "--json", "-o", "full"))
+    report = json.loads(full.stdout)
+    assert [(layer["name"], layer["status"]) for layer in report["layers"]] == [
+        ("0", "converted"),
+        ("1", "converted"),
+        ("2", "converted"),
+    ]
+    assert report["options"]["transposed"] == "separable" and report["options"]["include_grouped"] is True
+    assert report["output_rel_error"] < 1e-5
+    converted = load_output(work / "full" / "model.pt")
+    assert isinstance(converted.get_submodule("2.depthwise"), nn.ConvTranspose2d)
+    assert converted.get_submodule("1.pointwise").groups == 2
+
+    skipping = ok(run(work, "tiny:decoder", *SHAPE, "--transposed", "skip", "--json", "-o", "skip"))
+    reasons = {layer["name"]: layer["reason"] for layer in json.loads(skipping.stdout)["layers"]}
+    assert "--include-grouped" in reasons["1"] and "--transposed separable" in reasons["2"]
+    assert reasons["0"] is None
+    assert type(load_output(work / "skip" / "model.pt").get_submodule("2")) is nn.ConvTranspose2d
+
+
 def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     # a regex with [brackets] (rich markup) shows verbatim in the table and the report
     result = ok(run(work, "tiny:build", *SHAPE, "--exclude", "^[/]?0$"))
@@ -375,6 +404,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         r"--groups 7 fits no layer \(input channels: 3, 8\): choose",
     ),
     ("unknown-target", None, ["tiny:build", "--to", "octagonal", *SHAPE], r"invalid choice: 'octagonal'.*separable"),
+    ("unknown-transposed", None, ["tiny:build", "--transposed", "dense", *SHAPE], r"invalid choice: 'dense'.*skip"),
     ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"add --groups G"),
     ("rank-0", None, ["tiny:build", "--rank", "0", *SHAPE], r"rank 0 is not valid: use a positive integer or 'full'"),
     ("energy-1.5", None, ["tiny:build", "--energy", "1.5", *SHAPE], r"energy 1\.5 is not valid: use a fraction"),

@@ -269,14 +269,44 @@ CONV_CASES = {
     "3d-same-k(2,3,2)-replicate": lambda: nn.Conv3d(4, 6, (2, 3, 2), padding="same", padding_mode="replicate"),
     "3d-circular-dil2": lambda: nn.Conv3d(4, 6, 3, padding=2, dilation=2, padding_mode="circular"),
     "3d-valid-k2": lambda: nn.Conv3d(4, 6, 2, padding="valid"),
+    # grouped already (1 < groups < C_in): converted group by group with include_grouped
+    "1d-groups2-reflect": lambda: nn.Conv1d(4, 6, 3, padding=1, padding_mode="reflect", groups=2),
+    "2d-groups2": lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
+    "2d-groups2-stride2-dil2-nobias": lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=False),
+    "2d-groups2-same-k(2,3)-circular": lambda: nn.Conv2d(
+        4, 6, (2, 3), padding="same", padding_mode="circular", groups=2
+    ),
+    "2d-groups2-replicate-wide-out": lambda: nn.Conv2d(4, 20, 3, padding=1, padding_mode="replicate", groups=2),
+    "3d-groups2-valid": lambda: nn.Conv3d(4, 6, (1, 3, 2), padding="valid", groups=2),
+    # transposed: always the separable form (depthwise transposed + 1x1); zeros is their only padding mode
+    "1d-T-k3": lambda: nn.ConvTranspose1d(4, 6, 3),
+    "1d-T-stride2-pad1-outpad1": lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1),
+    "1d-T-dil2-groups2-nobias": lambda: nn.ConvTranspose1d(4, 6, 3, dilation=2, groups=2, bias=False),
+    "2d-T-k3-pad1": lambda: nn.ConvTranspose2d(4, 6, 3, padding=1),
+    "2d-T-stride2-k2": lambda: nn.ConvTranspose2d(4, 6, 2, stride=2),  # U-Net upsampling
+    "2d-T-stride(2,3)-k(3,4)-outpad(1,2)": lambda: nn.ConvTranspose2d(
+        4, 6, (3, 4), stride=(2, 3), padding=(1, 0), output_padding=(1, 2)
+    ),
+    "2d-T-stride2-dil2-outpad1-groups2": lambda: nn.ConvTranspose2d(
+        4, 6, 3, stride=2, padding=1, output_padding=1, dilation=2, groups=2
+    ),
+    "2d-T-wide-out-nobias": lambda: nn.ConvTranspose2d(4, 20, 3, bias=False),
+    "3d-T-stride(1,2,2)-pad1-outpad(0,1,1)": lambda: nn.ConvTranspose3d(
+        4, 6, 3, stride=(1, 2, 2), padding=1, output_padding=(0, 1, 1)
+    ),
+    "3d-T-k(2,1,3)-groups2": lambda: nn.ConvTranspose3d(4, 6, (2, 1, 3), groups=2),
 }
 
-TARGETS = {"separable": FULL, "grouped": grouped(2, rank="full")}
+TARGETS = {
+    "separable": ConvertConfig(rank="full", include_grouped=True),
+    "grouped": grouped(2, rank="full", include_grouped=True),
+}
 
 
 def expected_groups_and_full_rank(conv: nn.modules.conv._ConvNd, target: str) -> tuple[int, int]:
-    groups = conv.in_channels if target == "separable" else 2
-    return groups, min(conv.out_channels, conv.in_channels // groups * math.prod(conv.kernel_size))
+    """Groups of the first conv, and the rank at which the form is exact: min(C_out/g0, C_in/G * K)."""
+    groups = conv.in_channels if target == "separable" or conv.transposed else 2
+    return groups, min(conv.out_channels // conv.groups, conv.in_channels // groups * math.prod(conv.kernel_size))
 
 
 def check_replacement(replacement: nn.Module, conv: nn.modules.conv._ConvNd, groups: int, rank: int, path: str) -> None:
@@ -287,15 +317,17 @@ def check_replacement(replacement: nn.Module, conv: nn.modules.conv._ConvNd, gro
     """
     assert isinstance(replacement, nn.Sequential)
     first, pointwise = list(replacement)
-    assert type(first) is type(conv) and type(pointwise) is type(conv)
+    assert type(first) is type(conv) and not pointwise.transposed
+    assert isinstance(pointwise, (nn.Conv1d, nn.Conv2d, nn.Conv3d)[len(conv.kernel_size) - 1])
     assert first.groups == groups and first.out_channels == groups * rank
-    attrs = ["in_channels", "kernel_size", "stride", "dilation"]
+    attrs = ["in_channels", "kernel_size", "stride", "dilation", "output_padding"]
     if path != "export":
         attrs += ["padding", "padding_mode"]
     for attr in attrs:
         assert getattr(first, attr) == getattr(conv, attr), attr
     assert pointwise.out_channels == conv.out_channels and pointwise.kernel_size == (1,) * len(conv.kernel_size)
-    assert rel_error(dense_weight(replacement), conv.weight.detach()) <= TOL
+    assert pointwise.groups == conv.groups
+    assert rel_error(dense_weight(replacement), dense_weight(conv)) <= TOL
     bias = replacement_bias(replacement)
     assert (bias is None) == (conv.bias is None)
     if bias is not None:
@@ -326,14 +358,15 @@ def test_conv_exact_at_full_rank(case: str, target: str, path: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_bare_conv_model_exact(case: str, target: str) -> None:
-    """The model is the conv itself: fx traces its forward into F.convNd (and F.pad for other padding modes)."""
+    """The model is the conv itself: fx traces its forward into F.convNd (and F.pad for other padding modes); a
+    transposed conv's forward checks its input's dimensions, which fx cannot, so export traces it."""
     torch.manual_seed(0)
     conv = CONV_CASES[case]().eval()
     x = torch.randn(SHAPES[len(conv.kernel_size)])
 
     result = convert_model(conv, x, TARGETS[target])
 
-    assert result.report.trace == "fx"
+    assert result.report.trace == ("export" if conv.transposed else "fx")
     (layer,) = converted_rows(result.report)
     groups, full = expected_groups_and_full_rank(conv, target)
     assert (layer.groups, layer.rank) == (groups, full)
@@ -430,7 +463,7 @@ def test_trace_path_module_and_functional_convs(path: str) -> None:
     assert [note.split(":")[0] for note in report.trace_notes] == {
         "fx": [],
         "export": ["fx"],
-        "module-walk": ["fx", "export", "module-walk"],
+        "module-walk": ["fx", "export", "fx-leaves", "module-walk"],
     }[path]
     names = {layer.name for layer in converted_rows(report)}
     # the module walk sees modules only; functional calls stay as they are (and stay exact)
@@ -622,23 +655,96 @@ def test_weight_standardized_conv_skipped_next_to_standard_one(path: str) -> Non
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_transposed_convs_skipped(path: str) -> None:
+def test_transposed_convs_skipped_on_request(path: str) -> None:
     torch.manual_seed(0)
     model = TransposedNet(path).eval()
     x = torch.randn(2, 4, 5, 5)
 
-    result = convert_model(model, x, FULL)
+    result = convert_model(model, x, ConvertConfig(rank="full", transposed="skip"))
 
     assert result.report.trace == path
     assert not converted_rows(result.report)
     rows = skipped_rows(result.report)
     assert len(rows) == (1 if path == "module-walk" else 2)  # the module walk does not see functional calls
-    assert all("transposed" in layer.reason for layer in rows)
+    assert all("--transposed separable" in layer.reason for layer in rows)
     assert_same_function(result.model, model, [x], tol=1e-6)
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_grouped_and_depthwise_convs_skipped(path: str) -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_transposed_module_and_functional_exact(path: str, target: str) -> None:
+    """A ConvTranspose2d module and an F.conv_transpose2d call become the separable form whatever the target."""
+    torch.manual_seed(0)
+    model = TransposedNet(path).eval()
+    x = torch.randn(2, 4, 5, 5)
+
+    result = convert_model(model, x, TARGETS[target])
+
+    rows = {layer.name: layer for layer in result.report.layers}
+    assert set(rows) == ({"up"} if path == "module-walk" else {"up", "wt"})
+    assert all(row.status == "converted" and row.groups == row.in_channels for row in rows.values())
+    assert (rows["up"].rank, rows["up"].full_rank) == (6, 6)  # min(C_out, K) = min(6, 9)
+    check_replacement(result.model.get_submodule("up"), model.up, 4, 6, path)
+    if path != "module-walk":
+        assert (rows["wt"].rank, rows["wt"].full_rank) == (3, 3)  # min(C_out=3, K=4)
+        assert rel_error(dense_weight(result.model.get_submodule("wt")), model.wt.transpose(0, 1)) <= TOL
+    assert_same_function(result.model, model, [x])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_transposed_rank_one_counts(path: str) -> None:
+    """Rank 1: lossy, and its MACs are the depthwise transposed conv's per input position plus the 1x1 conv's
+    per output position."""
+    torch.manual_seed(0)
+    model = TransposedNet(path).eval()
+    x = torch.randn(2, 4, 5, 5)
+
+    result = convert_model(model, x, ConvertConfig(rank=1))
+
+    layer = next(row for row in result.report.layers if row.name == "up")
+    assert layer.output_shape == [2, 6, 11, 11] and layer.weight_rel_error > 0.1
+    assert layer.macs_before == 2 * 5 * 5 * 4 * 6 * 9  # C_in * C_out * K per input position
+    assert layer.macs_after == 2 * 5 * 5 * 4 * 1 * 9 + 2 * 11 * 11 * 4 * 6
+    assert layer.params_after == count_params(result.model.get_submodule("up"))
+    assert rel_error(forward(result.model, x), forward(model, x)) > 1e-3
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grouped_conv_grouped_target_needs_a_multiple_of_its_groups(path: str) -> None:
+    torch.manual_seed(0)
+    model = PathNet(path, nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Conv2d(8, 8, 3, padding=1, groups=2)).eval()
+    x = torch.randn(2, 8, 6, 6)
+
+    result = convert_model(model, x, grouped(2, rank="full", include_grouped=True))
+
+    rows = {layer.name: layer for layer in result.report.layers}
+    assert rows["body.0"].status == "skipped" and "multiple of the conv's own groups=4" in rows["body.0"].reason
+    assert rows["body.1"].status == "converted" and rows["body.1"].rank == rows["body.1"].full_rank == 4
+    assert_same_function(result.model, model, [x])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grouped_conv_block_diagonal_without_pointwise(path: str) -> None:
+    """--no-pointwise on a conv with 2 groups at G=4: the 4-block diagonal of its dense weight."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+    model = PathNet(path, conv).eval()
+    x = torch.randn(2, 8, 5, 5)
+
+    result = convert_model(model, x, grouped(4, pointwise=False, include_grouped=True))
+
+    (layer,) = result.report.layers
+    assert (layer.status, layer.groups) == ("converted", 4)
+    kept = dense_weight(conv) * block_mask(8, 8, 4, (3, 3)).double()
+    assert torch.equal(dense_weight(result.model.get_submodule("body.0")), kept)
+    dense = dense_weight(conv)
+    assert layer.weight_rel_error == pytest.approx(float((dense - kept).norm() / dense.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("include_grouped", [False, True])
+def test_grouped_and_depthwise_convs(path: str, include_grouped: bool) -> None:
+    """Grouped convs are skipped unless include_grouped; depthwise convs always are."""
     torch.manual_seed(0)
     model = PathNet(
         path,
@@ -648,27 +754,40 @@ def test_grouped_and_depthwise_convs_skipped(path: str) -> None:
     ).eval()
     x = torch.randn(2, 4, 6, 6)
 
-    result = convert_model(model, x, FULL)
+    result = convert_model(model, x, dataclasses.replace(FULL, include_grouped=include_grouped))
 
     rows = {layer.name: layer for layer in result.report.layers}
-    assert rows["body.0"].status == "skipped" and "already grouped" in rows["body.0"].reason
+    if include_grouped:
+        assert rows["body.0"].status == "converted" and rows["body.0"].rank == rows["body.0"].full_rank == 4
+        check_replacement(result.model.get_submodule("body.0"), model.body[0], 4, 4, path)
+    else:
+        assert rows["body.0"].status == "skipped" and "--include-grouped" in rows["body.0"].reason
     assert rows["body.1"].status == "skipped" and "already depthwise" in rows["body.1"].reason
     assert rows["body.2"].status == "converted"
     assert_same_function(result.model, model, [x])
 
 
 @pytest.mark.parametrize("path", ["fx", "export"])
-def test_functional_grouped_and_depthwise_skipped(path: str) -> None:
+@pytest.mark.parametrize("include_grouped", [False, True])
+def test_functional_grouped_and_depthwise(path: str, include_grouped: bool) -> None:
     torch.manual_seed(0)
     model = GroupedFuncNet(path).eval()
     x = torch.randn(2, 4, 6, 6)
 
-    result = convert_model(model, x, FULL)
+    result = convert_model(model, x, dataclasses.replace(FULL, include_grouped=include_grouped))
 
     rows = {layer.name: layer for layer in result.report.layers}
-    assert rows["wg"].status == "skipped" and "already grouped" in rows["wg"].reason
+    if include_grouped:
+        assert rows["wg"].status == "converted" and (rows["wg"].groups, rows["wg"].rank) == (4, 4)
+        replacement = result.model.get_submodule("wg")
+        assert replacement.pointwise.groups == 2
+        reference = nn.Conv2d(4, 8, 3, groups=2, bias=False)
+        reference.weight = model.wg
+        assert rel_error(dense_weight(replacement), dense_weight(reference)) <= TOL
+    else:
+        assert rows["wg"].status == "skipped" and "already grouped" in rows["wg"].reason
     assert rows["wd"].status == "skipped" and "already depthwise" in rows["wd"].reason
-    assert_same_function(result.model, model, [x], tol=1e-6)
+    assert_same_function(result.model, model, [x], tol=1e-5)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -1028,23 +1147,13 @@ def test_train_mode_kept_and_original_stats_untouched(path: str) -> None:
     assert not torch.equal(stats["block.bn1.running_mean"], model.block.bn1.running_mean)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "fx",
-        pytest.param(
-            "export",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug/limitation: the aten graph of torch.export bakes BatchNorm's train-mode behaviour in; "
-                ".eval() on the converted model changes its flag, not what it computes",
-            ),
-        ),
-        "module-walk",
-    ],
-)
+@pytest.mark.parametrize("path", PATHS)
 def test_mode_switch_after_conversion(path: str) -> None:
-    """Converted in train mode, then switched to eval (as before deployment): still the original's function."""
+    """Converted in train mode, then switched to eval (as before deployment): still the original's function.
+
+    On the export path the aten graph had BatchNorm's train-mode behaviour baked in; the modules whose graph
+    depends on the mode are put back as modules, so the switch reaches them.
+    """
     torch.manual_seed(0)
     model = CustomNet(path).train()
     x = torch.randn(4, 3, 8, 8)
@@ -1052,6 +1161,55 @@ def test_mode_switch_after_conversion(path: str) -> None:
     result = convert_model(model, x, FULL)
 
     assert_same_function(result.model.eval(), model.eval(), [x])
+    assert not any("keeps its" in note for note in result.report.trace_notes)
+
+
+class DropNet(nn.Module):
+    """Mode-dependent modules of several kinds, one BatchNorm called twice, and a functional conv."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout2d(0.3))
+        self.w = nn.Parameter(torch.randn(5, 4, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = gate(self.path, x)
+        x = self.bn(self.conv(x))
+        x = self.block(self.drop(self.bn(torch.relu(x))))
+        return F.conv2d(x, self.w)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mode_switch_both_ways_dropout_and_shared_batchnorm(path: str, mode: str) -> None:
+    """Converted in one mode and switched to the other: the converted model computes what the original does in
+    that mode (dropout masks drawn from the same seed), and in train mode updates the same running statistics."""
+    torch.manual_seed(0)
+    model = DropNet(path).train(mode == "train")
+    x = torch.randn(4, 3, 6, 6)
+
+    result = convert_model(model, x, FULL)
+
+    assert result.report.trace == path
+    assert_same_function(result.model, model, [x])
+    other = mode != "train"
+    assert_same_function(result.model.train(other), model.train(other), [x])
+    if other:  # train mode: the running statistics move the same way
+        converted, original = copy.deepcopy(result.model), copy.deepcopy(model)
+        for module in (converted, original):
+            torch.manual_seed(1)  # the same dropout masks
+            with torch.no_grad():
+                module(x)
+        for name, buffer in original.named_buffers():
+            torch.testing.assert_close(converted.get_buffer(name), buffer, rtol=TOL, atol=TOL)
+    if path == "export":  # the mode-dependent modules are modules again, named as in the model
+        calls = [n.target for n in result.model.graph.nodes if n.op == "call_module"]
+        assert {"bn", "drop", "block.1", "block.2"} <= set(calls) and calls.count("bn") == 2
+        assert not any("keeps its" in note for note in result.report.trace_notes)
 
 
 @pytest.mark.parametrize("path", PATHS)

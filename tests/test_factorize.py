@@ -306,3 +306,14 @@ def test_block_diagonal_rejects_groups_not_dividing() -> None:
         block_diagonal(torch.randn(6, 4, 3, 3), 3)  # divides C_out only
     with pytest.raises(ValueError, match="divide"):
         block_diagonal(torch.randn(3, 4, 3, 3), 2)  # divides C_in only
+
+
+@pytest.mark.parametrize(("shape", "groups"), SHAPES)
+def test_full_rank_factors_are_the_weight_itself(shape: tuple[int, ...], groups: int) -> None:
+    """At full rank no SVD rounding: one factor is an identity, the other holds W's own entries, bit for bit."""
+    torch.manual_seed(0)
+    weight = torch.randn(shape)
+    c_out, c_in, *kernel = shape
+    factors = low_rank(weight, groups, full_rank(c_out, c_in, math.prod(kernel), groups))
+    assert torch.equal(compose(factors.first, factors.pointwise, groups, c_in), weight.double())
+    assert factors.rel_error == 0.0

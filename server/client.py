@@ -275,9 +275,13 @@ def _data_files(distill: DistillJob | None) -> list[tuple[pb.DataFile, Path]]:
             path = Path(source)
             if str(source) == SYNTHETIC:
                 raise ConvertError(
-                    f"{option} {SYNTHETIC} goes alone with --server: the server trains on synthetic inputs or "
-                    "on uploaded tensor files, and holds validation inputs out of the training inputs by default"
+                    "give several data sources only as one tensor file per model input"
+                    if role == pb.DataFile.TRAIN
+                    else "--val synthetic is not available with --server: give a tensor file, or leave --val out "
+                    "(validation inputs are then held out of the training inputs, or synthetic for synthetic training)"
                 )
+            if not path.exists():
+                raise ConvertError(f"{option} {source}: no such file (for random inputs, write --distill synthetic)")
             if path.is_dir():
                 raise ConvertError(
                     f"{option} {source} is a folder of images, which the server does not take: convert it to a "
@@ -288,8 +292,6 @@ def _data_files(distill: DistillJob | None) -> list[tuple[pb.DataFile, Path]]:
                 raise ConvertError(
                     f"{option} {source} is not a tensor file the server takes: give a {', '.join(_DATA_FORMATS)} file"
                 )
-            if not path.is_file():
-                raise ConvertError(f"{option} {source}: no such file (for random inputs, write --distill synthetic)")
             size = path.stat().st_size
             files.append((pb.DataFile(role=role, format=kind, size_bytes=size, filename=path.name), path))
     return files

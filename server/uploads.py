@@ -65,11 +65,16 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
         )
     total = header.size_bytes + sum(file.size_bytes for file in header.data_files)
     if total > config.max_upload_bytes:
-        what = "upload" if not header.data_files else f"upload (the model and {len(header.data_files)} data files)"
+        count = len(header.data_files)
+        what, fix = (
+            (f"upload (the model and {count} data file{'s' * (count > 1)})", "smaller files (fewer inputs)")
+            if count
+            else ("upload", "a smaller file")
+        )
         raise UploadError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the {what} is {total / 2**20:.1f} MiB, over this server's limit of {config.max_upload_mb} MiB: send "
-            "smaller files (fewer distillation inputs), or ask the operator for a larger --max-upload-mb",
+            f"{fix}, or ask the operator for a larger --max-upload-mb",
         )
     _check_sha256(header.sha256, "sha256")
     for index, file in enumerate(header.data_files):

@@ -169,6 +169,11 @@ BAD_OPTIONS = [
         ["--distill", ".", "--server", "127.0.0.1:9"],
         r"--distill \. is a folder of images, which the server does not take: convert it to a tensor file .*\.npy",
     ),
+    (
+        "synthetic-val-to-a-server",
+        ["--distill", "x.npy", "--val", "synthetic", "--server", "127.0.0.1:9"],
+        r"--val synthetic is not available with --server: give a tensor file, or leave --val out",
+    ),
 ]
 if not torch.cuda.is_available():
     BAD_OPTIONS.append(("cuda-here", ["--distill", "x.npy", "--device", "cuda"], r"--device cuda cannot train here"))

@@ -474,7 +474,7 @@ def test_bad_data_uploads(shared, client: ConvertClient, tmp_path: Path) -> None
         (data_header([part(b"")]), [], "INVALID_ARGUMENT", "data file x.npy is empty"),
         (data_header([pb.DataFile(size_bytes=1)]), [b"x"], "INVALID_ARGUMENT", "role is not set"),
         (data_header([part(npy)] * 33), [], "INVALID_ARGUMENT", "over the limit of 32"),
-        (data_header([part(npy, size_bytes=2 << 20)]), [], "RESOURCE_EXHAUSTED", "and 1 data files) is 2.0 MiB"),
+        (data_header([part(npy, size_bytes=2 << 20)]), [], "RESOURCE_EXHAUSTED", "and 1 data file) is 2.0 MiB"),
     ]
     weights = factory_header(npy)  # a chunk that spans the weights and the data file
     weights.data_files.append(part(npy))

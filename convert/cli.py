@@ -238,7 +238,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help="upload the model (its bytes, not loaded here) and convert it there; results are downloaded into OUTDIR",
+        help="upload the model and any --distill/--val tensor files (their bytes, not loaded here) and convert it "
+        "there; results are downloaded into OUTDIR",
     )
     service.add_argument(
         "--auth-token",

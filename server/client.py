@@ -17,8 +17,9 @@ from pathlib import Path
 
 import grpc
 
+from convert.data import SYNTHETIC
 from convert.errors import ConvertError
-from convert.job import JobOptions, Progress, Warn
+from convert.job import DistillJob, JobOptions, Progress, Warn
 from convert.load import model_file_kind, weights_kind
 from convert.onnx_export import ParityError
 from convert.report import Report
@@ -31,6 +32,13 @@ from server.rpc import converter_pb2_grpc as pb_grpc
 CHUNK_BYTES = 1 << 20  # upload chunks: the protocol's largest (fewer messages, faster on loopback)
 _MODEL_FORMATS = {"pt2": pb.ModelFile.PT2, "torch.save": pb.ModelFile.PICKLE, "torchscript": pb.ModelFile.TORCHSCRIPT}
 _WEIGHTS_FORMATS = {"safetensors": pb.Factory.SAFETENSORS, "torch.save": pb.Factory.STATE_DICT}
+_DATA_FORMATS = {
+    ".npy": pb.DataFile.NPY,
+    ".npz": pb.DataFile.NPZ,
+    ".safetensors": pb.DataFile.SAFETENSORS,
+    ".pt": pb.DataFile.TORCH_SAVE,
+    ".pth": pb.DataFile.TORCH_SAVE,
+}
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
 
@@ -84,21 +92,30 @@ class ConvertClient:
         self._channel.close()
 
     def submit(self, options: JobOptions, *, sha256: bool | str = True, chunk_bytes: int = CHUNK_BYTES) -> str:
-        """Upload the model (a file's bytes as they are, never loaded here) or the factory's weights, and submit.
+        """Upload the model (a file's bytes as they are, never loaded here) or the factory's weights, and the
+        distillation inputs (`options.distill.data` and `.val`, tensor files sent as bytes), and submit.
 
-        `sha256`: True computes the upload's digest for the server to check, a string gives it, False sends none.
+        `sha256`: True computes each file's digest for the server to check, a string gives the model's (the data
+        files' are computed), False sends none.
 
         Returns:
             The job id; the job runs on the server, asynchronously.
 
         Raises:
-            ConvertError: for a missing local file; ServiceError for what the server refuses.
+            ConvertError: for a missing local file, or distillation inputs the server cannot take (a folder of
+                images); ServiceError for what the server refuses.
         """
         header, upload = _header(options)
-        if upload is not None and sha256:
-            header.sha256 = sha256 if isinstance(sha256, str) else _sha256(upload)
+        data = _data_files(options.distill)
+        header.data_files.extend(file for file, _ in data)
+        if sha256:
+            if upload is not None:
+                header.sha256 = sha256 if isinstance(sha256, str) else _sha256(upload)
+            for file, path in zip(header.data_files, (path for _, path in data), strict=True):
+                file.sha256 = _sha256(path)
+        files = [path for path in (upload, *(path for _, path in data)) if path is not None]
         with self._errors():
-            return self._stub.Submit(_requests(header, upload, chunk_bytes), metadata=self._metadata).job_id
+            return self._stub.Submit(_requests(header, files, chunk_bytes), metadata=self._metadata).job_id
 
     def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
         """The job's current state, then each change, until it finishes."""
@@ -239,13 +256,54 @@ def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
     return header, upload
 
 
-def _requests(header: pb.SubmitHeader, upload: Path | None, chunk_bytes: int) -> Iterator[pb.SubmitRequest]:
+def _data_files(distill: DistillJob | None) -> list[tuple[pb.DataFile, Path]]:
+    """The distillation inputs to upload (training files unless synthetic, then validation files), each with its
+    DataFile (sha256 not set). Checked from their names and sizes alone: nothing is loaded here.
+
+    Raises:
+        ConvertError: for a folder of images (they stay local), `synthetic` validation, or an unknown format.
+    """
+    if distill is None:
+        return []
+    train = () if distill.data == (SYNTHETIC,) else distill.data
+    files = []
+    for role, option, sources in (
+        (pb.DataFile.TRAIN, "--distill", train),
+        (pb.DataFile.VAL, "--val", distill.val or ()),
+    ):
+        for source in sources:
+            path = Path(source)
+            if str(source) == SYNTHETIC:
+                raise ConvertError(
+                    "give several data sources only as one tensor file per model input"
+                    if role == pb.DataFile.TRAIN
+                    else "--val synthetic is not available with --server: give a tensor file, or leave --val out "
+                    "(validation inputs are then held out of the training inputs, or synthetic for synthetic training)"
+                )
+            if not path.exists():
+                raise ConvertError(f"{option} {source}: no such file (for random inputs, write --distill synthetic)")
+            if path.is_dir():
+                raise ConvertError(
+                    f"{option} {source} is a folder of images, which the server does not take: convert it to a "
+                    "tensor file of preprocessed inputs shaped N,C,H,W first (e.g. numpy.save to a .npy), and give that"
+                )
+            kind = _DATA_FORMATS.get(path.suffix.lower())
+            if kind is None:
+                raise ConvertError(
+                    f"{option} {source} is not a tensor file the server takes: give a {', '.join(_DATA_FORMATS)} file"
+                )
+            size = path.stat().st_size
+            files.append((pb.DataFile(role=role, format=kind, size_bytes=size, filename=path.name), path))
+    return files
+
+
+def _requests(header: pb.SubmitHeader, files: Sequence[Path], chunk_bytes: int) -> Iterator[pb.SubmitRequest]:
+    """The header, then each file's bytes in chunks of its own."""
     yield pb.SubmitRequest(header=header)
-    if upload is None:
-        return
-    with open(upload, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            yield pb.SubmitRequest(chunk=chunk)
+    for path in files:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield pb.SubmitRequest(chunk=chunk)
 
 
 def _sha256(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from convert.auto import AutoConfig
 from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
 from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
@@ -15,7 +17,8 @@ from server.rpc import converter_pb2 as pb
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
-    """The wire form of `options` (its model and weights travel separately, as the upload)."""
+    """The wire form of `options` (its model, weights and distillation data files travel separately, as the
+    upload: `distill.data` is "synthetic" or empty)."""
     config = options.config
     message = pb.JobOptions(
         target=config.target,
@@ -44,7 +47,7 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
             message.auto.max_error = options.auto.max_error
     if options.distill is not None:
         config = options.distill.config
-        message.distill.CopyFrom(pb.DistillOptions(data=",".join(options.distill.data)))
+        message.distill.CopyFrom(pb.DistillOptions(data=SYNTHETIC if options.distill.data == (SYNTHETIC,) else ""))
         for name in ("steps", "epochs", "batch_size", "lr", "seed", "feature_weight"):
             if getattr(config, name) is not None:
                 setattr(message.distill, name, getattr(config, name))
@@ -62,8 +65,15 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     return message
 
 
-def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -> JobOptions:
-    """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server.
+def from_proto(
+    message: pb.JobOptions,
+    model: str,
+    weights: str | None = None,
+    data: Sequence[str] = (),
+    val: Sequence[str] = (),
+) -> JobOptions:
+    """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server, and
+    the uploaded distillation inputs stored there: `data` (training, unless the options say synthetic) and `val`.
 
     Raises:
         ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
@@ -113,6 +123,8 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
+    if (data or val) and not message.HasField("distill"):
+        raise ConvertError("data files go with distillation: set the distill options, or send no data files")
     return JobOptions(
         model=model,
         weights=weights,
@@ -122,20 +134,35 @@ def from_proto(message: pb.JobOptions, model: str, weights: str | None = None) -
         onnx=onnx,
         bench=bench,
         auto=auto,
-        distill=_distill(message.distill, bench) if message.HasField("distill") else None,
+        distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
     )
 
 
-def _distill(message: pb.DistillOptions, bench: BenchConfig | None) -> DistillJob:
-    """The distillation settings; the service trains on `synthetic` inputs only (no upload of data yet)."""
-    if message.data != SYNTHETIC:
+def _distill(
+    message: pb.DistillOptions, bench: BenchConfig | None, data: Sequence[str], val: Sequence[str]
+) -> DistillJob:
+    """The distillation settings, training on `synthetic` inputs or on the uploaded files `data`."""
+    if message.data == SYNTHETIC and data:
         raise ConvertError(
-            f"distillation data {message.data!r} is not available on the service: use data 'synthetic' "
-            "(uploading training inputs is not supported yet), or distill locally with convert --distill"
+            "the training inputs are either synthetic or uploaded data files, not both: leave data empty to train "
+            "on the files, or send no training files"
+        )
+    if message.data not in ("", SYNTHETIC):
+        raise ConvertError(
+            f"distillation data {message.data!r} is not available on the service: upload the inputs as tensor files "
+            "(`convert MODEL --distill inputs.npy --server HOST:PORT` does; a folder of images must be converted to "
+            "a tensor file first), or use data 'synthetic'"
+        )
+    if not message.data and not data:
+        raise ConvertError(
+            "distillation needs training inputs: upload tensor files of them (data files of role TRAIN), or set "
+            "data 'synthetic'"
         )
     fields = {f.name: value for f, value in message.ListFields() if f.name != "data"}
     device = "auto" if bench is None or bench.device == "tensorrt" else bench.device
-    return DistillJob(data=(SYNTHETIC,), config=DistillConfig(device=device, **fields))
+    return DistillJob(
+        data=tuple(data) or (SYNTHETIC,), config=DistillConfig(device=device, **fields), val=tuple(val) or None
+    )
 
 
 def _optional(message, field: str, default=None):

@@ -22,7 +22,7 @@ from server.events import CLOSED, EventHub, is_final, state_event
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
-from server.uploads import MAX_CHUNK, UploadError, check_header, receive
+from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
 from server.worker import JOB_FILE, OUT_DIR
 from server.workers import WorkerPool
 
@@ -49,7 +49,8 @@ class ConverterServicer(pb_grpc.ConverterServicer):
             check_header(header, self._config)
             if header.WhichOneof("source") == "factory":
                 self._config.check_factory(header.factory.spec)
-            options = wire.from_proto(header.options, model="")  # refuses bad options before the upload
+            data, val = data_file_names(header)
+            options = wire.from_proto(header.options, model="", data=data, val=val)  # refused before the upload
         except UploadError as e:
             context.abort(e.code, str(e))
         except ConvertError as e:

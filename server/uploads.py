@@ -1,23 +1,36 @@
-"""Receive a Submit stream's upload: chunks straight to disk, size and sha256 checked, content identified without
-ever loading it (nothing is unpickled in the server's process)."""
+"""Receive a Submit stream's upload (the model, then any distillation data files): chunks straight to disk, each
+file's size and sha256 checked, its content identified without ever loading it (nothing is unpickled, and no data
+file is read as tensors, in the server's process)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
+from convert.data import tensor_file_kind
 from convert.load import file_kind, weights_kind
 from server.config import ServerConfig
 from server.rpc import converter_pb2 as pb
 
 MAX_CHUNK = 1 << 20  # bytes: the largest chunk a client may send (the server's receive limit, plus the header's)
+MAX_DATA_FILES = 32  # distillation data files in one submission
 
 # The model file formats, as convert.load.file_kind names them, and why each one is code.
 _MODEL_FORMATS = {pb.ModelFile.PT2: "pt2", pb.ModelFile.PICKLE: "torch.save", pb.ModelFile.TORCHSCRIPT: "torchscript"}
 _WEIGHTS_FORMATS = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
+# Distillation data files: the suffix each format is stored under (what convert.data reads it by), and each role's
+# name in the stored file's name.
+_DATA_FORMATS = {
+    pb.DataFile.NPY: ".npy",
+    pb.DataFile.NPZ: ".npz",
+    pb.DataFile.SAFETENSORS: ".safetensors",
+    pb.DataFile.TORCH_SAVE: ".pt",
+}
+_DATA_ROLES = {pb.DataFile.TRAIN: "data", pb.DataFile.VAL: "val"}
 _SUFFIX = {"pt2": ".pt2", "torch.save": ".pt", "torchscript": ".pt", "safetensors": ".safetensors"}
 _WHAT = {
     "pt2": "a .pt2 archive (torch.export.save), whose loader can fall back to unpickling",
@@ -44,14 +57,40 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
     Raises:
         UploadError: INVALID_ARGUMENT or RESOURCE_EXHAUSTED.
     """
-    if header.size_bytes > config.max_upload_bytes:
+    if len(header.data_files) > MAX_DATA_FILES:
+        raise UploadError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the header lists {len(header.data_files)} data files, over the limit of {MAX_DATA_FILES}: give a file "
+            "per model input (or one file keyed by input name) for training, and likewise for validation",
+        )
+    total = header.size_bytes + sum(file.size_bytes for file in header.data_files)
+    if total > config.max_upload_bytes:
+        count = len(header.data_files)
+        what, fix = (
+            (f"upload (the model and {count} data file{'s' * (count > 1)})", "smaller files (fewer inputs)")
+            if count
+            else ("upload", "a smaller file")
+        )
         raise UploadError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the upload is {header.size_bytes / 2**20:.1f} MiB, over this server's limit of {config.max_upload_mb} "
-            "MiB: send a smaller file, or ask the operator for a larger --max-upload-mb",
+            f"the {what} is {total / 2**20:.1f} MiB, over this server's limit of {config.max_upload_mb} MiB: send "
+            f"{fix}, or ask the operator for a larger --max-upload-mb",
         )
-    if header.sha256 and (len(header.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in header.sha256)):
-        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, "sha256 must be 64 hex digits (or empty, not checked)")
+    _check_sha256(header.sha256, "sha256")
+    for index, file in enumerate(header.data_files):
+        what = f"data_files[{index}]"
+        if file.role not in _DATA_ROLES:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.role is not set: TRAIN or VAL")
+        if file.format not in _DATA_FORMATS:
+            raise UploadError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{what}.format is not set: NPY, NPZ, SAFETENSORS or TORCH_SAVE"
+            )
+        if file.size_bytes == 0:
+            raise UploadError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"data file {_data_label(file, index)} is empty: send a tensor file of inputs shaped (N, ...)",
+            )
+        _check_sha256(file.sha256, f"{what}.sha256")
     source = header.WhichOneof("source")
     if source == "factory":
         weights = header.factory.weights_format
@@ -78,43 +117,91 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
         )
 
 
+def data_file_names(header: pb.SubmitHeader) -> tuple[list[str], list[str]]:
+    """Where `receive` keeps the header's data files in the job's folder: (training files, validation files),
+    each in upload order (`upload-data-1.npy`, `upload-val-1.pt`, ...). The client's file names are never used."""
+    names = _data_names(header)
+    roles = [file.role for file in header.data_files]
+    return (
+        [name for name, role in zip(names, roles, strict=True) if role == pb.DataFile.TRAIN],
+        [name for name, role in zip(names, roles, strict=True) if role == pb.DataFile.VAL],
+    )
+
+
 def receive(requests: Iterator[pb.SubmitRequest], header: pb.SubmitHeader, folder: Path) -> Path | None:
-    """Write the chunks that follow the header to `folder/upload.part`, check them, and name the file after what
-    it holds (`upload.pt2`, `upload.pt`, `upload.safetensors`).
+    """Write the chunks that follow the header into `folder`, one file after the other, check each, and rename it
+    into place once checked: the model (or weights) after what it holds (`upload.pt2`, `upload.pt`,
+    `upload.safetensors`), each data file as `data_file_names` says.
 
     Returns:
-        The uploaded file, or None for an empty upload (a factory without weights).
+        The uploaded model file, or None for an empty upload (a factory without weights).
 
     Raises:
         UploadError: INVALID_ARGUMENT for a truncated or oversized stream, a sha256 mismatch, or content that is
             not what the header says.
     """
-    partial = folder / "upload.part"
-    digest, size = hashlib.sha256(), 0
+    chunks = _chunks(requests)
+    model = _receive_file(chunks, folder / "upload.part", header.size_bytes, header.sha256, "the upload")
+    model = _place_model(model, header, folder)
+    for index, (file, name) in enumerate(zip(header.data_files, _data_names(header), strict=True)):
+        label = f"data file {_data_label(file, index)}"
+        partial = _receive_file(chunks, folder / f"{name}.part", file.size_bytes, file.sha256, label)
+        declared, found = _DATA_FORMATS[file.format], tensor_file_kind(partial)
+        if found != declared:
+            raise UploadError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{label} is {f'a {found} file' if found else 'not a tensor file'}, not the declared "
+                f"{pb.DataFile.Format.Name(file.format)}: send a file saved with numpy.save, numpy.savez, "
+                "safetensors or torch.save, and declare its format",
+            )
+        partial.rename(folder / name)
+    if next(chunks, None) is not None:
+        raise UploadError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the upload is longer than the header's sizes (size_bytes, and each data file's): set each size to its "
+            "file's size",
+        )
+    return model
+
+
+def _chunks(requests: Iterator[pb.SubmitRequest]) -> Iterator[bytes]:
+    for request in requests:
+        if request.WhichOneof("part") != "chunk":
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, "only the stream's first message may be a header")
+        yield request.chunk
+
+
+def _receive_file(chunks: Iterator[bytes], partial: Path, size: int, sha256: str, what: str) -> Path:
+    """Write the next `size` bytes of the stream (whole chunks) to `partial`, and check their sha256."""
+    digest, received = hashlib.sha256(), 0
     with open(partial, "wb") as f:
-        for request in requests:
-            if request.WhichOneof("part") != "chunk":
-                raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, "only the stream's first message may be a header")
-            size += len(request.chunk)
-            if size > header.size_bytes:
+        while received < size:
+            chunk = next(chunks, None)
+            if chunk is None:
                 raise UploadError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the upload is longer than the header's size_bytes ({header.size_bytes}): "
-                    "set size_bytes to the file's size",
+                    f"{what} is truncated: {received} of {size} bytes arrived; send the whole file again",
                 )
-            f.write(request.chunk)
-            digest.update(request.chunk)
-    if size < header.size_bytes:
+            received += len(chunk)
+            if received > size:
+                raise UploadError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{what} is longer than its size in the header ({size} bytes), or a chunk holds bytes of two "
+                    "files: set the size to the file's size, and start each file with a new chunk",
+                )
+            f.write(chunk)
+            digest.update(chunk)
+    if sha256 and digest.hexdigest() != sha256.lower():
         raise UploadError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"the upload is truncated: {size} of {header.size_bytes} bytes arrived; send the whole file again",
-        )
-    if header.sha256 and digest.hexdigest() != header.sha256.lower():
-        raise UploadError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the upload's sha256 is {digest.hexdigest()}, not {header.sha256.lower()} as the header says: the file "
+            f"the sha256 of {what} is {digest.hexdigest()}, not {sha256.lower()} as the header says: the file "
             "changed or was corrupted on the way; send it again",
         )
+    return partial
+
+
+def _place_model(partial: Path, header: pb.SubmitHeader, folder: Path) -> Path | None:
+    """Check that the model upload is what the header says, and name it after that (None: no upload)."""
     if header.WhichOneof("source") == "factory":
         declared = _WEIGHTS_FORMATS.get(header.factory.weights_format)
         found = weights_kind(partial) if declared else None
@@ -137,6 +224,25 @@ def receive(requests: Iterator[pb.SubmitRequest], header: pb.SubmitHeader, folde
         partial.unlink()
         return None
     return partial.rename(folder / f"upload{_SUFFIX[found]}")
+
+
+def _data_names(header: pb.SubmitHeader) -> list[str]:
+    """The names of the header's data files in the job's folder, in upload order, numbered from 1 per role."""
+    names, counts = [], dict.fromkeys(_DATA_ROLES, 0)
+    for file in header.data_files:
+        counts[file.role] += 1
+        names.append(f"upload-{_DATA_ROLES[file.role]}-{counts[file.role]}{_DATA_FORMATS[file.format]}")
+    return names
+
+
+def _data_label(file: pb.DataFile, index: int) -> str:
+    """A data file as the client knows it, for messages."""
+    return os.path.basename(file.filename)[:200] or f"{index + 1}"
+
+
+def _check_sha256(value: str, field: str) -> None:
+    if value and (len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value)):
+        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} must be 64 hex digits (or empty, not checked)")
 
 
 def _describe(kind: str | None) -> str:

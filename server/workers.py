@@ -302,8 +302,8 @@ def _crash_message(code: int, memory_mb: int) -> str:
 
 
 def _remove_upload(folder: Path) -> None:
-    """The uploaded model or weights are not needed once the job has finished."""
-    for path in folder.glob("upload.*"):
+    """The uploaded model or weights, and any data files, are not needed once the job has finished."""
+    for path in folder.glob("upload*"):
         path.unlink(missing_ok=True)
 
 

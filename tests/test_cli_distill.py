@@ -163,6 +163,17 @@ BAD_OPTIONS = [
     ("zero-steps", ["--distill", "x.npy", "--steps", "0"], r"steps 0 is not valid"),
     ("image-mean-count", ["--distill", "x.npy", "--image-mean", "0.5"], r"image mean has 1 values"),
     ("negative-batch", ["--distill", "x.npy", "--steps", "1", "--batch-size", "-1"], r"batch_size -1 is not valid"),
+    # refused on the client, before any connection: images stay local
+    (
+        "images-to-a-server",
+        ["--distill", ".", "--server", "127.0.0.1:9"],
+        r"--distill \. is a folder of images, which the server does not take: convert it to a tensor file .*\.npy",
+    ),
+    (
+        "synthetic-val-to-a-server",
+        ["--distill", "x.npy", "--val", "synthetic", "--server", "127.0.0.1:9"],
+        r"--val synthetic is not available with --server: give a tensor file, or leave --val out",
+    ),
 ]
 if not torch.cuda.is_available():
     BAD_OPTIONS.append(("cuda-here", ["--distill", "x.npy", "--device", "cuda"], r"--device cuda cannot train here"))

@@ -13,7 +13,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from convert import ConvertError, image_transform, load_data
-from convert.data import IMAGENET_MEAN, IMAGENET_STD, MAX_VAL_INPUTS, SYNTHETIC_VAL_INPUTS, input_names
+from convert.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_VAL_INPUTS,
+    SYNTHETIC_VAL_INPUTS,
+    input_names,
+    tensor_file_kind,
+)
 
 EXAMPLE = torch.zeros(1, 3, 8, 8)
 
@@ -59,6 +66,22 @@ def test_tensor_files(tmp_path: Path, form: str) -> None:
     torch.testing.assert_close(together, inputs[order].float())
     assert sorted(order.tolist()) == list(range(20))
     assert str(path) in data.source
+    assert tensor_file_kind(path) == path.suffix  # what the service checks an upload against, without loading it
+
+
+def test_tensor_file_kind_of_other_files(tmp_path: Path) -> None:
+    np.savez_compressed(tmp_path / "compressed.npz", x=np.zeros((2, 3)))
+    assert tensor_file_kind(tmp_path / "compressed.npz") == ".npz"
+    others = {
+        "noise.npy": b"\x93NUMP" + bytes(range(50)),  # one byte short of the magic
+        "pickle.pt": pickle.dumps([1, 2, 3]),  # a legacy (not zip) pickle: not a torch.save archive
+        "text.safetensors": b"hello, not tensors" * 10,
+    }
+    for name, content in others.items():
+        (tmp_path / name).write_bytes(content)
+        assert tensor_file_kind(tmp_path / name) is None, name
+    with pytest.raises(ConvertError, match="no such file"):
+        tensor_file_kind(tmp_path / "absent.npy")
 
 
 def test_split_is_seeded_and_capped(tmp_path: Path) -> None:

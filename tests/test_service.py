@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 import service_models
@@ -25,7 +27,8 @@ from safetensors.torch import save_file
 from servers import CONVERT, FACTORIES, TOKEN, health, running_server, server_env
 
 from convert import ConvertConfig
-from convert.job import JobOptions, run_job
+from convert.distill import DistillConfig
+from convert.job import DistillJob, JobOptions, run_job
 from convert.onnx_export import OnnxConfig
 from server.client import ConvertClient, JobFailed, ServiceError
 from server.rpc import converter_pb2 as pb
@@ -77,6 +80,14 @@ def wait_for_file(path: Path, timeout: float = 60) -> str:
             return path.read_text()
         time.sleep(0.1)
     raise AssertionError(f"{path} never appeared")
+
+
+def flat(value, prefix: str = "") -> dict:
+    """Nested dicts and lists as one dict {"a.0.b": leaf} (for pytest.approx, which takes no nesting)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+    if items is None:
+        return {prefix: value}
+    return {key: leaf for k, v in items for key, leaf in flat(v, f"{prefix}.{k}" if prefix else str(k)).items()}
 
 
 def without_timings(report: dict) -> dict:
@@ -372,6 +383,115 @@ def test_bad_options(client: ConvertClient) -> None:
     assert job.failure == pb.BAD_INPUT and "--groups 5 fits no layer" in job.message
 
 
+# --- distillation on uploaded inputs --------------------------------------------------------------------------------
+
+TIMINGS = ("seconds", "steps_per_second", "eval_seconds")
+
+
+def test_distill_on_uploaded_inputs_matches_a_local_run(shared, weights: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "data.npy", rng.standard_normal((12, 3, 16, 16), dtype=np.float32))
+    np.save(tmp_path / "val.npy", rng.standard_normal((4, 3, 16, 16), dtype=np.float32))
+    args = [*("service_models:tiny", "--weights", str(weights), "--input-shape", "1,3,16,16", "--json")]
+    args += [*("--distill", "data.npy", "--val", "val.npy", "--steps", "4", "--batch-size", "4", "--seed", "7")]
+    env = dict(server_env(), CONVERT_AUTH_TOKEN=TOKEN, OMP_NUM_THREADS="1")  # as the server's workers run
+    local, remote = (
+        subprocess.run([*CONVERT, *args, "-o", run, *extra], cwd=tmp_path, env=env, capture_output=True, text=True)
+        for run, extra in (("local", []), ("remote", ["--server", shared.address]))
+    )
+    assert local.returncode == 0, local.stderr
+    assert remote.returncode == 0, remote.stderr
+    local, remote = json.loads(local.stdout), json.loads(remote.stdout)
+    local_distill, remote_distill = local.pop("distill"), remote.pop("distill")
+    assert without_timings(remote) == without_timings(local)
+    # the same training, on the same inputs: the files' names on the server differ, the figures do not
+    assert local_distill["data"] == "12 inputs from data.npy"
+    assert local_distill["val_data"] == "--val 4 inputs from val.npy"
+    assert remote_distill["data"] == "12 inputs from upload-data-1.npy"
+    assert remote_distill["val_data"] == "--val 4 inputs from upload-val-1.npy"
+    assert remote_distill["steps"] == 4 and not remote_distill["synthetic"]
+    assert math.isfinite(remote_distill["loss_end"])
+    local_figures, remote_figures = (
+        {k: v for k, v in flat(d).items() if k.split(".")[0] not in (*TIMINGS, "data", "val_data")}
+        for d in (local_distill, remote_distill)
+    )
+    floats = {k for k, v in local_figures.items() if isinstance(v, float)}
+    assert {k: v for k, v in remote_figures.items() if k not in floats} == {
+        k: v for k, v in local_figures.items() if k not in floats
+    }
+    for key in floats:  # the worker's thread count may round differently from the local run's
+        assert remote_figures[key] == pytest.approx(local_figures[key], rel=1e-5), key
+    x = torch.randn(2, 3, 16, 16)
+    models = [torch.load(tmp_path / run / "model.pt", weights_only=False) for run in ("local", "remote")]
+    torch.testing.assert_close(models[1](x), models[0](x), rtol=1e-5, atol=1e-6)
+    jobs = shared_data(shared) / "jobs"
+    assert not list(jobs.glob("*/upload*"))  # the uploads are removed once their jobs have finished
+
+
+def test_uploaded_inputs_are_read_in_the_worker(client: ConvertClient, tmp_path: Path) -> None:
+    np.save(tmp_path / "small.npy", np.zeros((6, 3, 8, 8), np.float32))  # the model takes 3x16x16
+    np.save(tmp_path / "val.npy", np.ones((3, 3, 16, 16), np.float32))
+    wrong = JobOptions(**{**vars(TINY), "distill": DistillJob(data=(str(tmp_path / "small.npy"),))})
+    synthetic = DistillJob(data=("synthetic",), config=DistillConfig(steps=2), val=(str(tmp_path / "val.npy"),))
+    ids = [client.submit(wrong), client.submit(JobOptions(**{**vars(TINY), "distill": synthetic}))]
+    job = wait_for(client, ids[0], pb.FAILED)
+    assert job.failure == pb.BAD_INPUT, job.message
+    assert "upload-data-1.npy is shaped 6x3x8x8, the model takes inputs shaped N x 3x16x16" in job.message
+    job = wait_for(client, ids[1], pb.SUCCEEDED, pb.FAILED)
+    assert job.state == pb.SUCCEEDED, job.message
+    distill = json.loads(job.report_json)["distill"]  # synthetic training, uploaded validation inputs
+    assert distill["synthetic"] and distill["steps"] == 2
+    assert distill["val_data"] == "--val 3 inputs from upload-val-1.npy"
+    assert client.get(ids[1]).options.distill.data == "synthetic"
+
+
+def data_header(data_files: list[pb.DataFile], distill: bool = True) -> pb.SubmitHeader:
+    """A factory without weights, then `data_files`."""
+    options = pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 3, 16, 16])])
+    if distill:
+        options.distill.steps = 1
+    return pb.SubmitHeader(options=options, factory=pb.Factory(spec="service_models:tiny"), data_files=data_files)
+
+
+def test_bad_data_uploads(shared, client: ConvertClient, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 16, 16), np.float32))
+    npy = (tmp_path / "x.npy").read_bytes()
+    torch.save(torch.zeros(4, 3, 16, 16), tmp_path / "x.pt")
+    pt = (tmp_path / "x.pt").read_bytes()
+    jobs_before = {job.id for job in client.list(limit=1000)}
+
+    def part(data: bytes, **fields) -> pb.DataFile:
+        defaults = {"role": pb.DataFile.TRAIN, "format": pb.DataFile.NPY, "size_bytes": len(data), "filename": "x.npy"}
+        return pb.DataFile(**(defaults | fields))
+
+    cases = [  # (header, chunks, status, message)
+        (data_header([part(pt)]), [pt], "INVALID_ARGUMENT", "x.npy is a .pt file, not the declared NPY"),
+        (data_header([part(npy)]), [npy[:100]], "INVALID_ARGUMENT", "data file x.npy is truncated: 100 of"),
+        (data_header([part(npy, sha256="0" * 64)]), [npy], "INVALID_ARGUMENT", "the sha256 of data file x.npy is"),
+        (data_header([part(npy)]), [npy + b"x"], "INVALID_ARGUMENT", "longer than its size in the header"),
+        (data_header([part(npy)]), [npy, b"x"], "INVALID_ARGUMENT", "longer than the header's sizes"),
+        (data_header([part(npy)], distill=False), [npy], "INVALID_ARGUMENT", "data files go with distillation"),
+        (data_header([part(b"")]), [], "INVALID_ARGUMENT", "data file x.npy is empty"),
+        (data_header([pb.DataFile(size_bytes=1)]), [b"x"], "INVALID_ARGUMENT", "role is not set"),
+        (data_header([part(npy)] * 33), [], "INVALID_ARGUMENT", "over the limit of 32"),
+        (data_header([part(npy, size_bytes=2 << 20)]), [], "RESOURCE_EXHAUSTED", "and 1 data file) is 2.0 MiB"),
+    ]
+    weights = factory_header(npy)  # a chunk that spans the weights and the data file
+    weights.data_files.append(part(npy))
+    weights.options.distill.steps = 1
+    cases.append((weights, [npy + npy], "INVALID_ARGUMENT", "a chunk holds bytes of two files"))
+    for header, chunks, status, expected in cases:
+        code, message = refused(shared.address, header, chunks)
+        assert (code.name, expected in message) == (status, True), message
+    # through the client: data over the limit is refused before a byte of it is sent
+    np.save(tmp_path / "big.npy", np.zeros((2, 3, 256, 256), np.float32))  # 1.5 MiB, over the server's 1 MiB
+    with pytest.raises(ServiceError) as error:
+        client.submit(JobOptions(**{**vars(TINY), "distill": DistillJob(data=(str(tmp_path / "big.npy"),))}))
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-upload-mb" in str(error.value)
+    assert {job.id for job in client.list(limit=1000)} == jobs_before  # no job, and no file left behind
+    assert not list((shared_data(shared) / "jobs").glob("*/upload*.part"))
+
+
 def raw_download(address: str, job_id: str, name: str) -> bytes:
     with grpc.insecure_channel(address) as channel:
         request = pb.DownloadRequest(job_id=job_id, name=name)
@@ -433,8 +553,12 @@ def test_a_pickle_that_creates_a_file_never_runs(shared, client: ConvertClient, 
     assert "runs code" in result.stderr and "factory spec" in result.stderr and "safetensors" in result.stderr
     # as weights: accepted (it is a torch.save archive), then refused by torch.load(weights_only=True) in the worker
     job_id = client.submit(JobOptions("service_models:tiny", str(evil), SHAPE))
+    # as distillation inputs: accepted (a torch.save archive), then refused by torch.load(weights_only=True)
+    data = client.submit(JobOptions("service_models:tiny", input_shapes=SHAPE, distill=DistillJob(data=(str(evil),))))
     job = wait_for(client, job_id, pb.FAILED)
     assert job.failure == pb.BAD_INPUT and "state dict" in job.message
+    job = wait_for(client, data, pb.FAILED)
+    assert job.failure == pb.BAD_INPUT and "cannot read inputs from upload-data-1.pt" in job.message, job.message
     assert not marker.exists()
     assert not list(shared_data(shared).rglob("pwned"))
 

@@ -30,10 +30,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("options", CASES, ids=range(len(CASES)))
+# Distillation on uploaded files: the files travel as the upload's data files, stored on the server as these.
+UPLOADED = [
+    JobOptions("m", distill=DistillJob(data=("upload-data-1.npy",), config=DistillConfig(epochs=2.5, batch_size=4))),
+    JobOptions("m", distill=DistillJob(data=("upload-data-1.pt", "upload-data-2.npz"), val=("upload-val-1.npy",))),
+    JobOptions("m", distill=DistillJob(data=("synthetic",), val=("upload-val-1.safetensors",))),
+]
+
+
+@pytest.mark.parametrize("options", CASES + UPLOADED, ids=range(len(CASES + UPLOADED)))
 def test_round_trip(options: JobOptions) -> None:
     wire = pb.JobOptions.FromString(to_proto(options).SerializeToString())
-    assert from_proto(wire, "m") == options
+    distill = options.distill
+    uploaded = {} if distill is None else {"data": distill.data, "val": distill.val or ()}
+    if uploaded.get("data") == ("synthetic",):
+        uploaded["data"] = ()
+    assert wire.distill.data == ("synthetic" if distill and distill.data == ("synthetic",) else "")
+    assert from_proto(wire, "m", **uploaded) == options
 
 
 @pytest.mark.parametrize(
@@ -48,8 +61,26 @@ def test_round_trip(options: JobOptions) -> None:
         (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "auto options go with target 'auto'"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),
         (pb.JobOptions(distill=pb.DistillOptions(data="images/", steps=10)), "not available on the service"),
+        (pb.JobOptions(distill=pb.DistillOptions(steps=10)), "distillation needs training inputs"),
     ],
 )
 def test_refused(message: pb.JobOptions, expected: str) -> None:
     with pytest.raises(ConvertError, match=expected):
         from_proto(message, "m")
+
+
+@pytest.mark.parametrize(
+    ("message", "uploaded", "expected"),
+    [
+        (pb.JobOptions(), {"data": ["upload-data-1.npy"]}, "data files go with distillation"),
+        (pb.JobOptions(), {"val": ["upload-val-1.npy"]}, "data files go with distillation"),
+        (
+            pb.JobOptions(distill=pb.DistillOptions(data="synthetic")),
+            {"data": ["upload-data-1.npy"]},
+            "either synthetic or uploaded",
+        ),
+    ],
+)
+def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:
+    with pytest.raises(ConvertError, match=expected):
+        from_proto(message, "m", **uploaded)

@@ -42,18 +42,54 @@ class SubmitRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[SubmitHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class SubmitHeader(_message.Message):
-    __slots__ = ("options", "model_file", "factory", "size_bytes", "sha256")
+    __slots__ = ("options", "model_file", "factory", "size_bytes", "sha256", "data_files")
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
     FACTORY_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FILES_FIELD_NUMBER: _ClassVar[int]
     options: JobOptions
     model_file: ModelFile
     factory: Factory
     size_bytes: int
     sha256: str
-    def __init__(self, options: _Optional[_Union[JobOptions, _Mapping]] = ..., model_file: _Optional[_Union[ModelFile, _Mapping]] = ..., factory: _Optional[_Union[Factory, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    data_files: _containers.RepeatedCompositeFieldContainer[DataFile]
+    def __init__(self, options: _Optional[_Union[JobOptions, _Mapping]] = ..., model_file: _Optional[_Union[ModelFile, _Mapping]] = ..., factory: _Optional[_Union[Factory, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., data_files: _Optional[_Iterable[_Union[DataFile, _Mapping]]] = ...) -> None: ...
+
+class DataFile(_message.Message):
+    __slots__ = ("role", "format", "size_bytes", "sha256", "filename")
+    class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ROLE_UNSPECIFIED: _ClassVar[DataFile.Role]
+        TRAIN: _ClassVar[DataFile.Role]
+        VAL: _ClassVar[DataFile.Role]
+    ROLE_UNSPECIFIED: DataFile.Role
+    TRAIN: DataFile.Role
+    VAL: DataFile.Role
+    class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        FORMAT_UNSPECIFIED: _ClassVar[DataFile.Format]
+        NPY: _ClassVar[DataFile.Format]
+        NPZ: _ClassVar[DataFile.Format]
+        SAFETENSORS: _ClassVar[DataFile.Format]
+        TORCH_SAVE: _ClassVar[DataFile.Format]
+    FORMAT_UNSPECIFIED: DataFile.Format
+    NPY: DataFile.Format
+    NPZ: DataFile.Format
+    SAFETENSORS: DataFile.Format
+    TORCH_SAVE: DataFile.Format
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    role: DataFile.Role
+    format: DataFile.Format
+    size_bytes: int
+    sha256: str
+    filename: str
+    def __init__(self, role: _Optional[_Union[DataFile.Role, str]] = ..., format: _Optional[_Union[DataFile.Format, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class ModelFile(_message.Message):
     __slots__ = ("format", "filename")
@@ -180,12 +216,12 @@ class DistillOptions(_message.Message):
     FEATURE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     data: str
     steps: int
-    epochs: int
+    epochs: float
     batch_size: int
     lr: float
     seed: int
     feature_weight: float
-    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ...) -> None: ...
+    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "stage", "progress", "message", "failure", "created_at", "started_at", "finished_at", "source", "options", "report_json", "artifacts")

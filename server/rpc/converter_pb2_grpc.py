@@ -72,11 +72,13 @@ class ConverterServicer:
     """
 
     def Submit(self, request_iterator, context):
-        """Upload a model and submit a conversion job. The stream's first message is a SubmitHeader (options, model
-        source, upload size and sha256); every following message is one chunk of the upload (64 KiB to 1 MiB),
-        written to disk as it arrives. Answers with the job id as soon as the upload is complete and checked:
-        the conversion runs later, in a worker process. Errors: INVALID_ARGUMENT (bad options, a model the server
-        refuses, a truncated upload, a sha256 mismatch), RESOURCE_EXHAUSTED (upload over --max-upload-mb, queue
+        """Upload a model (and, for distillation, tensor files of inputs) and submit a conversion job. The stream's
+        first message is a SubmitHeader (options, model source, the size and sha256 of each uploaded file); every
+        following message is one chunk of the upload (64 KiB to 1 MiB): the model's bytes first, then each data
+        file's, each written to its own file in the job's folder as it arrives. Answers with the job id as soon as
+        the upload is complete and checked: the conversion runs later, in a worker process, which is also where
+        the data files are read. Errors: INVALID_ARGUMENT (bad options, a model or data file the server refuses, a
+        truncated upload, a sha256 mismatch), RESOURCE_EXHAUSTED (the files together over --max-upload-mb, queue
         full), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -46,9 +46,13 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         if options.auto.max_error is not None:
             message.auto.max_error = options.auto.max_error
     if options.distill is not None:
-        config = options.distill.config
-        message.distill.CopyFrom(pb.DistillOptions(data=SYNTHETIC if options.distill.data == (SYNTHETIC,) else ""))
-        for name in ("steps", "epochs", "batch_size", "lr", "seed", "feature_weight"):
+        job, config = options.distill, options.distill.config
+        local = [o for o, v in (("--resume", job.resume), ("--workers", config.workers)) if v]
+        local += ["--image-mean/--image-std"] if job.image_mean or job.image_std else []
+        if local:
+            raise ConvertError(f"{', '.join(local)} apply to local runs only: drop them with --server")
+        message.distill.CopyFrom(pb.DistillOptions(data=SYNTHETIC if job.data == (SYNTHETIC,) else ""))
+        for name in _DISTILL_FIELDS:
             if getattr(config, name) is not None:
                 setattr(message.distill, name, getattr(config, name))
     if options.bench is not None:
@@ -158,11 +162,26 @@ def _distill(
             "distillation needs training inputs: upload tensor files of them (data files of role TRAIN), or set "
             "data 'synthetic'"
         )
-    fields = {f.name: value for f, value in message.ListFields() if f.name != "data"}
+    fields = {f.name: value for f, value in message.ListFields() if f.name in _DISTILL_FIELDS}
     device = "auto" if bench is None or bench.device == "tensorrt" else bench.device
     return DistillJob(
         data=tuple(data) or (SYNTHETIC,), config=DistillConfig(device=device, **fields), val=tuple(val) or None
     )
+
+
+# DistillConfig fields that travel in DistillOptions under the same names
+_DISTILL_FIELDS = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "feature_weight",
+    "loss",
+    "temperature",
+    "batchnorm",
+    "amp",
+)
 
 
 def _optional(message, field: str, default=None):

@@ -23,6 +23,12 @@ CASES = [
     JobOptions("m", distill=DistillJob(data=("synthetic",), config=DistillConfig(steps=10, lr=0.01, seed=3))),
     JobOptions(
         "m",
+        distill=DistillJob(
+            data=("synthetic",), config=DistillConfig(loss="mse", temperature=2.0, batchnorm="freeze", amp="off")
+        ),
+    ),
+    JobOptions(
+        "m",
         config=ConvertConfig(target="auto"),
         auto=AutoConfig(target_speedup=3.0, max_error=0.2, device="cpu", threads=2),
         bench=BenchConfig(device="cpu", threads=2, batch_sizes=(1, 4)),
@@ -84,3 +90,16 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:
     with pytest.raises(ConvertError, match=expected):
         from_proto(message, "m", **uploaded)
+
+
+@pytest.mark.parametrize(
+    "distill",
+    [
+        DistillJob(data=("synthetic",), resume=True),
+        DistillJob(data=("synthetic",), config=DistillConfig(workers=2)),
+        DistillJob(data=("synthetic",), image_mean=(0.5, 0.5, 0.5)),
+    ],
+)
+def test_local_only_distill_options_are_refused_not_dropped(distill: DistillJob) -> None:
+    with pytest.raises(ConvertError, match="apply to local runs only"):
+        to_proto(JobOptions("m", distill=distill))

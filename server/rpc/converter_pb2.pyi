@@ -206,7 +206,7 @@ class BenchOptions(_message.Message):
     def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DistillOptions(_message.Message):
-    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight")
+    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp")
     DATA_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,10 @@ class DistillOptions(_message.Message):
     LR_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FEATURE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    BATCHNORM_FIELD_NUMBER: _ClassVar[int]
+    AMP_FIELD_NUMBER: _ClassVar[int]
     data: str
     steps: int
     epochs: float
@@ -221,7 +225,11 @@ class DistillOptions(_message.Message):
     lr: float
     seed: int
     feature_weight: float
-    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ...) -> None: ...
+    loss: str
+    temperature: float
+    batchnorm: str
+    amp: str
+    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ..., loss: _Optional[str] = ..., temperature: _Optional[float] = ..., batchnorm: _Optional[str] = ..., amp: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "stage", "progress", "message", "failure", "created_at", "started_at", "finished_at", "source", "options", "report_json", "artifacts")

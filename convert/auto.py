@@ -5,12 +5,13 @@ dividing C_in, and C_in itself: depthwise-separable) and r filters per group (po
 followed by the pointwise conv. Candidates with no fewer MACs than the conv are dropped, and so are those
 another candidate beats on both MACs and weight error. For the rest:
 
-- error: the relative error of the layer's output on its real input (captured on the example input);
+- error: the relative error of the model's output with that layer alone in that form (one forward pass per
+  candidate on the example input), and, for the report, of the layer's own output;
 - latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
 
 The search is the multiple-choice knapsack "least total weighted error within the latency budget", solved
-by dynamic programming over latency; each layer's error is weighted by its measured effect on the model's
-output (`_sensitivities`). The budget is the original model's end-to-end latency divided by the target
+by dynamic programming over latency, the total error being the sum of the squares of the candidates'
+model-level errors. The budget is the original model's end-to-end latency divided by the target
 speedup, less the time of everything that is not a conv (the end-to-end latency minus the sum of the convs'
 own latencies). "Keep" is always a candidate, so a layer where factorizing is slower stays as it is.
 """
@@ -42,7 +43,6 @@ from convert.verify import output_rel_error, run_model
 
 Progress = Callable[[str, float], None]
 BINS = 2000  # latency resolution of the plan search: the budget in this many steps
-NOISE = 0.01  # relative size of the noise that measures each layer's effect on the output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +102,7 @@ def plan_for_speed(
     found = [layer for layer in find_convs(traced) if layer.skip is None]
     layers = [layer for layer in found if layer.spec.groups == 1 and not layer.spec.transposed]
     captured = _layer_inputs(traced.module, layers, inputs)
-    notify("measuring each layer's effect on the output", 0.0)
-    gains = _sensitivities(traced.module, layers, inputs)
+    traced_reference = run_model(traced.module, inputs)
     notify("measuring the original model", 0.0)
     baseline_ms = _model_latency(model, inputs, config)
     rows: list[AutoLayer] = []
@@ -115,20 +114,29 @@ def plan_for_speed(
         shape = LayerShape(layer.spec, tuple(x.shape), layer.bias is not None)
         svds: dict[int, tuple] = {}  # groups -> group_svd, shared by the shortlist and the errors
         form: list[LayerPlan | None] = [None, *_shortlist(layer, config.max_candidates, svds)]
-        errors = [0.0] + [_output_error(layer, plan, x, svds[plan.groups]) for plan in form[1:]]
+        replacements = [None] + [_replacement(layer, plan, x, svds[plan.groups]) for plan in form[1:]]
+        errors = [0.0] + [_layer_error(layer, r, x) for r in replacements[1:]]
         if config.max_error is not None:
             kept = [i for i, e in enumerate(errors) if e <= config.max_error]
-            form, errors = [form[i] for i in kept], [errors[i] for i in kept]
+            form, errors, replacements = (
+                [form[i] for i in kept],
+                [errors[i] for i in kept],
+                [replacements[i] for i in kept],
+            )
+        notify(f"measuring errors of {layer.name}", index / len(layers))
+        effects = [0.0] + [
+            output_rel_error(traced_reference, _run_with(traced.module, layer, r, inputs)) for r in replacements[1:]
+        ]
 
         def on_progress(_what: str, fraction: float, index: int = index, name: str = layer.name) -> None:
             notify(f"timing {name}", (index + fraction) / len(layers))
 
         latencies = measure_layer(shape, form, config.bench(), cache, on_progress)
         candidates = [
-            Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan, x), e, ms)
-            for plan, e, ms in zip(form, errors, latencies, strict=True)
+            Candidate(_label(layer, plan), plan and plan.groups, plan and plan.rank, _macs(layer, plan, x), e, o, ms)
+            for plan, e, o, ms in zip(form, errors, effects, latencies, strict=True)
         ]
-        rows.append(AutoLayer(layer.name, list(x.shape), gains[layer.name], candidates, 0))
+        rows.append(AutoLayer(layer.name, list(x.shape), candidates, 0))
         forms.append(form)
     conv_ms = sum(row.candidates[0].latency_ms for row in rows)
     other_ms = max(0.0, baseline_ms - conv_ms)
@@ -210,18 +218,20 @@ def _powers_of_two(n: int) -> list[int]:
     return [1 << i for i in range(n.bit_length()) if 1 << i <= n]
 
 
-def _output_error(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple) -> float:
-    """Relative error of the layer's output on its real input when factorized by `plan`."""
-    spec = layer.spec
-    original = layer_module(LayerShape(spec, tuple(x.shape), layer.bias is not None), None)
+def _replacement(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple) -> nn.Module:
+    """The module `plan` would put in place of the layer (eval mode, on `x`'s device and dtype)."""
+    factors = low_rank(layer.weight, plan.groups, plan.rank, svd=svd)
+    return build_replacement(layer.spec, factors, layer.bias, False, False).to(x.device, x.dtype).eval()
+
+
+def _layer_error(layer: ConvLayer, replacement: nn.Module, x: torch.Tensor) -> float:
+    """Relative error of the layer's output on its real input `x` when `replacement` takes its place."""
+    original = layer_module(LayerShape(layer.spec, tuple(x.shape), layer.bias is not None), None)
     with torch.no_grad():
         original.weight.copy_(layer.weight)
         if layer.bias is not None:
             original.bias.copy_(layer.bias)
-        factors = low_rank(layer.weight, plan.groups, plan.rank, svd=svd)
-        replacement = build_replacement(spec, factors, layer.bias, False, False)
-        original, replacement = original.to(x.device, x.dtype), replacement.to(x.device, x.dtype)
-        return output_rel_error(original(x), replacement(x))
+        return output_rel_error(original.to(x.device, x.dtype)(x), replacement(x))
 
 
 def _macs(layer: ConvLayer, plan: LayerPlan | None, x: torch.Tensor) -> int:
@@ -269,36 +279,24 @@ def _layer_inputs(root: nn.Module, layers: list[ConvLayer], inputs: tuple[torch.
     return captured
 
 
-def _sensitivities(root: nn.Module, layers: list[ConvLayer], inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Per layer, the model output's relative error per unit of relative error at the layer's output: noise of
-    relative size NOISE is added there (at every call site) and the output's relative error divided by it.
-    One forward pass per layer; it weighs the layer errors in the search (a first-order model)."""
-    reference = run_model(root, inputs)
-    return {layer.name: output_rel_error(reference, _perturbed_run(root, layer, inputs)) / NOISE for layer in layers}
-
-
-def _perturbed_run(root: nn.Module, layer: ConvLayer, inputs: tuple[torch.Tensor, ...]):
-    generator = torch.Generator().manual_seed(0)
+def _run_with(root: nn.Module, layer: ConvLayer, replacement: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """The model's output with `replacement` computing the layer (at every call site), nothing else changed."""
     nodes = set(layer.nodes)
-
-    def perturb(output: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
-        return output + NOISE * noise * (output.norm() / noise.norm().clamp_min(1e-30))
-
     if layer.module:
-        handle = root.get_submodule(layer.module).register_forward_hook(lambda _m, _a, out: perturb(out))
+        handle = root.get_submodule(layer.module).register_forward_hook(lambda _m, args, _out: replacement(args[0]))
         try:
             return run_model(root, inputs)
         finally:
             handle.remove()
 
-    class Perturbed(fx.Interpreter):
+    class Replaced(fx.Interpreter):
         def run_node(self, node: fx.Node):
-            result = super().run_node(node)
-            return perturb(result) if node in nodes else result
+            if node in nodes:
+                return replacement(self.env[node.args[0]])
+            return super().run_node(node)
 
     with torch.no_grad():
-        return Perturbed(root).run(*inputs)
+        return Replaced(root).run(*inputs)
 
 
 def _model_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], config: AutoConfig) -> float:
@@ -310,8 +308,8 @@ def _model_latency(model: nn.Module, inputs: tuple[torch.Tensor, ...], config: A
         return benchmark_onnx([path], bench).models[0].latency[0].p50
 
 
-def _price(layer: AutoLayer, candidate: Candidate, lam: float) -> float:
-    return (layer.sensitivity * candidate.error) ** 2 + lam * candidate.latency_ms
+def _price(candidate: Candidate, lam: float) -> float:
+    return candidate.output_error**2 + lam * candidate.latency_ms
 
 
 def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[list[float]]]:
@@ -324,11 +322,11 @@ def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[li
     """
 
     def pick(lam: float) -> list[int]:
-        return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r, r.candidates[j], lam)) for r in rows]
+        return [min(range(len(r.candidates)), key=lambda j, r=r: _price(r.candidates[j], lam)) for r in rows]
 
     def cost(choice: list[int]) -> tuple[float, float]:
         ms = sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
-        error = math.sqrt(sum((r.sensitivity * r.candidates[j].error) ** 2 for r, j in zip(rows, choice, strict=True)))
+        error = math.sqrt(sum(r.candidates[j].output_error ** 2 for r, j in zip(rows, choice, strict=True)))
         return ms, error
 
     fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
@@ -338,7 +336,7 @@ def _search(rows: list[AutoLayer], budget_ms: float) -> tuple[list[int], list[li
 
 
 def _knapsack(rows: list[AutoLayer], budget_ms: float) -> list[int] | None:
-    """The least sum of (sensitivity * error)^2 with the latencies' sum within the budget: dynamic programming
+    """The least sum of output_error^2 with the latencies' sum within the budget: dynamic programming
     over latency in steps of budget / BINS (rounded to the nearest step, with room for the rounding; of the
     resulting plans, the best whose true sum fits is taken)."""
     if budget_ms <= 0:
@@ -355,7 +353,7 @@ def _knapsack(rows: list[AutoLayer], budget_ms: float) -> list[int] | None:
             if n >= size:
                 continue
             shifted = np.full(size, np.inf)
-            shifted[n:] = least[: size - n] + (r.sensitivity * c.error) ** 2
+            shifted[n:] = least[: size - n] + c.output_error**2
             better = shifted < new
             new[better], pick[better] = shifted[better], j
         least = new

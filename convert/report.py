@@ -402,6 +402,7 @@ class Candidate:
     rank: int | None  # filters per group (None: keep)
     macs: int  # multiply-accumulates on the example input
     error: float  # relative error of the layer's output on its real input (0 for keep)
+    output_error: float  # relative error of the model's output with this layer alone in this form (0 for keep)
     latency_ms: float  # median, as a one-layer ONNX model on the planned runtime
 
 
@@ -411,7 +412,6 @@ class AutoLayer:
 
     name: str
     input_shape: list[int]
-    sensitivity: float  # the output's relative error per unit of relative error at this layer's output
     candidates: list[Candidate]  # keep first
     chosen: int  # index into candidates
 
@@ -428,8 +428,8 @@ class AutoReport:
     predicted_ms: float  # other_ms + the chosen candidates' latencies
     predicted_speedup: float  # baseline_ms / predicted_ms (the benchmark section has the measured one)
     layers: list[AutoLayer]
-    # [predicted ms, predicted output error] of the plans the search visited; the predicted output error is
-    # sqrt(sum over layers of (sensitivity * layer error)^2)
+    # [predicted ms, predicted output error] along the trade-off curve; the predicted output error is
+    # sqrt(sum over layers of output_error^2)
     frontier: list[list[float]]
     measured: int  # candidate latencies measured in this run
     cached: int  # candidate latencies read from the cache
@@ -445,14 +445,14 @@ class AutoReport:
             f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
             *(f"- {note}" for note in self.notes),
             "",
-            "| layer | input | chosen | ms before | ms after | layer error | sensitivity | candidates |",
+            "| layer | input | chosen | ms before | ms after | layer error | model error | candidates |",
             "|---|---|---|---:|---:|---:|---:|---:|",
         ]
         for layer in self.layers:
             keep, chosen = layer.candidates[0], layer.candidates[layer.chosen]
             lines.append(
                 f"| {layer.name} | {'x'.join(map(str, layer.input_shape))} | {chosen.label} | "
-                f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {layer.sensitivity:.3g} | "
+                f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {chosen.output_error:.3g} | "
                 f"{len(layer.candidates)} |"
             )
         return "\n".join(lines) + "\n"
@@ -468,7 +468,7 @@ def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
     axes = figure.add_subplot()
     ms, error = zip(*auto.frontier, strict=True) if auto.frontier else ((), ())
     axes.plot(ms, error, "o-", markersize=3, label="plans (Lagrangian sweep)")
-    chosen = math.sqrt(sum((layer.sensitivity * layer.candidates[layer.chosen].error) ** 2 for layer in auto.layers))
+    chosen = math.sqrt(sum(layer.candidates[layer.chosen].output_error ** 2 for layer in auto.layers))
     axes.plot([auto.predicted_ms], [chosen], "r*", markersize=12, label="chosen")
     axes.axvline(auto.baseline_ms / auto.target_speedup, color="gray", linestyle="--", label="budget")
     axes.axvline(auto.baseline_ms, color="black", linestyle=":", label="original")

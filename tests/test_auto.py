@@ -14,7 +14,7 @@ from test_cli import ok, run
 from torch import nn
 
 from convert import ConvertConfig, ConvertError, convert_model
-from convert.auto import AutoConfig, _output_error, _search, _shortlist, plan_for_speed
+from convert.auto import AutoConfig, _layer_error, _replacement, _search, _shortlist, plan_for_speed
 from convert.factorize import full_rank, group_svd
 from convert.find import find_convs
 from convert.plan import LayerPlan
@@ -42,7 +42,7 @@ def layers_of(model: nn.Module, x: torch.Tensor):
 def row(name: str, *candidates: tuple[float, float]) -> AutoLayer:
     """A layer whose candidates are (latency ms, error); the first is keep."""
     return AutoLayer(
-        name, [1], 1.0, [Candidate(f"c{i}", None, None, 0, e, ms) for i, (ms, e) in enumerate(candidates)], 0
+        name, [1], [Candidate(f"c{i}", None, None, 0, e, e, ms) for i, (ms, e) in enumerate(candidates)], 0
     )
 
 
@@ -132,12 +132,23 @@ def test_layer_error_is_zero_at_full_rank_and_matches_the_converted_layer() -> N
     layer = layers_of(model, x)[1]
     inner = model[0:2](x)
     exact = full_rank(32, 32, 9, 4)
-    assert _output_error(layer, LayerPlan(4, exact, True, exact), inner, group_svd(layer.weight, 4)) < 1e-5
+    assert _layer_error(layer, _replacement(layer, LayerPlan(4, exact, True, exact), inner, None), inner) < 1e-5
     plan = LayerPlan(32, 1, True, 9)
-    error = _output_error(layer, plan, inner, group_svd(layer.weight, 32))
+    error = _layer_error(layer, _replacement(layer, plan, inner, group_svd(layer.weight, 32)), inner)
     converted = convert_model(model[0:3], x, ConvertConfig(target="auto"), plans={"0": "kept", "2": plan}).model
     reference = model[0:3](x)
     assert error == pytest.approx(float((converted(x) - reference).norm() / reference.norm()), rel=1e-4)
+
+
+def test_model_error_of_a_candidate_is_the_error_of_the_model_converted_at_that_layer_alone(tmp_path: Path) -> None:
+    model, x = small_net(), torch.randn(1, 8, 16, 16)
+    plan = plan_for_speed(model, x, AutoConfig(target_speedup=1.5, cache_dir=str(tmp_path), **FAST))
+    layer = plan.report.layers[1]
+    for candidate in layer.candidates[1:]:
+        only = LayerPlan(candidate.groups, candidate.rank, True, 0)
+        result = convert_model(model, x, ConvertConfig(target="auto"), plans={layer.name: only})
+        assert candidate.output_error == pytest.approx(result.report.output_rel_error, rel=1e-4, abs=1e-7)
+        assert candidate.output_error > 0
 
 
 def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measure_nothing(tmp_path: Path) -> None:

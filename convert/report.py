@@ -424,8 +424,11 @@ class AutoReport:
     max_error: float | None
     device: str  # the runtime the layers were timed on
     baseline_ms: float  # the original model end to end (median)
-    other_ms: float  # of it, what is not a conv: baseline less the convs' own latencies
-    predicted_ms: float  # other_ms + the chosen candidates' latencies
+    fastest_ms: float  # the plan of every layer's fastest candidate, end to end (median)
+    # predicted end-to-end ms = fixed_ms + scale * (sum of the chosen candidates' ms), fitted to the two above
+    fixed_ms: float
+    scale: float
+    predicted_ms: float
     predicted_speedup: float  # baseline_ms / predicted_ms (the benchmark section has the measured one)
     layers: list[AutoLayer]
     # [predicted ms, predicted output error] along the trade-off curve; the predicted output error is
@@ -441,7 +444,8 @@ class AutoReport:
             "## Latency-aware plan (--to auto)",
             "",
             f"- target {self.target_speedup:g}x on {self.device}: predicted {self.predicted_speedup:.2f}x "
-            f"({self.baseline_ms:.3g} ms -> {self.predicted_ms:.3g} ms; {self.other_ms:.3g} ms is not conv time)",
+            f"({self.baseline_ms:.3g} ms -> {self.predicted_ms:.3g} ms; the fastest plan measured "
+            f"{self.fastest_ms:.3g} ms; predicted = {self.fixed_ms:.3g} ms + {self.scale:.3g} x the layers' own ms)",
             f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
             *(f"- {note}" for note in self.notes),
             "",

@@ -173,7 +173,7 @@ def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measur
         else:
             assert report_row.reason == plan
     assert first.report.predicted_ms == pytest.approx(
-        first.report.other_ms + sum(r.candidates[r.chosen].latency_ms for r in first.report.layers)
+        first.report.fixed_ms + first.report.scale * sum(r.candidates[r.chosen].latency_ms for r in first.report.layers)
     )
 
 

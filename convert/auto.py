@@ -34,12 +34,12 @@ from convert.config import ConvertConfig
 from convert.errors import ConvertError
 from convert.factorize import full_rank, group_svd, low_rank, truncation_error
 from convert.find import ConvLayer, find_convs
-from convert.latency import LatencyCache, LayerShape, layer_module, measure_layer
+from convert.latency import LatencyCache, LayerShape, measure_layer
 from convert.onnx_export import OnnxConfig, export_onnx
 from convert.pipeline import convert_model
 from convert.plan import LayerPlan, conv_cost
 from convert.report import AutoLayer, AutoReport, Candidate
-from convert.rewrite import build_replacement
+from convert.rewrite import build_replacement, plain_conv
 from convert.trace import trace
 from convert.verify import output_rel_error, run_model
 
@@ -253,11 +253,8 @@ def _replacement(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple)
 
 def _layer_error(layer: ConvLayer, replacement: nn.Module, x: torch.Tensor) -> float:
     """Relative error of the layer's output on its real input `x` when `replacement` takes its place."""
-    original = layer_module(LayerShape(layer.spec, tuple(x.shape), layer.bias is not None), None)
+    original = plain_conv(layer.spec, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
     with torch.no_grad():
-        original.weight.copy_(layer.weight)
-        if layer.bias is not None:
-            original.bias.copy_(layer.bias)
         return output_rel_error(original.to(x.device, x.dtype)(x), replacement(x))
 
 

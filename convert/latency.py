@@ -30,7 +30,7 @@ from convert.bench import BenchConfig, benchmark_onnx, resolve_device
 from convert.factorize import Factors
 from convert.find import ConvSpec
 from convert.plan import LayerPlan
-from convert.rewrite import build_replacement
+from convert.rewrite import build_replacement, plain_conv
 
 CACHE_VERSION = 1  # bump when what a measurement means changes
 
@@ -151,17 +151,8 @@ def _key(layer: LayerShape, plan: LayerPlan | None, runtime: dict) -> str:
 def layer_module(layer: LayerShape, plan: LayerPlan | None) -> nn.Module:
     """The layer as it is (`plan` None) or as `plan` rewrites it, with random weights of the right shapes."""
     spec = layer.spec
-    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[spec.dim](
-        spec.in_channels,
-        spec.out_channels,
-        spec.kernel,
-        stride=spec.stride,
-        padding=spec.padding,
-        dilation=spec.dilation,
-        groups=spec.groups,
-        bias=layer.bias,
-        padding_mode=spec.padding_mode,
-    )
+    weight = torch.randn(spec.out_channels, spec.in_channels // spec.groups, *spec.kernel)
+    conv = plain_conv(spec, weight, torch.randn(spec.out_channels) if layer.bias else None)
     if plan is None:
         return conv.eval()
     width = plan.groups * plan.rank

@@ -16,6 +16,7 @@ Prints two sections for BENCHMARKS.md:
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import platform
 import sys
@@ -77,11 +78,7 @@ def resnet50(folder: Path, args: argparse.Namespace, cache: str) -> None:
     print(f"\n## ResNet-50, 1x3x224x224, CPU provider, {args.threads} threads, {args.runs} runs alternating\n")
     print(f"planning: {planning:.0f} s ({report.measured} layer latencies measured, {report.cached} cached)")
     print(f"auto plan: predicted {report.predicted_speedup:.2f}x; " + "; ".join(report.notes or ["target reachable"]))
-    chosen: dict[str, int] = {}
-    for layer in report.layers:
-        label = layer.candidates[layer.chosen].label
-        kind = label if label == "keep" else label.split(" r")[0].replace(" g", " g")
-        chosen[kind] = chosen.get(kind, 0) + 1
+    chosen = collections.Counter(layer.candidates[layer.chosen].label.split(" r")[0] for layer in report.layers)
     print("auto choices: " + ", ".join(f"{k} x{n}" for k, n in sorted(chosen.items())))
     print("\n| model | p50 ms | speedup |\n|---|---:|---:|")
     base = timing.models[0].latency[0].p50

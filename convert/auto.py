@@ -67,7 +67,7 @@ class AutoConfig:
             raise ConvertError(f"max error {self.max_error} is not valid: use a positive fraction, e.g. 0.1")
         if self.max_candidates < 2:
             raise ConvertError("max_candidates must be at least 2")
-        BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)  # validates
+        self.bench()  # validates device, threads, warm-up and runs
 
     def bench(self) -> BenchConfig:
         return BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)

@@ -219,7 +219,6 @@ def _convert_parser() -> argparse.ArgumentParser:
     auto.add_argument(
         "--target-speedup",
         type=float,
-        default=AutoConfig.target_speedup,
         metavar="X",
         help=f"end-to-end speedup to reach at the least error (default: {AutoConfig.target_speedup:g})",
     )
@@ -493,7 +492,7 @@ def _distill_exit_status(distill) -> int:
 
 def _job_options(args: argparse.Namespace) -> JobOptions:
     config = _config(args)
-    auto = _auto_config(args) if config.target == "auto" else None
+    auto = _auto_options(args, config.target)
     bench = _bench_config(args) if args.benchmark or auto else None
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
@@ -609,9 +608,15 @@ def _default_outdir(model: str, target: str) -> Path:
     return Path(f"{model.rpartition(':')[2].rpartition('.')[2]}-{target}")
 
 
-def _auto_config(args: argparse.Namespace) -> AutoConfig:
+def _auto_options(args: argparse.Namespace, target: str) -> AutoConfig | None:
+    """The --to auto settings; None for the other targets (then none of its options may be given)."""
+    if target != "auto":
+        given = [name for name in ("target_speedup", "max_error", "cache_dir") if getattr(args, name) is not None]
+        if given:
+            raise ConvertError(f"--{given[0].replace('_', '-')} goes with --to auto: add --to auto")
+        return None
     return AutoConfig(
-        target_speedup=args.target_speedup,
+        target_speedup=AutoConfig.target_speedup if args.target_speedup is None else args.target_speedup,
         max_error=args.max_error,
         device=args.device,
         threads=args.threads,

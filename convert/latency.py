@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from convert.bench import BenchConfig, benchmark_onnx, resolve_device
+from convert.bench import CUDA_OPTIONS, BenchConfig, benchmark_onnx, default_threads, resolve_device
 from convert.factorize import Factors
 from convert.find import ConvSpec
 from convert.plan import LayerPlan
@@ -108,8 +108,6 @@ def measure_layer(
 
 def _runtime(device: str, config: BenchConfig) -> dict:
     """Everything about the runtime that a latency depends on."""
-    from convert.bench import CUDA_OPTIONS, default_threads
-
     if device == "cpu":
         return {
             "provider": "CPUExecutionProvider",

@@ -214,6 +214,13 @@ def test_cli_auto_writes_the_plan_report_and_plot(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out2" / "report.json").read_text())["auto"]["measured"] == 0
 
 
+def test_cli_auto_options_without_auto_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "tiny.py").write_text(TINY)
+    result = run(tmp_path, "tiny:build", "--target-speedup", "3", "--input-shape", "1,8,16,16", "-o", "out")
+    assert result.returncode == 2 and "--target-speedup goes with --to auto" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_cli_auto_refuses_a_manual_rank(tmp_path: Path) -> None:
     (tmp_path / "tiny.py").write_text(TINY)
     result = run(tmp_path, "tiny:build", "--to", "auto", "--rank", "2", "--input-shape", "1,8,16,16", "-o", "out")

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from zoo_models import ZOO  # noqa: E402
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx  # noqa: E402
-from convert.auto import plan_for_speed  # noqa: E402
-from convert.onnx_export import OnnxConfig  # noqa: E402
+from convert.auto.planner import plan_for_speed  # noqa: E402
+from convert.runtime.export import OnnxConfig  # noqa: E402
 
 
 def main() -> None:

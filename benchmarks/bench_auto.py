@@ -31,8 +31,8 @@ import torchvision
 from torch import nn
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx, plan_for_speed
-from convert.onnx_export import OnnxConfig
-from convert.verify import output_rel_error
+from convert.runtime.export import OnnxConfig
+from convert.surgery.verify import output_rel_error
 
 
 def main() -> None:

@@ -4,19 +4,18 @@
 >>> x = torch.randn(1, 3, 224, 224)
 >>> result = convert_model(model, x, ConvertConfig(target="separable"))
 >>> result.model, result.report.totals
->>> save_result(result, "out", original=model, example_inputs=x, benchmark=BenchConfig(batch_sizes=(1, 8)))
+>>> export_conversion(result, "onnx/"); benchmark_conversion(result, "onnx/", BenchConfig(batch_sizes=(1, 8)))
+>>> save_result(result, "out")
 >>> result = distill_result(result, model, load_data("images/", x), DistillConfig(steps=600))
 """
 
-from convert.auto import AutoConfig, AutoPlan, plan_for_speed
-from convert.bench import BenchConfig, benchmark_onnx, open_session, validate_onnx_file
-from convert.config import ConvertConfig
-from convert.data import DistillData, image_transform, load_data
-from convert.distill import DistillConfig, DistillEvent, distill_result
+from convert.artifacts import save_result
+from convert.auto.planner import AutoConfig, AutoPlan, plan_for_speed
+from convert.conversion import Conversion
+from convert.distill.data import DistillData, image_transform, load_data
+from convert.distill.trainer import DistillConfig, DistillEvent, distill_result
 from convert.errors import ConvertError
-from convert.onnx_export import OnnxConfig, ParityError, check_parity, export_onnx
-from convert.pipeline import ConversionResult, convert_model, inspect_model
-from convert.report import (
+from convert.report.schema import (
     Benchmark,
     DistillMetrics,
     DistillReport,
@@ -28,13 +27,17 @@ from convert.report import (
     plot_benchmark,
     plot_distill,
 )
-from convert.save import save_result
+from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_onnx, open_session, validate_onnx_file
+from convert.runtime.export import OnnxConfig, ParityError, check_parity, export_conversion, export_onnx
+from convert.surgery.config import ConvertConfig
+from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
 
 __all__ = [
     "AutoConfig",
     "AutoPlan",
     "BenchConfig",
     "Benchmark",
+    "Conversion",
     "ConversionResult",
     "ConvertConfig",
     "ConvertError",
@@ -50,10 +53,12 @@ __all__ = [
     "ParityError",
     "Report",
     "Totals",
+    "benchmark_conversion",
     "benchmark_onnx",
     "check_parity",
     "convert_model",
     "distill_result",
+    "export_conversion",
     "export_onnx",
     "image_transform",
     "inspect_model",

@@ -14,11 +14,19 @@ from typing import Any
 
 import torch
 
-from convert.auto import AutoConfig, plan_for_speed
-from convert.bench import BenchConfig
-from convert.config import ConvertConfig
-from convert.data import DistillData, image_transform, input_names, load_data
-from convert.distill import (
+from convert.artifacts import (
+    DISTILL_CHECKPOINT,
+    atomic_dir,
+    check_outdir,
+    failed_parity_dir,
+    keep_failed,
+    write_conversion,
+)
+from convert.auto.planner import AutoConfig, plan_for_speed
+from convert.common import Progress, no_progress, span
+from convert.conversion import Conversion
+from convert.distill.data import DistillData, image_transform, input_names, load_data
+from convert.distill.trainer import (
     DistillConfig,
     DistillEvent,
     DistillProgress,
@@ -27,14 +35,14 @@ from convert.distill import (
     is_main_process,
     load_checkpoint,
 )
-from convert.errors import ConvertError
+from convert.errors import ConvertError, ParityError
 from convert.load import LoadedModel, load_model, make_inputs
-from convert.onnx_export import OnnxConfig
-from convert.pipeline import convert_model
-from convert.report import Report
-from convert.save import DISTILL_CHECKPOINT, DISTILL_PLOT, check_save_options, save_result
+from convert.report.schema import Report
+from convert.runtime.bench import BenchConfig, benchmark_conversion, resolve_device
+from convert.runtime.export import OnnxConfig, export_conversion, parity_message
+from convert.surgery.config import ConvertConfig
+from convert.surgery.pipeline import convert_model
 
-Progress = Callable[[str, float], None]  # (what is running, fraction of the whole job done)
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
 # Share of the progress bar taken by loading, and by converting (the rest is saving: export and benchmark).
@@ -51,7 +59,7 @@ class DistillJob:
     config: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     # Validation inputs in the same forms; None: a split of `data` is held out.
     val: tuple[str, ...] | None = None
-    # Image normalisation per channel; None: ImageNet's for 3 channels, else 0.5 (see convert.data).
+    # Image normalisation per channel; None: ImageNet's for 3 channels, else 0.5 (see convert.distill.data).
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
     # Continue from OUTDIR/distill-checkpoint.pt, written by an earlier run that stopped.
@@ -137,10 +145,12 @@ def run_job(
 ) -> Report:
     """Load the model, convert it, and write the results into `outdir` (replaced as a whole, atomically).
 
+    The stages, in order: preflight (every refusal that needs no work) -> load -> convert (its planner: uniform,
+    or latency-aware for target "auto") -> [distill] -> [export + parity] -> [benchmark] -> write.
+
     Args:
         options: the model source and every conversion, export and benchmark setting.
-        outdir: the folder to write (model.pt, report.json, report.md; the ONNX files and benchmark.png with
-            `options.onnx` / `options.bench`).
+        outdir: the folder to write (see `convert.artifacts.FILES`).
         progress: called with (what is running, fraction of the whole job done).
         on_warning: receives one-line warnings for the user.
         on_event: receives each distillation event (start, step, eval, end); raising KeyboardInterrupt from it
@@ -153,47 +163,83 @@ def run_job(
         ConvertError: for a bad model, bad options or an unusable `outdir`, before anything is written.
         ParityError: when ONNX Runtime does not match PyTorch (files kept in `OUTDIR.failed-parity/`).
     """
-    notify = progress or (lambda _what, _fraction: None)
-    onnx, bench = options.onnx, options.bench
-    check_save_options(outdir, None, onnx, bench)  # before the work, so a bad outdir or device costs nothing
+    notify = progress or no_progress
+    preflight(options, outdir)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
     loaded = load_model(options.model, options.weights, on_warning=on_warning)
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
-    check_save_options(outdir, inputs, onnx, bench)
+    _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
-    convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if bench else "onnx" if onnx else "plain"]
+    convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
     plan = None
     if options.auto is not None:  # measuring the candidates takes most of an auto job
         plan_end = _LOAD_SHARE + 0.7 * (convert_end - _LOAD_SHARE)
-        plan = plan_for_speed(loaded.model, inputs, options.auto, progress=_span(notify, _LOAD_SHARE, plan_end))
-    result = convert_model(
+        plan = plan_for_speed(loaded.model, inputs, options.auto, progress=span(notify, _LOAD_SHARE, plan_end))
+    conversion = convert_model(
         loaded.model,
         inputs,
         options.config,
         exported=loaded.exported,
         plans=plan and plan.plans,
-        progress=_span(notify, plan_end if plan else _LOAD_SHARE, convert_end),
+        progress=span(notify, plan_end if plan else _LOAD_SHARE, convert_end),
     )
     if plan is not None:
-        result.report.auto = plan.report
+        conversion.report.auto = plan.report
     if distill is not None:
         data, config, checkpoint = distill
-        result = distill_result(
-            result, loaded.model, data, config, progress=_distill_events(notify, on_event), checkpoint=checkpoint
+        conversion = distill_result(
+            conversion, loaded.model, data, config, progress=_distill_events(notify, on_event), checkpoint=checkpoint
         )
         if not is_main_process():
-            return result.report  # a torchrun worker: rank 0 writes OUTDIR
-    save_result(
-        result,
-        outdir,
-        original=loaded.model,
-        example_inputs=inputs,
-        onnx=onnx,
-        benchmark=bench,
-        progress=_span(notify, convert_end, 1.0),
-    )
+            return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
+    _write(conversion, outdir, options, span(notify, convert_end, 1.0))
     notify("done", 1.0)
-    return result.report
+    return conversion.report
+
+
+def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
+    """Every refusal that is known from the options alone, before any work: the output folders, a device that
+    cannot run here, batch sizes that static shapes rule out.
+
+    Raises:
+        ConvertError: naming the option to change.
+    """
+    check_outdir(outdir)
+    if options.onnx is not None:
+        check_outdir(failed_parity_dir(outdir))
+    if options.bench is not None:
+        resolve_device(options.bench.device)
+    if options.input_shapes:
+        _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
+
+
+def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None, bench: BenchConfig | None) -> None:
+    """Static shapes fix the batch at the example input's: the benchmark's batch sizes must be that one."""
+    if onnx is None or onnx.dynamic_batch or bench is None or not inputs:
+        return
+    batch = int(inputs[0].shape[0])
+    if set(bench.batch_sizes) != {batch}:
+        raise ConvertError(
+            f"--static-shapes fixes the batch at {batch} (the example input's), so batch sizes "
+            f"{','.join(map(str, bench.batch_sizes))} cannot run: use --batch-sizes {batch}, or drop --static-shapes"
+        )
+
+
+def _write(conversion: Conversion, outdir: str | os.PathLike[str], options: JobOptions, notify: Progress) -> None:
+    """The export, parity check and benchmark stages, then the files, all into one folder renamed into place."""
+    with atomic_dir(outdir) as staging:
+        if options.onnx is not None:
+            onnx = export_conversion(
+                conversion, staging, options.onnx, span(notify, 0.0, 0.5 if options.bench else 1.0)
+            )
+            exports = [onnx.original, onnx.converted]
+            if not all(export.passed for export in exports):
+                write_conversion(conversion, staging)  # everything, for inspection
+                failed = keep_failed(staging, outdir)
+                raise ParityError(f"{parity_message(exports, onnx.atol)}; the files are kept in {failed}/")
+        if options.bench is not None:
+            benchmark_conversion(conversion, staging, options.bench, span(notify, 0.5, 1.0))
+        write_conversion(conversion, staging)
 
 
 def example_inputs(
@@ -209,11 +255,6 @@ def example_inputs(
     if loaded.example_inputs is not None:
         return loaded.example_inputs
     raise ConvertError("the example input shape is unknown: add --input-shape, e.g. --input-shape 1,3,224,224")
-
-
-def _span(notify: Progress, start: float, end: float) -> Progress:
-    """A progress callback whose 0..1 fills [start, end] of the whole job's."""
-    return lambda what, fraction: notify(what, start + (end - start) * min(max(fraction, 0.0), 1.0))
 
 
 def _prepare_distill(
@@ -254,17 +295,3 @@ def _distill_events(notify: Progress, on_event: DistillProgress | None) -> Disti
             on_event(event)
 
     return handle
-
-
-def output_files(report: Report) -> list[str]:
-    """The files `run_job` wrote into its output folder for `report`, relative to it."""
-    files = ["model.pt", "report.json", "report.md"]
-    if report.onnx is not None:
-        files += [report.onnx.original.path, report.onnx.converted.path]
-    if report.benchmark is not None:
-        files.append("benchmark.png")
-    if report.auto is not None:
-        files.append("auto.png")
-    if report.distill is not None:
-        files += [DISTILL_PLOT, DISTILL_CHECKPOINT]
-    return files

@@ -11,16 +11,16 @@ import importlib
 import os
 import pickle
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from convert.errors import ConvertError, one_line
-from convert.trace import plain_graph_module
+from convert.files import check_readable, model_file_kind, read_tensor_file
+from convert.surgery.trace import plain_graph_module
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -29,7 +29,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
     "int64": torch.int64,
 }
-FileKind = Literal["torchscript", "pt2", "torch.save"]
 INPUT_SEED = 0  # example inputs are random but the same on every run
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # where training checkpoints keep the weights
 
@@ -138,18 +137,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
         raise ConvertError(f"{path} does not fit the model ({detail}): check the factory and the weights file") from e
 
 
-def read_tensor_file(path: Path) -> Any:
-    """What a .safetensors file holds, or a torch.save file read with weights_only=True: tensors and plain
-    containers, never code. Raises the reader's own error."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    _check_readable(path)
+    check_readable(path)
     try:
         state = read_tensor_file(path)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
@@ -172,55 +161,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _key_mismatch(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], list[str]]:
     expected = set(model.state_dict())
     return sorted(expected - set(state)), sorted(set(state) - expected)
-
-
-def file_kind(path: str | os.PathLike[str]) -> FileKind | None:
-    """What a model file is, from the names in its zip archive alone: nothing in it is read or unpickled.
-
-    Returns "torchscript" (torch.jit.save), "pt2" (torch.export.save), "torch.save" (a whole-model pickle or a
-    state dict: only unpickling tells which), or None for anything else (not a zip archive, truncated).
-    """
-    names = _zip_names(Path(path))
-    if names is None:
-        return None
-    if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
-        return "torchscript"
-    if any(name.endswith("/archive_format") for name in names):
-        return "pt2"
-    return "torch.save"
-
-
-def weights_kind(path: str | os.PathLike[str]) -> Literal["safetensors", "torch.save"] | None:
-    """What a weights file is, from its first bytes and zip directory alone (nothing is unpickled): a
-    safetensors file (8-byte little-endian header length, then a JSON header), a torch.save archive, or None.
-
-    Raises:
-        ConvertError: when it is missing or unreadable.
-    """
-    path = Path(path)
-    _check_readable(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
-        return "safetensors"
-    return "torch.save" if file_kind(path) == "torch.save" else None
-
-
-def model_file_kind(path: str | os.PathLike[str]) -> FileKind:
-    """`file_kind` of a file that must be a model file.
-
-    Raises:
-        ConvertError: when it is missing, unreadable, or not a PyTorch archive.
-    """
-    path = Path(path)
-    _check_readable(path)
-    kind = file_kind(path)
-    if kind is None:
-        raise ConvertError(
-            f"{path} is not a PyTorch model file (not a torch.save or torch.export.save archive): "
-            "check that it is complete, or pass a factory spec package.module:callable"
-        )
-    return kind
 
 
 def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
@@ -273,20 +213,3 @@ def _cwd_importable() -> None:
     """Let imports find the user's own modules in the current folder (the console script does not)."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-
-
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise ConvertError(f"{path}: no such file (for a factory, write package.module:callable)")
-    if not path.is_file():
-        raise ConvertError(f"{path} is not a file: give the model file itself")
-    if not os.access(path, os.R_OK):
-        raise ConvertError(f"{path} is not readable: check its permissions")
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None

@@ -21,7 +21,7 @@ from server.config import (
     DEFAULT_TIME_LIMIT,
     ServerConfig,
 )
-from server.serve import serve
+from server.service import serve
 
 EXIT_BAD_INPUT = 2
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import grpc
 
-from convert.data import SYNTHETIC
+from convert.artifacts import atomic_dir, check_outdir
+from convert.distill.data import SYNTHETIC
 from convert.errors import ConvertError
+from convert.files import model_file_kind, weights_kind
 from convert.job import DistillJob, JobOptions, Progress, Warn
-from convert.load import model_file_kind, weights_kind
-from convert.onnx_export import ParityError
-from convert.report import Report
-from convert.save import atomic_dir, check_outdir
-from server import options as wire
+from convert.report.schema import Report
+from convert.runtime.export import ParityError
+from server import wire
 from server.auth import call_metadata, channel_credentials
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc

@@ -16,15 +16,15 @@ import grpc
 
 from convert.errors import ConvertError
 from convert.job import JobOptions
-from server import options as wire
+from server import wire
 from server.config import ServerConfig
 from server.events import CLOSED, EventHub, is_final, state_event
+from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
 from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
-from server.worker import JOB_FILE, OUT_DIR
-from server.workers import WorkerPool
+from server.worker.main import JOB_FILE, OUT_DIR
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: the only job ids that ever become paths
 MAX_LIST = 1000

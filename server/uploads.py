@@ -11,8 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from convert.data import tensor_file_kind
-from convert.load import file_kind, weights_kind
+from convert.files import file_kind, tensor_file_kind, weights_kind
 from server.config import ServerConfig
 from server.rpc import converter_pb2 as pb
 
@@ -22,7 +21,7 @@ MAX_DATA_FILES = 32  # distillation data files in one submission
 # The model file formats, as convert.load.file_kind names them, and why each one is code.
 _MODEL_FORMATS = {pb.ModelFile.PT2: "pt2", pb.ModelFile.PICKLE: "torch.save", pb.ModelFile.TORCHSCRIPT: "torchscript"}
 _WEIGHTS_FORMATS = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
-# Distillation data files: the suffix each format is stored under (what convert.data reads it by), and each role's
+# Distillation data files: the suffix each format is stored under (what convert.distill.data reads it by), each role's
 # name in the stored file's name.
 _DATA_FORMATS = {
     pb.DataFile.NPY: ".npy",

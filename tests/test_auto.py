@@ -14,13 +14,13 @@ from test_cli import ok, run
 from torch import nn
 
 from convert import ConvertConfig, ConvertError, convert_model
-from convert.auto import AutoConfig, _layer_error, _replacement, _search, _shortlist, plan_for_speed
-from convert.factorize import full_rank, group_svd
-from convert.find import find_convs
-from convert.plan import LayerPlan
-from convert.report import AutoLayer, Candidate
-from convert.trace import trace
-from convert.verify import run_model
+from convert.auto.planner import AutoConfig, _layer_error, _replacement, _search, _shortlist, plan_for_speed
+from convert.report.schema import AutoLayer, Candidate
+from convert.surgery.factorize import full_rank, group_svd
+from convert.surgery.find import find_convs
+from convert.surgery.plan import LayerPlan
+from convert.surgery.trace import trace
+from convert.surgery.verify import run_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from convert import BenchConfig, ConvertError, OnnxConfig, benchmark_onnx, export_onnx, open_session, validate_onnx_file
-from convert.bench import identity_model, latency_stats, node_providers, resolve_device, time_side_by_side
+from convert.runtime.bench import identity_model, latency_stats, node_providers, resolve_device, time_side_by_side
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

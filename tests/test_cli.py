@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-import convert.save
+import convert.artifacts
 from convert import cli
 from convert.load import make_inputs
 
@@ -522,7 +522,7 @@ def test_failed_swap_puts_earlier_results_back(
             raise PermissionError(13, "Permission denied", str(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(convert.save.os, "replace", replace)
+    monkeypatch.setattr(convert.artifacts.os, "replace", replace)
     capsys.readouterr()
     assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == 2
     assert "cannot write out (PermissionError: [Errno 13] Permission denied" in capsys.readouterr().err

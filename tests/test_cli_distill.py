@@ -42,7 +42,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "tiny.py").write_text(MODEL)
     # weights are random per process: a fixed seed for the factory, so that runs convert the same model
     (tmp_path / "sitecustomize.py").write_text("import torch\ntorch.manual_seed(0)\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH")))))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny convs: spinning threads cost 10-50x on a shared CPU
     monkeypatch.delitem(sys.modules, "tiny", raising=False)
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((48, 3, 12, 12), dtype=np.float32))

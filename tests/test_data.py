@@ -13,14 +13,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from convert import ConvertError, image_transform, load_data
-from convert.data import (
+from convert.distill.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_VAL_INPUTS,
     SYNTHETIC_VAL_INPUTS,
     input_names,
-    tensor_file_kind,
 )
+from convert.files import tensor_file_kind
 
 EXAMPLE = torch.zeros(1, 3, 8, 8)
 

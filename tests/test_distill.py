@@ -31,8 +31,8 @@ from convert import (
     load_data,
     save_result,
 )
-from convert.distill import learning_rate, load_checkpoint, output_loss_kinds
-from convert.trace import plain_graph_module
+from convert.distill.trainer import learning_rate, load_checkpoint, output_loss_kinds
+from convert.surgery.trace import plain_graph_module
 
 X = torch.zeros(1, 3, 10, 10)
 FAST = DistillConfig(steps=6, batch_size=8, eval_every=2)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import block_mask, rel_error
 
-from convert.factorize import (
+from convert.surgery.factorize import (
     block_diagonal,
     full_rank,
     low_rank,

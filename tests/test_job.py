@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from convert import ConvertConfig, ConvertError
-from convert.bench import BenchConfig
-from convert.distill import DistillConfig
-from convert.job import DistillJob, JobOptions, output_files, run_job
-from convert.onnx_export import OnnxConfig
+from convert.artifacts import output_files
+from convert.distill.trainer import DistillConfig
+from convert.job import DistillJob, JobOptions, run_job
+from convert.runtime.bench import BenchConfig
+from convert.runtime.export import OnnxConfig
 
 FACTORY = "torchvision.models:resnet18"
 

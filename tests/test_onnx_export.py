@@ -14,9 +14,9 @@ import torch
 from conftest import forward
 from torch import nn
 
-import convert.onnx_export
+import convert.runtime.export
 from convert import ConvertConfig, ConvertError, OnnxConfig, ParityError, convert_model, export_onnx
-from convert.bench import validate_onnx_file
+from convert.runtime.bench import validate_onnx_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -123,7 +123,7 @@ def test_torchscript_fallback(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None
     def broken(*args, **kwargs):
         raise RuntimeError("dynamo cannot export this\nsecond line")
 
-    monkeypatch.setattr(convert.onnx_export, "_export_dynamo", broken)
+    monkeypatch.setattr(convert.runtime.export, "_export_dynamo", broken)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU()).eval()
     x = torch.randn(2, 3, 8, 8)
@@ -146,8 +146,8 @@ def test_both_exporters_fail_is_one_line(tmp_path, monkeypatch: pytest.MonkeyPat
     def broken(*args, **kwargs):
         raise RuntimeError("no")
 
-    monkeypatch.setattr(convert.onnx_export, "_export_dynamo", broken)
-    monkeypatch.setattr(convert.onnx_export, "_export_torchscript", broken)
+    monkeypatch.setattr(convert.runtime.export, "_export_dynamo", broken)
+    monkeypatch.setattr(convert.runtime.export, "_export_torchscript", broken)
     with pytest.raises(ConvertError, match=r"^ONNX export of m\.onnx failed with both exporters") as caught:
         export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
     assert "\n" not in str(caught.value)
@@ -156,9 +156,9 @@ def test_both_exporters_fail_is_one_line(tmp_path, monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize("fallback", [False, True], ids=["dynamo", "torchscript"])
 def test_external_data_next_to_the_file(tmp_path, monkeypatch: pytest.MonkeyPatch, fallback: bool) -> None:
     """Over 2 GB the weights go to one `<file>.data` next to the .onnx (threshold lowered to test it)."""
-    monkeypatch.setattr(convert.onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(convert.runtime.export, "EXTERNAL_DATA_BYTES", 0)
     if fallback:
-        monkeypatch.setattr(convert.onnx_export, "_export_dynamo", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(convert.runtime.export, "_export_dynamo", lambda *a, **k: 1 / 0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3)).eval()
     x = torch.randn(2, 3, 12, 12)
@@ -209,7 +209,7 @@ def test_bad_config(options: dict, message: str) -> None:
 
 
 def test_differences_handle_nan_and_infinity() -> None:
-    from convert.onnx_export import _differences
+    from convert.runtime.export import _differences
 
     ref = [np.array([1.0, np.nan, np.inf, -4.0])]
     assert _differences(ref, [np.array([1.5, np.nan, np.inf, -4.0], np.float32)]) == (0.5, 0.5 / 4.0)

@@ -7,7 +7,7 @@ import torchvision
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from convert.receptive import receptive_fields
+from convert.surgery.receptive import receptive_fields
 
 
 def _graphs(model: nn.Module, x: torch.Tensor) -> dict[str, fx.GraphModule]:

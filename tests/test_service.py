@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 from servers import CONVERT, FACTORIES, TOKEN, health, running_server, server_env
 
 from convert import ConvertConfig
-from convert.distill import DistillConfig
+from convert.distill.trainer import DistillConfig
 from convert.job import DistillJob, JobOptions, run_job
-from convert.onnx_export import OnnxConfig
+from convert.runtime.export import OnnxConfig
 from server.client import ConvertClient, JobFailed, ServiceError
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc

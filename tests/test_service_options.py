@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, OnnxConfig
-from convert.distill import DistillConfig
+from convert.distill.trainer import DistillConfig
 from convert.job import DistillJob, JobOptions
-from server.options import from_proto, to_proto
 from server.rpc import converter_pb2 as pb
+from server.wire import from_proto, to_proto
 
 CASES = [
     JobOptions("m"),

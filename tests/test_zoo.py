@@ -21,7 +21,7 @@ from torch.utils import _pytree as pytree
 from zoo_models import ZOO
 
 from convert import ConvertConfig, OnnxConfig, convert_model, export_onnx
-from convert.verify import output_rel_error
+from convert.surgery.verify import output_rel_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

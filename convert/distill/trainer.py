@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from convert.data import DistillData, Inputs, stream_seed
+from convert.conversion import Conversion
+from convert.distill.data import DistillData, Inputs, stream_seed
 from convert.errors import ConvertError, one_line
-from convert.find import find_convs
-from convert.pipeline import ConversionResult
-from convert.report import DistillMetrics, DistillReport
-from convert.rewrite import apply, plain_conv
-from convert.trace import trace
-from convert.verify import run_model, tensors_of
+from convert.report.schema import DistillMetrics, DistillReport
+from convert.surgery.find import find_convs
+from convert.surgery.rewrite import apply, plain_conv
+from convert.surgery.trace import trace
+from convert.surgery.verify import run_model, tensors_of
 
 DEFAULT_STEPS = 600
 DEFAULT_BATCH_SIZE = 64
@@ -132,14 +132,14 @@ DistillProgress = Callable[[DistillEvent], None]
 
 
 def distill_result(
-    result: ConversionResult,
+    result: Conversion,
     teacher: nn.Module,
     data: DistillData,
     config: DistillConfig | None = None,
     *,
     progress: DistillProgress | None = None,
     checkpoint: str | os.PathLike[str] | dict[str, Any] | None = None,
-) -> ConversionResult:
+) -> Conversion:
     """Fine-tune the converted model of `result` to match `teacher` (the model it was converted from).
 
     Neither `result` nor `teacher` is changed. A Ctrl-C (SIGINT, in the main thread) or a KeyboardInterrupt
@@ -157,7 +157,7 @@ def distill_result(
         checkpoint: a checkpoint (or its file, e.g. OUTDIR/distill-checkpoint.pt) to resume from.
 
     Returns:
-        A new ConversionResult: the student with the weights kept, `report.distill` set, and the `checkpoint`
+        A new Conversion: the student with the weights kept, `report.distill` set, and the `checkpoint`
         that `save_result` writes for a later resume.
 
     Raises:
@@ -294,7 +294,7 @@ class _Run:
 
     def __init__(
         self,
-        result: ConversionResult,
+        result: Conversion,
         teacher: nn.Module,
         data: DistillData,
         config: DistillConfig,
@@ -331,7 +331,7 @@ class _Run:
 
     def train(
         self, total: int, saved: dict[str, Any] | None, notify: DistillProgress, sigint: Callable[[], bool]
-    ) -> ConversionResult:
+    ) -> Conversion:
         config, data = self.config, self.data
         state = self._start(saved)
         start = state["step"]
@@ -413,7 +413,7 @@ class _Run:
         report.distill = self._report(
             state, total, status, message, kept_step, after, train_seconds, eval_seconds, steps_run, warmup_steps
         )
-        return ConversionResult(model, report, dict(self.result.replaced), checkpoint)
+        return dataclasses.replace(self.result, model=model, report=report, checkpoint=checkpoint)
 
     def _update(self, loss: torch.Tensor) -> None:
         """One AdamW step on `loss` (scaled for fp16 autocast), gradients clipped."""
@@ -740,7 +740,7 @@ class _Features:
 
 
 def _feature_sites(
-    result: ConversionResult, student: nn.Module, teacher: nn.Module, example: Inputs
+    result: Conversion, student: nn.Module, teacher: nn.Module, example: Inputs
 ) -> tuple[nn.Module, list[str], dict[str, nn.Module], dict[str, nn.Module]]:
     """(teacher copy to run, matched layer names, student modules, teacher modules) for the feature loss.
 

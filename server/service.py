@@ -18,12 +18,12 @@ from convert.errors import ConvertError
 from server.auth import TokenAuth, server_credentials
 from server.config import ServerConfig
 from server.events import EventHub
+from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 from server.servicer import ConverterServicer
 from server.store import JobStore
 from server.uploads import MAX_CHUNK
-from server.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import re
 
 import torch
 
-from convert.config import DEFAULT_SEPARABLE_RANK, ConvertConfig
 from convert.errors import ConvertError
-from convert.factorize import full_rank, rank_for_energy, singular_values, standard_layout
-from convert.find import ConvLayer, ConvSpec
+from convert.surgery.config import DEFAULT_SEPARABLE_RANK, ConvertConfig
+from convert.surgery.factorize import full_rank, rank_for_energy, singular_values, standard_layout
+from convert.surgery.find import ConvLayer, ConvSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from convert.bench import CUDA_OPTIONS, BenchConfig, benchmark_onnx, default_threads, resolve_device
-from convert.factorize import Factors
-from convert.find import ConvSpec
-from convert.plan import LayerPlan
-from convert.rewrite import build_replacement, plain_conv
+from convert.runtime.bench import CUDA_OPTIONS, BenchConfig, benchmark_onnx, default_threads, resolve_device
+from convert.surgery.factorize import Factors
+from convert.surgery.find import ConvSpec
+from convert.surgery.plan import LayerPlan
+from convert.surgery.rewrite import build_replacement, plain_conv
 
 CACHE_VERSION = 1  # bump when what a measurement means changes
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from convert.auto import AutoConfig
-from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
-from convert.config import DEFAULT_MIN_CHANNELS, ConvertConfig
-from convert.data import SYNTHETIC
-from convert.distill import DistillConfig
+from convert.auto.planner import AutoConfig
+from convert.distill.data import SYNTHETIC
+from convert.distill.trainer import DistillConfig
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
-from convert.onnx_export import DEFAULT_ATOL, OnnxConfig
+from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
+from convert.runtime.export import DEFAULT_ATOL, OnnxConfig
+from convert.surgery.config import DEFAULT_MIN_CHANNELS, ConvertConfig
 from server.rpc import converter_pb2 as pb
 
 

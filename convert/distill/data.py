@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from convert.common import as_inputs
 from convert.errors import ConvertError, one_line
-from convert.load import read_tensor_file, weights_kind
+from convert.files import read_tensor_file
 
 SYNTHETIC = "synthetic"
 DEFAULT_VAL_FRACTION = 0.1  # of DATA held out for validation when no --val is given ...
@@ -34,7 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OTHER_MEAN, OTHER_STD = 0.5, 0.5  # per channel, for 1- and 4-channel images
 _IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # model input channels -> PIL mode the images must have
 _SYNTHETIC_VAL_SEED_OFFSET = 1 << 31  # validation draws never coincide with training draws
-_NPY_MAGIC = b"\x93NUMPY"  # the first bytes of a .npy file (numpy.lib.format)
 
 Inputs = tuple[torch.Tensor, ...]  # one sample: a tensor per model input, without the batch dimension
 ImageTransform = Callable[[Any], torch.Tensor]  # PIL image -> (C, H, W) float tensor
@@ -87,7 +86,7 @@ def load_data(
     Raises:
         ConvertError: naming the source and what to do, for anything that cannot feed the model.
     """
-    examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    examples = as_inputs(example_inputs)
     if not 0 < val_fraction < 1:
         raise ConvertError(f"validation fraction {val_fraction} is not valid: use a fraction in (0, 1), e.g. 0.1")
     if seed < 0:
@@ -152,28 +151,6 @@ def image_transform(
             v2.Normalize(mean, std),
         ]
     )
-
-
-def tensor_file_kind(path: str | os.PathLike[str]) -> str | None:
-    """The tensor-file format of `path` as its suffix (.npy, .npz, .safetensors, .pt), from its first bytes and
-    zip directory alone: nothing in it is loaded or unpickled. None when it is none of them.
-
-    Raises:
-        ConvertError: when it is missing or unreadable.
-    """
-    path = Path(path)
-    kind = weights_kind(path)  # safetensors, a zip archive (torch.save or numpy.savez), or None
-    if kind is None:
-        with open(path, "rb") as f:
-            return ".npy" if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC else None
-    if kind == "torch.save":
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        return ".npz" if all(name.endswith(".npy") for name in names) else ".pt"
-    return ".safetensors"
 
 
 def stream_seed(seed: int, index: int) -> int:

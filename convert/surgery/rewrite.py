@@ -13,8 +13,8 @@ from collections import OrderedDict
 import torch
 from torch import fx, nn
 
-from convert.factorize import Factors, transposed_layout
-from convert.find import ConvLayer, ConvSpec
+from convert.surgery.factorize import Factors, transposed_layout
+from convert.surgery.find import ConvLayer, ConvSpec
 
 _CONV_CLASSES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _TRANSPOSED_CLASSES: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}

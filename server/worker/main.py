@@ -48,7 +48,7 @@ def main() -> int:
 
     from convert.errors import ConvertError
     from convert.job import JobOptions, run_job
-    from convert.onnx_export import ParityError
+    from convert.runtime.export import ParityError
 
     threads = os.environ.get("CONVERT_WORKER_THREADS")
     if threads:
@@ -127,7 +127,3 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the server died before prctl took effect
         os._exit(1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

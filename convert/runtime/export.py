@@ -25,19 +25,18 @@ import onnx
 import torch
 from torch import nn
 
-from convert.errors import ConvertError, one_line
-from convert.report import OnnxExport, Parity
-from convert.verify import run_model, tensors_of
+from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
+from convert.common import Progress, no_progress
+from convert.conversion import Conversion
+from convert.errors import ConvertError, ParityError, one_line
+from convert.report.schema import OnnxExport, OnnxReport, Parity
+from convert.surgery.verify import run_model, tensors_of
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ATOL = 1e-4  # max |ORT - PyTorch| allowed, relative to max |PyTorch| of each output
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, less room for the graph itself
 TRACE_BATCH = 2  # the dynamo exporter traces at this batch size: a batch of 1 would be specialized to a constant
-
-
-class ParityError(ConvertError):
-    """ONNX Runtime's output differs from PyTorch's by more than the tolerance (or it fails to run)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +207,7 @@ def check_parity(
     example input and, with a dynamic batch, on a batch of another size. Fills `export.parity` and
     `export.passed` (a failure is recorded, not raised).
     """
-    from convert.bench import open_session  # onnxruntime is only loaded where it is used
+    from convert.runtime.bench import open_session  # onnxruntime is only loaded where it is used
 
     inputs = _as_tuple(example_inputs)
     export.parity, export.passed = [], False
@@ -313,3 +312,25 @@ def _with_batch(inputs: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Ten
         else:
             out.append(t[:1].expand(shape).clone())
     return tuple(out)
+
+
+def export_conversion(
+    conversion: Conversion,
+    folder: str | os.PathLike[str],
+    config: OnnxConfig | None = None,
+    progress: Progress | None = None,
+) -> OnnxReport:
+    """Export the original and the converted model into `folder` (original.onnx, model.onnx), check both against
+    PyTorch, and record it as `conversion.report.onnx`. A failed check is recorded (`passed`), not raised:
+    `parity_message` says what failed."""
+    config = config or OnnxConfig()
+    notify = progress or no_progress
+    exports = []
+    models = ((conversion.original, ORIGINAL_ONNX), (conversion.model, CONVERTED_ONNX))
+    for index, (model, name) in enumerate(models):
+        notify(f"exporting and checking {name}", index / len(models))
+        export = export_onnx(model, conversion.inputs, Path(folder) / name, config, strict=False)
+        export.path = name  # relative to the folder
+        exports.append(export)
+    conversion.report.onnx = OnnxReport(config.atol, *exports)
+    return conversion.report.onnx

@@ -6,37 +6,26 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convert.config import ConvertConfig
+from convert.common import Progress, as_inputs
+from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
-from convert.factorize import block_diagonal, low_rank, singular_values, truncation_error
-from convert.find import ConvLayer, find_convs
-from convert.plan import LayerPlan, conv_cost, plan_layers, standard_weight
-from convert.report import LayerReport, Report, Totals
-from convert.rewrite import apply, build_replacement, set_submodule
-from convert.trace import trace
-from convert.verify import output_rel_error, run_model
+from convert.report.schema import LayerReport, Report, Totals
+from convert.surgery.config import ConvertConfig
+from convert.surgery.factorize import block_diagonal, low_rank, singular_values, truncation_error
+from convert.surgery.find import ConvLayer, find_convs
+from convert.surgery.plan import LayerPlan, conv_cost, plan_layers, standard_weight
+from convert.surgery.rewrite import apply, build_replacement, set_submodule
+from convert.surgery.trace import trace
+from convert.surgery.verify import output_rel_error, run_model
 
-Progress = Callable[[str, float], None]  # (stage name, fraction of the whole job done)
-
-
-@dataclasses.dataclass
-class ConversionResult:
-    """The converted model and the record of what changed."""
-
-    model: nn.Module
-    report: Report
-    # converted layer name (as in the report) -> module path of its replacement in `model`; the two differ
-    # for functional convs, whose replacement is a new submodule
-    replaced: dict[str, str] = dataclasses.field(default_factory=dict)
-    # distillation state (optimizer, step, best weights) that `save_result` writes for `--resume`
-    checkpoint: dict[str, Any] | None = None
+ConversionResult = Conversion  # the name of the first releases
 
 
 def convert_model(
@@ -47,7 +36,7 @@ def convert_model(
     exported: torch.export.ExportedProgram | None = None,
     plans: Mapping[str, LayerPlan | str] | None = None,
     progress: Progress | None = None,
-) -> ConversionResult:
+) -> Conversion:
     """Rewrite the standard convolutions of `model` into depthwise-separable or grouped ones.
 
     The model is not changed: the result is a new module (an fx.GraphModule when a graph was traced,
@@ -58,12 +47,12 @@ def convert_model(
         example_inputs: one tensor or a sequence of positional input tensors the model accepts.
         config: target, rank and filters; defaults to rank-1 depthwise-separable.
         exported: the ExportedProgram the model came from, if any (its graph is rewritten directly).
-        plans: per layer name, its plan or why it is kept (from `convert.auto.plan_for_speed`); required by
+        plans: per layer name, its plan or why it is kept (from `convert.auto.planner.plan_for_speed`); required by
             target "auto", and used instead of planning from `config` when given.
         progress: called with (stage, fraction done) as the stages finish.
 
     Returns:
-        ConversionResult with the converted model and its Report.
+        The Conversion: the original, the inputs, the converted model and its Report.
 
     Raises:
         ConvertError: when the model rejects the example inputs, or an option fits no layer.
@@ -77,7 +66,7 @@ def convert_model(
         True
     """
     config = config or ConvertConfig()
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     notify = progress or (lambda _stage, _fraction: None)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -103,7 +92,7 @@ def convert_model(
     if plans is not None:
         plans = _given_plans(layers, plans)
     elif config.target == "auto":
-        raise ConvertError("target 'auto' needs per-layer plans: get them from convert.auto.plan_for_speed")
+        raise ConvertError("target 'auto' needs per-layer plans: get them from convert.auto.planner.plan_for_speed")
     else:
         plans = plan_layers(layers, config)
     stage_done("plan", 0.3)
@@ -153,7 +142,8 @@ def convert_model(
     )
     stage_done("report", 1.0)
     kept = {row.name for row in rows if row.status == "converted"}  # the module walk may have undone swaps
-    return ConversionResult(converted, report, {name: path for name, path in replaced.items() if name in kept})
+    replaced = {name: path for name, path in replaced.items() if name in kept}
+    return Conversion(model, inputs, converted, report, replaced)
 
 
 def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) -> dict[str, LayerPlan]:
@@ -211,7 +201,7 @@ def inspect_model(
     Rows have status "converted" for layers the config would convert, with the parameters, MACs and
     weight error the conversion would give (the error from singular values alone).
     """
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     traced = trace(copy.deepcopy(model), inputs, _reference_output(model, inputs))
     found = find_convs(traced)
     views = []

@@ -28,7 +28,7 @@ from server.config import ServerConfig
 from server.events import EventHub, state_event
 from server.rpc import converter_pb2 as pb
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
-from server.worker import OUT_DIR
+from server.worker.main import OUT_DIR
 
 logger = logging.getLogger(__name__)
 

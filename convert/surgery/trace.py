@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from convert.errors import one_line
-from convert.verify import output_rel_error, run_model
+from convert.surgery.verify import output_rel_error, run_model
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from convert.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, conv_call_args, per_dim
-from convert.receptive import receptive_fields
-from convert.trace import CallShapes, Traced
+from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, conv_call_args, per_dim
+from convert.surgery.receptive import receptive_fields
+from convert.surgery.trace import CallShapes, Traced
 
 _MODULE_TYPES: dict[type[nn.Module], int] = {
     nn.Conv1d: 1,

@@ -19,11 +19,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from convert.auto import AutoConfig
-from convert.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, DEVICES, BenchConfig, benchmark_onnx
-from convert.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
-from convert.data import SYNTHETIC
-from convert.distill import (
+from convert.artifacts import output_files
+from convert.auto.planner import AutoConfig
+from convert.distill.data import SYNTHETIC
+from convert.distill.trainer import (
     AMP_MODES,
     BATCHNORM_MODES,
     DEFAULT_BATCH_SIZE,
@@ -38,11 +37,20 @@ from convert.distill import (
     is_main_process,
 )
 from convert.errors import ConvertError
-from convert.job import DistillJob, JobOptions, example_inputs, output_files, run_job
+from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
-from convert.onnx_export import DEFAULT_ATOL, OnnxConfig, ParityError
-from convert.pipeline import inspect_model
-from convert.report import format_count, format_ratio, plot_benchmark
+from convert.report.schema import format_count, format_ratio, plot_benchmark
+from convert.runtime.bench import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    DEVICES,
+    BenchConfig,
+    benchmark_onnx,
+)
+from convert.runtime.export import DEFAULT_ATOL, OnnxConfig, ParityError
+from convert.surgery.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
+from convert.surgery.pipeline import inspect_model
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -668,7 +676,3 @@ def _rank(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"rank {text!r} is not valid: use a positive integer or 'full'") from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,28 +22,28 @@ import copy
 import dataclasses
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import fx, nn
 
-from convert.bench import BenchConfig, benchmark_onnx
-from convert.config import ConvertConfig
+from convert.auto.latency import LatencyCache, LayerShape, measure_layer
+from convert.common import Progress, as_inputs
 from convert.errors import ConvertError
-from convert.factorize import full_rank, group_svd, low_rank, truncation_error
-from convert.find import ConvLayer, find_convs
-from convert.latency import LatencyCache, LayerShape, measure_layer
-from convert.onnx_export import OnnxConfig, export_onnx
-from convert.pipeline import convert_model
-from convert.plan import LayerPlan, conv_cost
-from convert.report import AutoLayer, AutoReport, Candidate
-from convert.rewrite import build_replacement, plain_conv
-from convert.trace import trace
-from convert.verify import output_rel_error, run_model
+from convert.report.schema import AutoLayer, AutoReport, Candidate
+from convert.runtime.bench import BenchConfig, benchmark_onnx
+from convert.runtime.export import OnnxConfig, export_onnx
+from convert.surgery.config import ConvertConfig
+from convert.surgery.factorize import full_rank, group_svd, low_rank, truncation_error
+from convert.surgery.find import ConvLayer, find_convs
+from convert.surgery.pipeline import convert_model
+from convert.surgery.plan import LayerPlan, conv_cost
+from convert.surgery.rewrite import build_replacement, plain_conv
+from convert.surgery.trace import trace
+from convert.surgery.verify import output_rel_error, run_model
 
-Progress = Callable[[str, float], None]
 BINS = 2000  # latency resolution of the plan search: the budget in this many steps
 
 
@@ -96,7 +96,7 @@ def plan_for_speed(
         ConvertError: when the model rejects the inputs, or the device cannot run here.
     """
     config = config or AutoConfig()
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     notify = progress or (lambda _what, _fraction: None)
     cache = LatencyCache(Path(config.cache_dir)) if config.cache_dir else LatencyCache.default()
     reference = run_model(model, inputs)

@@ -27,8 +27,11 @@ import onnx
 import onnxruntime as ort
 import psutil
 
+from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
+from convert.common import Progress
+from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
-from convert.report import Benchmark, Latency, ModelTiming, Speedup
+from convert.report.schema import Benchmark, Latency, ModelTiming, Speedup
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,6 @@ _NUMPY_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
-
-Progress = Callable[[str, float], None]  # (what is running, fraction of the whole benchmark done)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,3 +553,26 @@ def rss_bytes() -> int:
     except (AttributeError, OSError):  # not glibc
         pass
     return psutil.Process().memory_info().rss
+
+
+def benchmark_conversion(
+    conversion: Conversion,
+    folder: str | os.PathLike[str],
+    config: BenchConfig | None = None,
+    progress: Progress | None = None,
+) -> Benchmark:
+    """Time the original and the converted model's ONNX files in `folder` (from `export_conversion`) side by side,
+    and record it as `conversion.report.benchmark`."""
+    totals = conversion.report.totals
+    folder = Path(folder)
+    benchmark = benchmark_onnx(
+        [folder / ORIGINAL_ONNX, folder / CONVERTED_ONNX],
+        config,
+        names=["original", "converted"],
+        macs=[totals.macs_before, totals.macs_after],
+        progress=progress,
+    )
+    for timing in benchmark.models:
+        timing.path = Path(timing.path).name  # relative to the folder
+    conversion.report.benchmark = benchmark
+    return benchmark

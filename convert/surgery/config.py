@@ -22,7 +22,7 @@ class ConvertConfig:
 
     # "separable": depthwise kxk (depth multiplier = rank) + pointwise 1x1.
     # "grouped": grouped kxk conv (`groups` groups, `rank` channels each) + pointwise 1x1.
-    # "auto": per layer, whatever convert.auto.plan_for_speed measured to be fast enough (passed as `plans`).
+    # "auto": per layer, whatever convert.auto.planner.plan_for_speed measured to be fast enough (passed as `plans`).
     target: Target = "separable"
     # Channels per group of the first conv: an int, "full" (smallest exact rank), or None for the target's
     # default (1 for separable; C_out / groups for grouped). Clamped to full rank, and the report says so.

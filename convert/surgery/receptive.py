@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from convert.ops import CONV_FUNCTIONS, conv_call_args, per_dim
+from convert.surgery.ops import CONV_FUNCTIONS, conv_call_args, per_dim
 
 Field = tuple[tuple[int, ...], tuple[int, ...]]  # (receptive field, jump) per spatial dimension
 

@@ -1,0 +1,7 @@
+"""`python -m convert.cli` (torchrun launches it this way)."""
+
+import sys
+
+from convert.cli.commands import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The worker process that runs one job (`python -m server.worker MEMORY_MB`), and its event protocol."""

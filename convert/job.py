@@ -38,8 +38,10 @@ from convert.distill.trainer import (
 from convert.errors import ConvertError, ParityError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report
-from convert.runtime.bench import BenchConfig, benchmark_conversion, resolve_device
-from convert.runtime.export import OnnxConfig, export_conversion, parity_message
+from convert.runtime.bench import BenchConfig, benchmark_conversion
+from convert.runtime.devices import resolve_device
+from convert.runtime.export import OnnxConfig, export_conversion
+from convert.runtime.parity import parity_message
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 
@@ -208,7 +210,7 @@ def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
     if options.onnx is not None:
         check_outdir(failed_parity_dir(outdir))
     if options.bench is not None:
-        resolve_device(options.bench.device)
+        resolve_device(options.bench.device).require_provider()
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
 

@@ -40,14 +40,8 @@ from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.report.schema import format_count, format_ratio, plot_benchmark
-from convert.runtime.bench import (
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_RUNS,
-    DEFAULT_WARMUP,
-    DEVICES,
-    BenchConfig,
-    benchmark_onnx,
-)
+from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig, benchmark_onnx
+from convert.runtime.devices import DEVICES
 from convert.runtime.export import DEFAULT_ATOL, OnnxConfig, ParityError
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
 from convert.surgery.pipeline import inspect_model

@@ -12,8 +12,9 @@
 from convert.artifacts import save_result
 from convert.auto.planner import AutoConfig, AutoPlan, plan_for_speed
 from convert.conversion import Conversion
+from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data
-from convert.distill.trainer import DistillConfig, DistillEvent, distill_result
+from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError
 from convert.report.schema import (
     Benchmark,

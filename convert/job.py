@@ -25,16 +25,11 @@ from convert.artifacts import (
 from convert.auto.planner import AutoConfig, plan_for_speed
 from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
+from convert.distill.config import DistillConfig, DistillEvent, DistillProgress
 from convert.distill.data import DistillData, image_transform, input_names, load_data
-from convert.distill.trainer import (
-    DistillConfig,
-    DistillEvent,
-    DistillProgress,
-    check_distill_options,
-    distill_result,
-    is_main_process,
-    load_checkpoint,
-)
+from convert.distill.parallel import is_main_process
+from convert.distill.state import load_checkpoint
+from convert.distill.trainer import check_distill_options, distill_result
 from convert.errors import ConvertError, ParityError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report

@@ -21,8 +21,7 @@ from rich.table import Table
 
 from convert.artifacts import output_files
 from convert.auto.planner import AutoConfig
-from convert.distill.data import SYNTHETIC
-from convert.distill.trainer import (
+from convert.distill.config import (
     AMP_MODES,
     BATCHNORM_MODES,
     DEFAULT_BATCH_SIZE,
@@ -34,8 +33,9 @@ from convert.distill.trainer import (
     DistillConfig,
     DistillEvent,
     DistillProgress,
-    is_main_process,
 )
+from convert.distill.data import SYNTHETIC
+from convert.distill.parallel import is_main_process
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape

@@ -32,9 +32,7 @@ def test_auto_picks_cpu_and_says_why() -> None:
 @pytest.mark.skipif(HAS_GPU, reason="checks the refusal on a machine without a GPU")
 @pytest.mark.parametrize("device", ["cuda", "tensorrt"])
 def test_gpu_device_without_gpu_is_refused(device: str) -> None:
-    with pytest.raises(
-        ConvertError, match=rf"^`device`={device} cannot run here \(.*\): use `device`=cpu or `device`=auto$"
-    ):
+    with pytest.raises(ConvertError, match=rf"^`device`={device} cannot run here \(.*\): use `device`=cpu or auto$"):
         resolve_device(device)
 
 

@@ -139,7 +139,7 @@ def total_steps(config: DistillConfig, data: DistillData) -> int:
     if config.epochs is None:
         return config.steps or DEFAULT_STEPS
     if data.train_size is None:
-        raise ConvertError("synthetic inputs have no epochs: give a number of `steps` instead")
+        raise ConvertError("synthetic inputs have no epochs: give `steps` instead")
     return max(1, math.ceil(config.epochs * data.train_size / config.batch_size))
 
 

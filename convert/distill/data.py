@@ -299,8 +299,8 @@ def _ordered(
     tensors = list(data)
     if len(tensors) != len(examples):
         raise ConvertError(
-            f"{what} holds {len(tensors)} input tensor(s), the model takes {len(examples)}: give a tensor file "
-            "per input (repeat the option) or a dict keyed by input name"
+            f"{what} holds {len(tensors)} input tensor(s), the model takes {len(examples)}: give one tensor "
+            "file per input, or a dict keyed by input name"
         )
     return tensors
 

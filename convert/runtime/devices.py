@@ -74,4 +74,4 @@ def resolve_device(name: str) -> Device:
 
 def cannot_run(name: str, why: str) -> str:
     """The message for `device` `name` refused here, and `why`."""
-    return f"`device`={name} cannot run here ({why}): use `device`=cpu or `device`=auto"
+    return f"`device`={name} cannot run here ({why}): use `device`=cpu or auto"

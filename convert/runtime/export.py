@@ -106,7 +106,7 @@ def export_onnx(
         except Exception as e2:  # both failed: the user's model is not exportable
             raise ConvertError(
                 f"ONNX export of {path.name} failed with both exporters (dynamo: {cause}; "
-                f"TorchScript: {one_line(e2)}): log at INFO (`verbose`) for the details"
+                f"TorchScript: {one_line(e2)}): rerun with INFO logging for the details"
             ) from e2
         exporter = "torchscript"
     proto = onnx.load(path, load_external_data=False)

@@ -1,5 +1,5 @@
-"""Knowledge distillation of the converted model with the original as teacher: config, data, losses, features,
-state (the checkpoint), parallel (torchrun), trainer."""
+"""Knowledge distillation of the converted model with the original as teacher: config, data (+ datasets), losses,
+features, state (the checkpoint), parallel (torchrun), summary (the report), trainer."""
 
 from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data

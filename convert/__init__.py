@@ -12,9 +12,10 @@
 from convert.artifacts import save_result
 from convert.auto.planner import AutoConfig, AutoPlan, plan_for_speed
 from convert.conversion import Conversion
+from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data
-from convert.distill.trainer import DistillConfig, DistillEvent, distill_result
-from convert.errors import ConvertError
+from convert.distill.trainer import distill_result
+from convert.errors import ConvertError, ParityError
 from convert.report.schema import (
     Benchmark,
     DistillMetrics,
@@ -27,8 +28,10 @@ from convert.report.schema import (
     plot_benchmark,
     plot_distill,
 )
-from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_onnx, open_session, validate_onnx_file
-from convert.runtime.export import OnnxConfig, ParityError, check_parity, export_conversion, export_onnx
+from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_onnx
+from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
+from convert.runtime.parity import check_parity
+from convert.runtime.sessions import open_session, validate_onnx_file
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
 

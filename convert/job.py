@@ -25,21 +25,18 @@ from convert.artifacts import (
 from convert.auto.planner import AutoConfig, plan_for_speed
 from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
+from convert.distill.config import DistillConfig, DistillEvent, DistillProgress
 from convert.distill.data import DistillData, image_transform, input_names, load_data
-from convert.distill.trainer import (
-    DistillConfig,
-    DistillEvent,
-    DistillProgress,
-    check_distill_options,
-    distill_result,
-    is_main_process,
-    load_checkpoint,
-)
+from convert.distill.parallel import is_main_process
+from convert.distill.state import load_checkpoint
+from convert.distill.trainer import check_distill_options, distill_result
 from convert.errors import ConvertError, ParityError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report
-from convert.runtime.bench import BenchConfig, benchmark_conversion, resolve_device
-from convert.runtime.export import OnnxConfig, export_conversion, parity_message
+from convert.runtime.bench import BenchConfig, benchmark_conversion
+from convert.runtime.devices import resolve_device
+from convert.runtime.export import OnnxConfig, export_conversion
+from convert.runtime.parity import parity_message
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 
@@ -208,7 +205,7 @@ def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
     if options.onnx is not None:
         check_outdir(failed_parity_dir(outdir))
     if options.bench is not None:
-        resolve_device(options.bench.device)
+        resolve_device(options.bench.device).require_provider()
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from convert.auto.planner import AutoConfig
+from convert.distill.config import DistillConfig
 from convert.distill.data import SYNTHETIC
-from convert.distill.trainer import DistillConfig
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES

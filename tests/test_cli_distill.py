@@ -176,7 +176,7 @@ BAD_OPTIONS = [
     ),
 ]
 if not torch.cuda.is_available():
-    BAD_OPTIONS.append(("cuda-here", ["--distill", "x.npy", "--device", "cuda"], r"--device cuda cannot train here"))
+    BAD_OPTIONS.append(("cuda-here", ["--distill", "x.npy", "--device", "cuda"], r"--device cuda cannot run here"))
 
 
 @pytest.mark.parametrize(("args", "expected"), [c[1:] for c in BAD_OPTIONS], ids=[c[0] for c in BAD_OPTIONS])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bench import outside_weights, watch
 from test_cli import assert_refused, ok, run, tree
+from test_sessions import outside_weights, watch
 from torch import nn
 
 from convert import OnnxConfig, export_onnx

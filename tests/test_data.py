@@ -247,8 +247,8 @@ BAD = {
     "object-npy": r"cannot read inputs from .*x\.npy .*allow_pickle",
     "state-dict-of-strings": r"holds a dict, not tensors of inputs",
     "unknown-suffix": r"not a known data format: give a folder of images, a tensor file",
-    "missing": r"absent\.npy: no such file or folder \(for random inputs, write --distill synthetic\)",
-    "single-input-no-val": r"holds 1 input: give at least 2 .* or give --val",
+    "missing": r"absent\.npy: no such file or folder \(for random inputs, give 'synthetic' instead\)",
+    "single-input-no-val": r"holds 1 input: give at least 2 .* or give `val`",
 }
 
 

@@ -31,7 +31,9 @@ from convert import (
     load_data,
     save_result,
 )
-from convert.distill.trainer import learning_rate, load_checkpoint, output_loss_kinds
+from convert.distill.losses import output_loss_kinds
+from convert.distill.state import CHECKPOINT_VERSION, RunState, load_checkpoint
+from convert.distill.trainer import learning_rate
 from convert.surgery.trace import plain_graph_module
 
 X = torch.zeros(1, 3, 10, 10)
@@ -230,10 +232,14 @@ def test_resume_gives_the_weights_of_a_straight_run(teacher: nn.Module, converte
     assert states_equal(resumed.model.state_dict(), straight.model.state_dict())
     assert distill.curve == straight.report.distill.curve and distill.val_curve == straight.report.distill.val_curve
 
+    # the checkpoint is the RunState: its keys are the fields, in order, after the format's version
+    assert list(first.checkpoint) == ["version", *(field.name for field in dataclasses.fields(RunState))]
+    assert first.checkpoint["version"] == CHECKPOINT_VERSION and first.checkpoint["total_steps"] == FAST.steps
+
     other = convert_model(teacher, X, ConvertConfig(target="separable", rank=2))
     with pytest.raises(ConvertError, match="checkpoint does not fit this conversion"):
         distill_result(other, teacher, data, FAST, checkpoint=first.checkpoint)
-    with pytest.raises(ConvertError, match="no distillation checkpoint at .*run without --resume"):
+    with pytest.raises(ConvertError, match="no distillation checkpoint at .*run without `resume`"):
         load_checkpoint(tmp_path / "absent.pt")
 
 
@@ -299,13 +305,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_weights(teacher: nn.Module, conv
 
 
 def test_options_that_cannot_run(teacher: nn.Module, converted, data) -> None:
-    with pytest.raises(ConvertError, match="--amp bf16 runs on CUDA only"):
+    with pytest.raises(ConvertError, match="`amp`=bf16 runs on CUDA only: use `amp`=off"):
         distill_result(converted, teacher, data, DistillConfig(device="cpu", amp="bf16"))
     with pytest.raises(ConvertError, match="synthetic inputs have no epochs"):
         distill_result(converted, teacher, load_data("synthetic", X), DistillConfig(epochs=1))
     if not torch.cuda.is_available():
-        with pytest.raises(ConvertError, match="--device cuda cannot train here"):
-            distill_result(converted, teacher, data, DistillConfig(device="cuda"))
+        for device in ("cuda", "tensorrt"):  # tensorrt is ONNX Runtime's: training takes its GPU through CUDA
+            with pytest.raises(ConvertError, match=f"`device`={device} cannot run here"):
+                distill_result(converted, teacher, data, DistillConfig(device=device))
 
 
 def test_epochs_set_the_steps(teacher: nn.Module, converted, data) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from convert import ConvertConfig, ConvertError
 from convert.artifacts import output_files
-from convert.distill.trainer import DistillConfig
+from convert.distill.config import DistillConfig
 from convert.job import DistillJob, JobOptions, run_job
 from convert.runtime.bench import BenchConfig
 from convert.runtime.export import OnnxConfig

@@ -8,15 +8,15 @@ import copy
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from conftest import forward
 from torch import nn
 
 import convert.runtime.export
-from convert import ConvertConfig, ConvertError, OnnxConfig, ParityError, convert_model, export_onnx
-from convert.runtime.bench import validate_onnx_file
+from convert import ConvertConfig, ConvertError, OnnxConfig, ParityError, convert_model, export_onnx, open_session
+from convert.runtime.parity import differences
+from convert.runtime.sessions import validate_onnx_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -27,9 +27,10 @@ TOL = 1e-5  # ONNX Runtime against PyTorch, relative to max |output|, float32
 
 
 def ort_run(path, *inputs: torch.Tensor) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # through open_session: a benchmark earlier in this process made ORT's shared thread pool, which every later
+    # session must use (a session with a pool of its own is refused then)
+    session = open_session(path, "cpu", threads=1).session
+    assert session.get_providers() == ["CPUExecutionProvider"]
     names = [i.name for i in session.get_inputs()]
     return session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
 
@@ -188,7 +189,7 @@ def test_parity_failure(tmp_path) -> None:
     export = export_onnx(model, x, tmp_path / "m.onnx", strict=False)
     assert export.passed is False and len(export.parity) == 2
     assert all(p.max_rel > 0.01 and p.error is None for p in export.parity)
-    with pytest.raises(ParityError, match=r"^ONNX Runtime does not match PyTorch within --atol 0\.0001: m\.onnx"):
+    with pytest.raises(ParityError, match=r"^ONNX Runtime does not match PyTorch within `atol`=0\.0001: m\.onnx"):
         export_onnx(model, x, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").is_file()  # kept for inspection
 
@@ -209,14 +210,12 @@ def test_bad_config(options: dict, message: str) -> None:
 
 
 def test_differences_handle_nan_and_infinity() -> None:
-    from convert.runtime.export import _differences
-
     ref = [np.array([1.0, np.nan, np.inf, -4.0])]
-    assert _differences(ref, [np.array([1.5, np.nan, np.inf, -4.0], np.float32)]) == (0.5, 0.5 / 4.0)
+    assert differences(ref, [np.array([1.5, np.nan, np.inf, -4.0], np.float32)]) == (0.5, 0.5 / 4.0)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        _differences(ref, [np.array([1.0, 0.0, np.inf, -4.0], np.float32)])
+        differences(ref, [np.array([1.0, 0.0, np.inf, -4.0], np.float32)])
     with pytest.raises(ValueError, match="output shapes"):
-        _differences(ref, [np.zeros(3, np.float32)])
+        differences(ref, [np.zeros(3, np.float32)])
 
 
 class FixedBatch(nn.Module):
@@ -235,6 +234,6 @@ def test_model_that_fixes_its_batch(tmp_path) -> None:
     assert export.exporter == "torchscript" and export.notes[0].startswith("the dynamo exporter failed (")
     assert export.passed is False and export.parity[0].error is None
     assert export.parity[1].error.startswith("batch 3: PyTorch rejects it (RuntimeError: mat1 and mat2")
-    assert export.parity[1].error.endswith("if the model fixes its batch, use --static-shapes")
+    assert export.parity[1].error.endswith("if the model fixes its batch, use `dynamic_batch`=False")
     export = export_onnx(model, x, tmp_path / "m.onnx", OnnxConfig(dynamic_batch=False))
     assert export.exporter == "dynamo" and export.passed

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from servers import CONVERT, FACTORIES, TOKEN, health, running_server, server_env
 
 from convert import ConvertConfig
-from convert.distill.trainer import DistillConfig
+from convert.distill.config import DistillConfig
 from convert.job import DistillJob, JobOptions, run_job
 from convert.runtime.export import OnnxConfig
 from server.client import ConvertClient, JobFailed, ServiceError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, OnnxConfig
-from convert.distill.trainer import DistillConfig
+from convert.distill.config import DistillConfig
 from convert.job import DistillJob, JobOptions
 from server.rpc import converter_pb2 as pb
 from server.wire import from_proto, to_proto

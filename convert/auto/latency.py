@@ -26,7 +26,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from convert.runtime.bench import CUDA_OPTIONS, BenchConfig, benchmark_onnx, default_threads, resolve_device
+from convert.runtime.bench import BenchConfig, benchmark_onnx
+from convert.runtime.devices import resolve_device
+from convert.runtime.sessions import CUDA_OPTIONS, default_threads
 from convert.surgery.factorize import Factors
 from convert.surgery.find import ConvSpec
 from convert.surgery.plan import LayerPlan
@@ -85,7 +87,7 @@ def measure_layer(
     Raises:
         ConvertError: when the device cannot run here.
     """
-    device, _ = resolve_device(config.device)
+    device = resolve_device(config.device).require_provider()
     runtime = _runtime(device, config)
     keys = [_key(layer, plan, runtime) for plan in plans]
     found = [cache.get(key) for key in keys]

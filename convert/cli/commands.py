@@ -21,8 +21,7 @@ from rich.table import Table
 
 from convert.artifacts import output_files
 from convert.auto.planner import AutoConfig
-from convert.distill.data import SYNTHETIC
-from convert.distill.trainer import (
+from convert.distill.config import (
     AMP_MODES,
     BATCHNORM_MODES,
     DEFAULT_BATCH_SIZE,
@@ -34,20 +33,15 @@ from convert.distill.trainer import (
     DistillConfig,
     DistillEvent,
     DistillProgress,
-    is_main_process,
 )
+from convert.distill.data import SYNTHETIC
+from convert.distill.parallel import is_main_process
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.report.schema import format_count, format_ratio, plot_benchmark
-from convert.runtime.bench import (
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_RUNS,
-    DEFAULT_WARMUP,
-    DEVICES,
-    BenchConfig,
-    benchmark_onnx,
-)
+from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig, benchmark_onnx
+from convert.runtime.devices import DEVICES
 from convert.runtime.export import DEFAULT_ATOL, OnnxConfig, ParityError
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
 from convert.surgery.pipeline import inspect_model

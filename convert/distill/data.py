@@ -1,8 +1,8 @@
 """Unlabeled inputs for distillation: a folder of images, tensor files, in-memory tensors, or `synthetic`.
 
-Every source becomes a torch Dataset whose items are tuples of tensors, one per model input, each shaped like
-one example input without its batch dimension. Everything is checked when loaded, so a bad source fails
-before any training starts. Image folders are checked from the file headers and decoded lazily.
+Every source becomes a torch Dataset of samples (`convert.distill.datasets`): tuples of tensors, one per model
+input, each shaped like one example input without its batch dimension. Everything is checked when loaded, so a
+bad source fails before any training starts. Image folders are checked from the file headers and decoded lazily.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,30 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from convert.common import as_inputs
+from convert.distill.datasets import ImageFiles, ImageTransform, Sample, SyntheticInputs, TensorInputs
 from convert.errors import ConvertError, one_line
 from convert.files import read_tensor_file
 
+__all__ = [
+    "DEFAULT_VAL_FRACTION",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "MAX_VAL_INPUTS",
+    "SYNTHETIC",
+    "SYNTHETIC_VAL_INPUTS",
+    "TENSOR_SUFFIXES",
+    "DataSource",
+    "DistillData",
+    "image_transform",
+    "input_names",
+    "load_data",
+]
+
 SYNTHETIC = "synthetic"
-DEFAULT_VAL_FRACTION = 0.1  # of DATA held out for validation when no --val is given ...
+DEFAULT_VAL_FRACTION = 0.1  # of the training inputs held out for validation when no `val` is given ...
 MAX_VAL_INPUTS = 1000  # ... but at most this many: validation runs several times per distillation
-SYNTHETIC_VAL_INPUTS = 256  # random validation inputs for `synthetic` without --val
+SYNTHETIC_VAL_INPUTS = 256  # random validation inputs for `synthetic` without `val`
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the default normalisation of 3-channel images
@@ -35,8 +52,6 @@ OTHER_MEAN, OTHER_STD = 0.5, 0.5  # per channel, for 1- and 4-channel images
 _IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # model input channels -> PIL mode the images must have
 _SYNTHETIC_VAL_SEED_OFFSET = 1 << 31  # validation draws never coincide with training draws
 
-Inputs = tuple[torch.Tensor, ...]  # one sample: a tensor per model input, without the batch dimension
-ImageTransform = Callable[[Any], torch.Tensor]  # PIL image -> (C, H, W) float tensor
 DataSource = str | os.PathLike[str] | torch.Tensor | Sequence[Any] | Mapping[str, torch.Tensor]
 
 
@@ -44,8 +59,8 @@ DataSource = str | os.PathLike[str] | torch.Tensor | Sequence[Any] | Mapping[str
 class DistillData:
     """Training and validation inputs for `distill_result`."""
 
-    train: Dataset[Inputs]
-    val: Dataset[Inputs]
+    train: Dataset[Sample]
+    val: Dataset[Sample]
     train_size: int | None  # None: `synthetic`, as many as the steps draw
     source: str  # what the training inputs are, for the report
     val_source: str  # what the validation inputs are
@@ -102,7 +117,7 @@ def load_data(
         return DistillData(train, val_set, None, description, val_description, True)
     if size < 2:
         raise ConvertError(
-            f"{description} holds {size} input: give at least 2 (one is held out for validation), or give --val"
+            f"{description} holds {size} input: give at least 2 (one is held out for validation), or give `val`"
         )
     count = min(max(1, round(size * val_fraction)), MAX_VAL_INPUTS, size - 1)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -116,7 +131,7 @@ def load_data(
     )
 
 
-def _synthetic_val(synthetic: Dataset[Inputs]) -> tuple[Dataset[Inputs], str]:
+def _synthetic_val(synthetic: Dataset[Sample]) -> tuple[Dataset[Sample], str]:
     """A fixed set of synthetic validation inputs, none of which training draws."""
     held_out = range(_SYNTHETIC_VAL_SEED_OFFSET, _SYNTHETIC_VAL_SEED_OFFSET + SYNTHETIC_VAL_INPUTS)
     return Subset(synthetic, held_out), f"{SYNTHETIC_VAL_INPUTS} synthetic inputs"
@@ -153,14 +168,6 @@ def image_transform(
     )
 
 
-def stream_seed(seed: int, index: int) -> int:
-    """The generator seed of item `index` of the random stream `seed`: distinct for every index below 2**32.
-
-    torch's CPU generator keeps only the low 32 bits of a seed, so (seed << 32) + index would drop the seed.
-    """
-    return (seed * 0x9E3779B1 + index) % (1 << 32)
-
-
 def input_names(model: nn.Module) -> list[str] | None:
     """Names of the model's positional inputs, from its forward signature; None when it takes *args."""
     try:
@@ -173,59 +180,6 @@ def input_names(model: nn.Module) -> list[str] | None:
     return [p.name for p in parameters if p.kind in positional]
 
 
-# --- datasets -----------------------------------------------------------------------------------------------------
-
-
-class TensorInputs(Dataset[Inputs]):
-    """Inputs held in memory: sample i is (t[i] for each input tensor t)."""
-
-    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self.tensors = tuple(tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors[0])
-
-    def __getitem__(self, index: int) -> Inputs:
-        return tuple(t[index] for t in self.tensors)
-
-
-class ImageFiles(Dataset[Inputs]):
-    """Image files, decoded when read: sample i is (transform(image i),)."""
-
-    def __init__(self, paths: Sequence[Path], mode: str, transform: ImageTransform, dtype: torch.dtype) -> None:
-        self.paths, self.mode, self.transform, self.dtype = list(paths), mode, transform, dtype
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Inputs:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:
-            return (self.transform(image.convert(self.mode)).to(self.dtype),)
-
-
-class SyntheticInputs(Dataset[Inputs]):
-    """Random inputs like the example inputs; sample i is the same on every call (seeded by `seed` and i)."""
-
-    def __init__(self, examples: Sequence[torch.Tensor], seed: int) -> None:
-        self.shapes = [tuple(t.shape[1:]) for t in examples]
-        self.dtypes = [t.dtype for t in examples]
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return 1 << 62  # as many as asked for
-
-    def __getitem__(self, index: int) -> Inputs:
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, index))
-        return tuple(
-            torch.randn(shape, generator=generator).to(dtype)
-            if dtype.is_floating_point
-            else torch.randint(0, 2, shape, generator=generator, dtype=dtype)
-            for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
-        )
-
-
 # --- loading and checking -----------------------------------------------------------------------------------------
 
 
@@ -235,7 +189,7 @@ def _load_source(
     names: Sequence[str] | None,
     transform: ImageTransform | None,
     seed: int,
-) -> tuple[Dataset[Inputs], int | None, str]:
+) -> tuple[Dataset[Sample], int | None, str]:
     """(dataset, its size or None for synthetic, description)."""
     if isinstance(source, (list, tuple)) and len(source) == 1:
         source = source[0]
@@ -278,7 +232,7 @@ def _single(tensors: Any, what: str) -> torch.Tensor:
 def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[torch.Tensor]:
     """The tensor, dict or list of tensors in a file; never unpickles code."""
     if not path.exists():
-        raise ConvertError(f"{path}: no such file or folder (for random inputs, write --distill synthetic)")
+        raise ConvertError(f"{path}: no such file or folder (for random inputs, give 'synthetic' instead)")
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ConvertError(f"{path} is not a readable file: check the path and its permissions")
     suffix = path.suffix.lower()
@@ -295,7 +249,7 @@ def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[t
                 data = {key: torch.from_numpy(archive[key]) for key in archive.files}
         else:
             data = read_tensor_file(path)
-    except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
+    except Exception as e:  # any failure to read is a bad file
         raise ConvertError(
             f"cannot read inputs from {path} ({one_line(e)}): save a tensor shaped (N, ...) with torch.save, "
             "numpy.save or safetensors"
@@ -312,7 +266,7 @@ def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[t
 
 def _checked(
     data: Any, examples: tuple[torch.Tensor, ...], names: Sequence[str] | None, what: str
-) -> tuple[Dataset[Inputs], int, str]:
+) -> tuple[Dataset[Sample], int, str]:
     tensors = _ordered(data, examples, names, what)
     checked = []
     for index, (tensor, example) in enumerate(zip(tensors, examples, strict=True)):
@@ -345,8 +299,8 @@ def _ordered(
     tensors = list(data)
     if len(tensors) != len(examples):
         raise ConvertError(
-            f"{what} holds {len(tensors)} input tensor(s), the model takes {len(examples)}: give a tensor file "
-            "per input (repeat the option) or a dict keyed by input name"
+            f"{what} holds {len(tensors)} input tensor(s), the model takes {len(examples)}: give one tensor "
+            "file per input, or a dict keyed by input name"
         )
     return tensors
 
@@ -357,7 +311,7 @@ def _check_tensor(tensor: torch.Tensor, example: torch.Tensor, what: str) -> tor
         raise ConvertError(
             f"{what} is shaped {'x'.join(map(str, tensor.shape))}, the model takes inputs shaped "
             f"N x {'x'.join(map(str, sample))} (from the example input): save inputs of that shape, "
-            "or change --input-shape"
+            "or change `input_shapes`"
         )
     if example.dtype.is_floating_point != tensor.dtype.is_floating_point or tensor.dtype in (torch.bool, torch.uint8):
         kind = "floating point" if example.dtype.is_floating_point else "integer"
@@ -373,7 +327,7 @@ def _check_tensor(tensor: torch.Tensor, example: torch.Tensor, what: str) -> tor
 
 def _image_folder(
     folder: Path, examples: tuple[torch.Tensor, ...], transform: ImageTransform | None
-) -> tuple[Dataset[Inputs], int, str]:
+) -> tuple[Dataset[Sample], int, str]:
     from PIL import Image, UnidentifiedImageError
 
     if len(examples) != 1 or examples[0].dim() != 4 or not examples[0].dtype.is_floating_point:
@@ -407,7 +361,7 @@ def _image_folder(
         if transform is None and bands != channels:
             raise ConvertError(
                 f"image {path} has {bands} channel(s) (mode {native}), the model takes {channels}: convert the "
-                f"images to {mode}, or give --input-shape with {bands} channel(s)"
+                f"images to {mode}, or set `input_shapes` with {bands} channel(s)"
             )
     dataset = ImageFiles(paths, mode, transform or image_transform(shape), examples[0].dtype)
     first = dataset[0][0]

@@ -1,7 +1,10 @@
 """Everything ONNX Runtime: devices, sessions, export + parity, benchmark."""
 
-from convert.runtime.bench import BenchConfig, benchmark_onnx, open_session, validate_onnx_file
-from convert.runtime.export import OnnxConfig, ParityError, check_parity, export_onnx
+from convert.errors import ParityError
+from convert.runtime.bench import BenchConfig, benchmark_onnx
+from convert.runtime.export import OnnxConfig, export_onnx
+from convert.runtime.parity import check_parity
+from convert.runtime.sessions import open_session, validate_onnx_file
 
 __all__ = [
     "BenchConfig",

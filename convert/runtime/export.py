@@ -1,4 +1,4 @@
-"""Export any nn.Module to ONNX and check ONNX Runtime against PyTorch on it.
+"""Export any nn.Module to ONNX, and check ONNX Runtime against PyTorch on it (`convert.runtime.parity`).
 
 The dynamo exporter (`torch.onnx.export(dynamo=True)`) first; the TorchScript-based exporter when it fails,
 with a note saying so. The batch dimension is dynamic by default. Every export is checked with onnx.checker
@@ -20,21 +20,22 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
+from onnx.external_data_helper import _get_all_tensors
 from torch import nn
 
 from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
-from convert.common import Progress, no_progress
+from convert.common import Progress, as_inputs, no_progress
 from convert.conversion import Conversion
 from convert.errors import ConvertError, ParityError, one_line
-from convert.report.schema import OnnxExport, OnnxReport, Parity
+from convert.report.schema import OnnxExport, OnnxReport
+from convert.runtime.parity import DEFAULT_ATOL, check_parity, parity_message, with_batch
 from convert.surgery.verify import run_model, tensors_of
 
-logger = logging.getLogger(__name__)
+__all__ = ["EXTERNAL_DATA_BYTES", "TRACE_BATCH", "OnnxConfig", "export_conversion", "export_onnx"]
 
-DEFAULT_ATOL = 1e-4  # max |ORT - PyTorch| allowed, relative to max |PyTorch| of each output
+logger = logging.getLogger(__name__)
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, less room for the graph itself
 TRACE_BATCH = 2  # the dynamo exporter traces at this batch size: a batch of 1 would be specialized to a constant
 
@@ -49,7 +50,7 @@ class OnnxConfig:
 
     def __post_init__(self) -> None:
         if self.opset is not None and self.opset < 7:
-            raise ConvertError(f"opset {self.opset} is not valid: use 7 or more (e.g. --opset 18), or omit it")
+            raise ConvertError(f"opset {self.opset} is not valid: use 7 or more (e.g. `opset`=18), or omit it")
         if not self.atol > 0:
             raise ConvertError(f"atol {self.atol} is not valid: use a positive tolerance, e.g. 1e-4")
 
@@ -88,7 +89,7 @@ def export_onnx(
     """
     config = config or OnnxConfig()
     path = Path(path)
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     model = copy.deepcopy(model).eval()
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     notes: list[str] = []
@@ -102,10 +103,10 @@ def export_onnx(
         logger.warning(notes[-1])
         try:
             _export_torchscript(model, inputs, path, config, external)
-        except Exception as e2:  # noqa: BLE001
+        except Exception as e2:  # both failed: the user's model is not exportable
             raise ConvertError(
                 f"ONNX export of {path.name} failed with both exporters (dynamo: {cause}; "
-                f"TorchScript: {one_line(e2)}): rerun with --verbose for details"
+                f"TorchScript: {one_line(e2)}): rerun with INFO logging for the details"
             ) from e2
         exporter = "torchscript"
     proto = onnx.load(path, load_external_data=False)
@@ -149,7 +150,7 @@ def _export_dynamo(
     if config.dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} for _ in inputs)
-        inputs = _with_batch(inputs, TRACE_BATCH)
+        inputs = with_batch(inputs, TRACE_BATCH)
     # the exporter prints its progress on stdout, which belongs to the CLI's --json
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
@@ -197,121 +198,8 @@ def _private_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def check_parity(
-    model: nn.Module,
-    export: OnnxExport,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
-    atol: float = DEFAULT_ATOL,
-) -> OnnxExport:
-    """Check `export` with onnx.checker, then run it on ONNX Runtime (CPU) and `model` in eval mode on the
-    example input and, with a dynamic batch, on a batch of another size. Fills `export.parity` and
-    `export.passed` (a failure is recorded, not raised).
-    """
-    from convert.runtime.bench import open_session  # onnxruntime is only loaded where it is used
-
-    inputs = _as_tuple(example_inputs)
-    export.parity, export.passed = [], False
-    try:
-        onnx.checker.check_model(export.path)
-    except Exception as e:  # noqa: BLE001 - an invalid file fails the check; it stays for inspection
-        export.notes.append(f"onnx.checker rejects {Path(export.path).name}: {one_line(e)}")
-        return export
-    session = open_session(export.path, "cpu", threads=torch.get_num_threads()).session
-    model = copy.deepcopy(model).eval()
-    batches = [inputs]
-    if export.dynamic_batch:
-        batches.append(_with_batch(inputs, 3 if inputs[0].shape[0] != 3 else 2))
-    names = [i.name for i in session.get_inputs()]
-    for batch in batches:
-        size = int(batch[0].shape[0])
-        try:
-            expected = [t.detach().cpu().float().numpy() for t in tensors_of(run_model(model, batch))]
-        except Exception as e:  # noqa: BLE001 - the model itself fixes its batch size
-            error = (
-                f"batch {size}: PyTorch rejects it ({one_line(e)}); if the model fixes its batch, use --static-shapes"
-            )
-            export.parity.append(Parity(size, None, None, error))
-            continue
-        feeds = dict(zip(names, map(_numpy, batch), strict=False))
-        try:
-            if len(names) != len(batch):
-                raise ValueError(f"the ONNX model takes {len(names)} inputs, PyTorch {len(batch)}")
-            max_abs, max_rel = _differences(expected, session.run(None, feeds))
-        except Exception as e:  # noqa: BLE001 - ORT's failure on this batch is the parity failure
-            export.parity.append(Parity(size, None, None, f"batch {size}: ONNX Runtime failed ({one_line(e)})"))
-        else:
-            export.parity.append(Parity(size, max_abs, max_rel))
-    export.passed = all(p.error is None and p.max_rel <= atol for p in export.parity)
-    return export
-
-
-def _differences(expected: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
-    """(max |got - expected|, the worst output's max |got - expected| / max |expected|).
-
-    Raises:
-        ValueError: when the outputs differ in number or shape, or in where they hold NaN or infinity.
-    """
-    if len(got) != len(expected) or any(a.shape != b.shape for a, b in zip(got, expected, strict=True)):
-        raise ValueError(
-            f"ONNX Runtime's output shapes {[list(a.shape) for a in got]} differ from PyTorch's "
-            f"{[list(b.shape) for b in expected]}"
-        )
-    max_abs = max_rel = 0.0
-    for ref, out in zip(expected, got, strict=True):
-        if not ref.size:
-            continue
-        same = (out == ref) | (np.isnan(out) & np.isnan(ref))  # equal infinities and NaN in the same places
-        with np.errstate(invalid="ignore"):  # inf - inf
-            diff = float(np.max(np.where(same, 0.0, np.abs(out.astype(np.float64) - ref))))
-        if not np.isfinite(diff):
-            raise ValueError("ONNX Runtime and PyTorch differ in where their outputs are NaN or infinite")
-        finite = np.abs(ref[np.isfinite(ref)])
-        max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / max(float(finite.max()) if finite.size else 0.0, 1e-12))
-    return max_abs, max_rel
-
-
-def parity_message(exports: Sequence[OnnxExport], atol: float) -> str:
-    """One line naming every failed check of `exports`."""
-    problems = []
-    for export in exports:
-        name = Path(export.path).name
-        problems += [note for note in export.notes if note.startswith("onnx.checker")]
-        for p in export.parity:
-            if p.error is not None:
-                problems.append(f"{name}: {p.error}")
-            elif p.max_rel > atol:
-                problems.append(f"{name}: batch {p.batch} differs by {p.max_rel:.2g} relative")
-    return f"ONNX Runtime does not match PyTorch within --atol {atol:g}: {'; '.join(problems)}"
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        raise ConvertError("ONNX Runtime's check needs inputs that numpy holds: use --input-dtype float32")
-    return t.detach().cpu().numpy()
-
-
-def _as_tuple(example_inputs: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
 def _initializers(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    from onnx.external_data_helper import _get_all_tensors
-
     return list(_get_all_tensors(proto))
-
-
-def _with_batch(inputs: tuple[torch.Tensor, ...], batch: int) -> tuple[torch.Tensor, ...]:
-    """Inputs of `batch` items: fresh random values (seeded) for float tensors, the first item repeated for others."""
-    generator = torch.Generator().manual_seed(batch)
-    out = []
-    for t in inputs:
-        shape = (batch, *t.shape[1:])
-        if t.is_floating_point():
-            out.append(torch.randn(shape, generator=generator).to(dtype=t.dtype, device=t.device))
-        else:
-            out.append(t[:1].expand(shape).clone())
-    return tuple(out)
 
 
 def export_conversion(

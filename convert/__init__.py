@@ -10,7 +10,7 @@
 """
 
 from convert.artifacts import save_result
-from convert.auto.planner import AutoConfig, AutoPlan, plan_for_speed
+from convert.auto import AutoConfig, AutoPlan, LatencyPlanner, plan_for_speed
 from convert.conversion import Conversion
 from convert.distill.data import DistillData, image_transform, load_data
 from convert.distill.trainer import DistillConfig, DistillEvent, distill_result
@@ -31,16 +31,19 @@ from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_o
 from convert.runtime.export import OnnxConfig, ParityError, check_parity, export_conversion, export_onnx
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
+from convert.surgery.plan import GivenPlanner, UniformPlanner
 
 __all__ = [
     "AutoConfig",
     "AutoPlan",
+    "LatencyPlanner",
     "BenchConfig",
     "Benchmark",
     "Conversion",
     "ConversionResult",
     "ConvertConfig",
     "ConvertError",
+    "GivenPlanner",
     "DistillConfig",
     "DistillData",
     "DistillEvent",
@@ -53,6 +56,7 @@ __all__ = [
     "ParityError",
     "Report",
     "Totals",
+    "UniformPlanner",
     "benchmark_conversion",
     "benchmark_onnx",
     "check_parity",

@@ -22,7 +22,7 @@ from convert.artifacts import (
     keep_failed,
     write_conversion,
 )
-from convert.auto.planner import AutoConfig, plan_for_speed
+from convert.auto import AutoConfig, LatencyPlanner
 from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
 from convert.distill.data import DistillData, image_transform, input_names, load_data
@@ -171,20 +171,14 @@ def run_job(
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
-    plan = None
-    if options.auto is not None:  # measuring the candidates takes most of an auto job
-        plan_end = _LOAD_SHARE + 0.7 * (convert_end - _LOAD_SHARE)
-        plan = plan_for_speed(loaded.model, inputs, options.auto, progress=span(notify, _LOAD_SHARE, plan_end))
     conversion = convert_model(
         loaded.model,
         inputs,
         options.config,
+        planner=None if options.auto is None else LatencyPlanner(options.auto),
         exported=loaded.exported,
-        plans=plan and plan.plans,
-        progress=span(notify, plan_end if plan else _LOAD_SHARE, convert_end),
+        progress=span(notify, _LOAD_SHARE, convert_end),
     )
-    if plan is not None:
-        conversion.report.auto = plan.report
     if distill is not None:
         data, config, checkpoint = distill
         conversion = distill_result(

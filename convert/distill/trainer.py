@@ -776,11 +776,11 @@ def _functional_convs_as_modules(
     parameter = next(iter(teacher.parameters()), None)
     example = _to(example, parameter.device) if parameter is not None else example
     traced = trace(teacher, example, run_model(teacher, example))
-    if traced.path == "module-walk":
+    if traced.strategy == "module-walk":
         return teacher, {}
     graph, sites = traced.module, {}
     for layer in find_convs(traced):
-        if layer.name in names and layer.spec is not None and layer.module is None:
+        if layer.name in names and layer.spec is not None and layer.module_path is None:
             conv = plain_conv(layer.spec, layer.weight, layer.bias)
             sites[layer.name] = graph.get_submodule(apply(graph, layer, conv))
     return graph, sites

@@ -57,11 +57,11 @@ class ConvLayer:
     spec: ConvSpec | None = None
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    module: str | None = None  # path of the conv module to swap; None for functional calls
+    module_path: str | None = None  # path of the conv module to swap; None for functional calls
     nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites to rewrite
     out_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
     in_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
-    skip: str | None = None  # why it is not converted; None while it is a candidate
+    unsupported: str | None = None  # why no planner may convert it (set by `find` only); None: a candidate
     receptive_field: tuple[int, ...] | None = None  # in input positions, at the output; None without a graph
 
 
@@ -71,7 +71,7 @@ def find_convs(traced: Traced) -> list[ConvLayer]:
     Conv modules inside modules that the graph calls as a whole (`traced.leaves`, or the whole model on the
     module walk) are found by walking those modules, with their call shapes from `traced.calls`.
     """
-    if traced.path == "module-walk":
+    if traced.strategy == "module-walk":
         return _find_in_modules(traced.module, [""], traced.calls)
     layers = _find_in_graph(traced.module)
     return layers + _find_in_modules(traced.module, traced.leaves, traced.calls)
@@ -86,8 +86,8 @@ def _find_in_modules(root: nn.Module, owners: list[str], calls: dict[str, list[C
             layer = _module_layer(name, module)
             layer.in_shapes = [shapes[0] for shapes in calls.get(name, [])]
             layer.out_shapes = [shapes[1] for shapes in calls.get(name, [])]
-            if not layer.out_shapes and layer.skip is None:
-                layer.skip = "not called on the example input"
+            if not layer.out_shapes and layer.unsupported is None:
+                layer.unsupported = "not called on the example input"
             layers.append(layer)
     return layers
 
@@ -102,9 +102,9 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
             if key not in by_key:
                 by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
                 if {f"{node.target}.weight", f"{node.target}.bias"} & read_directly:
-                    by_key[key].skip = "its weight is also read outside the conv module"
+                    by_key[key].unsupported = "its weight is also read outside the conv module"
             if len(node.args) + len(node.kwargs) > 1:
-                by_key[key].skip = "called with an output_size: its replacement takes the input only"
+                by_key[key].unsupported = "called with an output_size: its replacement takes the input only"
         elif node.op == "call_function" and (node.target in CONV_FUNCTIONS or node.target in TRANSPOSED_FUNCTIONS):
             key, layer = _function_layer(gm, node)
             if key not in by_key:
@@ -112,7 +112,9 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
             by_key[key].nodes.append(node)
         elif node.op == "call_function" and node.target in _UNSUPPORTED_FUNCTIONS:
             key = node.name
-            by_key[key] = ConvLayer(name=node.name, op=_op_name(node.target), skip=_UNSUPPORTED_FUNCTIONS[node.target])
+            by_key[key] = ConvLayer(
+                name=node.name, op=_op_name(node.target), unsupported=_UNSUPPORTED_FUNCTIONS[node.target]
+            )
         else:
             continue
         by_key[key].out_shapes.append(_shape(node))
@@ -124,15 +126,15 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
 
 
 def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
-    layer = ConvLayer(name=name, op=type(module).__name__, module=name, weight=module.weight, bias=module.bias)
+    layer = ConvLayer(name=name, op=type(module).__name__, module_path=name, weight=module.weight, bias=module.bias)
     base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
     if base is None:
-        layer.skip = f"{type(module).__name__} is not a standard Conv1d/2d/3d or ConvTranspose1d/2d/3d"
+        layer.unsupported = f"{type(module).__name__} is not a standard Conv1d/2d/3d or ConvTranspose1d/2d/3d"
         return layer
     if type(module).forward is not base.forward or getattr(type(module), "_conv_forward", None) is not getattr(
         base, "_conv_forward", None
     ):
-        layer.skip = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
+        layer.unsupported = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
     layer.spec = ConvSpec(
         dim=_MODULE_TYPES[base],
         in_channels=module.in_channels,
@@ -146,7 +148,7 @@ def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
         transposed=module.transposed,
         output_padding=tuple(module.output_padding) if module.transposed else (),
     )
-    layer.skip = layer.skip or _depthwise_reason(layer.spec)
+    layer.unsupported = layer.unsupported or _depthwise_reason(layer.spec)
     return layer
 
 
@@ -157,7 +159,7 @@ def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
     weight_node, bias_node = args["weight"], args["bias"]
     if not _is_attr(weight_node) or not (bias_node is None or _is_attr(bias_node)):
         what = "weight" if not _is_attr(weight_node) else "bias"
-        return node.name, ConvLayer(name=node.name, op=op, skip=f"its {what} is computed at run time")
+        return node.name, ConvLayer(name=node.name, op=op, unsupported=f"its {what} is computed at run time")
     weight = _attr(gm, weight_node.target)
     bias = None if bias_node is None else _attr(gm, bias_node.target)
     padding, groups = args["padding"], args["groups"]
@@ -180,7 +182,7 @@ def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
     weight_path = weight_node.target
     name = weight_path.removesuffix(".weight") if weight_path.endswith(".weight") else weight_path
     key = (weight_path, getattr(bias_node, "target", None), spec)
-    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, skip=_depthwise_reason(spec))
+    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, unsupported=_depthwise_reason(spec))
     return key, layer
 
 

@@ -1,4 +1,5 @@
-"""The conversion pipeline: trace -> find -> plan -> factorize -> rewrite -> verify -> report."""
+"""The conversion pipeline: trace -> find (`analyze`) -> plan (a `Planner`) -> factorize -> rewrite (`Analysis.build`)
+-> verify -> report."""
 
 from __future__ import annotations
 
@@ -13,28 +14,102 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convert.common import Progress, as_inputs
+from convert.common import Inputs, Progress, as_inputs, no_progress, span
 from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
 from convert.report.schema import LayerReport, Report, Totals
 from convert.surgery.config import ConvertConfig
 from convert.surgery.factorize import block_diagonal, low_rank, singular_values, truncation_error
 from convert.surgery.find import ConvLayer, find_convs
-from convert.surgery.plan import LayerPlan, conv_cost, plan_layers, standard_weight
+from convert.surgery.plan import Decision, GivenPlanner, LayerPlan, Planner, UniformPlanner, conv_cost, standard_weight
 from convert.surgery.rewrite import apply, build_replacement, set_submodule
-from convert.surgery.trace import trace
+from convert.surgery.trace import Traced, trace
 from convert.surgery.verify import output_rel_error, run_model
 
 ConversionResult = Conversion  # the name of the first releases
 
 
+@dataclasses.dataclass
+class Analysis:
+    """What tracing and finding learned about a model: planners decide from it, `build` rewrites from it."""
+
+    traced: Traced
+    layers: list[ConvLayer]  # every conv found, in graph order
+    inputs: tuple[torch.Tensor, ...]
+    reference: Any  # the model's output on `inputs`
+
+    def candidates(self) -> list[ConvLayer]:
+        """The layers a planner may convert."""
+        return [layer for layer in self.layers if layer.unsupported is None]
+
+    def build(self, decisions: Mapping[str, Decision], *, copy_module: bool = True) -> Built:
+        """The traced module with the planned layers rewritten; a copy unless `copy_module` is False (then the
+        analysis is spent: its module is the result).
+
+        Raises:
+            Exception: whatever the rewritten module raises on `inputs` when a swap breaks it on a path that shows
+                no graph (those swaps are undone, with the reason, before that).
+        """
+        root = copy.deepcopy(self.traced.module) if copy_module else self.traced.module
+        rows, swaps, replaced, reasons = [], {}, {}, {}
+        for index, layer in enumerate(self.layers):
+            plan = decisions.get(layer.name)
+            if not isinstance(plan, LayerPlan):
+                rows.append(_layer_row(layer, None, None, layer.unsupported or plan))
+                continue
+            original = root.get_submodule(layer.module_path) if layer.module_path else None
+            row, replacement, replaced[layer.name] = _convert_layer(root, layer, plan)
+            rows.append(row)
+            if original is not None:
+                swaps[index] = (original, replacement)
+        try:
+            output = run_model(root, self.inputs)
+        except Exception:  # noqa: BLE001 - only swaps made without seeing a graph can break the model
+            if self.traced.strategy not in ("module-walk", "fx-leaves"):
+                raise
+            reasons = _keep_swaps_that_run(root, self.layers, swaps, self.inputs)
+            output = run_model(root, self.inputs)
+        for index, reason in reasons.items():
+            rows[index] = _layer_row(self.layers[index], None, None, reason)
+            replaced.pop(self.layers[index].name, None)
+        return Built(root, rows, replaced, output)
+
+
+@dataclasses.dataclass
+class Built:
+    """A rewritten module and its per-layer rows."""
+
+    module: nn.Module
+    rows: list[LayerReport]
+    replaced: dict[str, str]  # converted layer name -> module path of its replacement
+    output: Any  # its output on the analysis' inputs
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: Inputs,
+    exported: torch.export.ExportedProgram | None = None,
+) -> Analysis:
+    """Trace a copy of `model` and find its convs (the model is not changed).
+
+    Raises:
+        ConvertError: when the model rejects the example inputs.
+    """
+    inputs = as_inputs(example_inputs)
+    reference = _reference_output(model, inputs)
+    work = model if exported is not None else copy.deepcopy(model)  # an exported graph is copied by trace
+    traced = trace(work, inputs, reference, exported)
+    return Analysis(traced, find_convs(traced), inputs, reference)
+
+
 def convert_model(
     model: nn.Module,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    example_inputs: Inputs,
     config: ConvertConfig | None = None,
     *,
+    planner: Planner | None = None,
+    plans: Mapping[str, Decision] | None = None,
     exported: torch.export.ExportedProgram | None = None,
-    plans: Mapping[str, LayerPlan | str] | None = None,
     progress: Progress | None = None,
 ) -> Conversion:
     """Rewrite the standard convolutions of `model` into depthwise-separable or grouped ones.
@@ -46,9 +121,11 @@ def convert_model(
         model: any nn.Module.
         example_inputs: one tensor or a sequence of positional input tensors the model accepts.
         config: target, rank and filters; defaults to rank-1 depthwise-separable.
+        planner: who decides each layer's form: default `UniformPlanner(config)`, or for target "auto"
+            `convert.auto.LatencyPlanner()` (which measures on ONNX Runtime).
+        plans: decisions made elsewhere, per layer name (e.g. `plan_for_speed(...).plans`): the same as
+            `planner=GivenPlanner(plans)`.
         exported: the ExportedProgram the model came from, if any (its graph is rewritten directly).
-        plans: per layer name, its plan or why it is kept (from `convert.auto.planner.plan_for_speed`); required by
-            target "auto", and used instead of planning from `config` when given.
         progress: called with (stage, fraction done) as the stages finish.
 
     Returns:
@@ -66,59 +143,27 @@ def convert_model(
         True
     """
     config = config or ConvertConfig()
-    inputs = as_inputs(example_inputs)
-    notify = progress or (lambda _stage, _fraction: None)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage_done(name: str, fraction: float) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 4)
-        clock = now
-        notify(name, fraction)
-
-    reference = _reference_output(model, inputs)
-    work = model if exported is not None else copy.deepcopy(model)  # an exported graph is copied by trace
-    traced = trace(work, inputs, reference, exported)
+    planner = _planner(config, planner, plans)
+    notify = progress or no_progress
+    clock = _StageClock(notify)
+    analysis = analyze(model, example_inputs, exported)
+    traced, inputs = analysis.traced, analysis.inputs
     params_before = _count_params(traced.module)  # a graph keeps only the modules the example input reaches
     if params_before < _count_params(model):
         traced.notes.append(
-            f"{traced.path}: {_count_params(model) - params_before} parameters of modules the example input does "
+            f"{traced.strategy}: {_count_params(model) - params_before} parameters of modules the example input does "
             "not reach are not in the converted model (nor in the totals)"
         )
-    stage_done("trace", 0.2)
-    layers = find_convs(traced)
-    if plans is not None:
-        plans = _given_plans(layers, plans)
-    elif config.target == "auto":
-        raise ConvertError("target 'auto' needs per-layer plans: get them from convert.auto.planner.plan_for_speed")
-    else:
-        plans = plan_layers(layers, config)
-    stage_done("plan", 0.3)
-    rows, swaps, replaced = [], {}, {}
-    for index, layer in enumerate(layers):
-        plan = plans.get(layer.name)
-        if plan is None:
-            rows.append(_layer_row(layer, None, None))
-        else:
-            original = traced.module.get_submodule(layer.module) if layer.module else None
-            row, replacement, replaced[layer.name] = _convert_layer(traced.module, layer, plan)
-            rows.append(row)
-            if original is not None:
-                swaps[index] = (original, replacement)
-        notify("factorize", 0.3 + 0.5 * (index + 1) / len(layers))
-    stage_done("factorize", 0.8)
-    converted = traced.module
-    try:
-        output = run_model(converted, inputs)
-    except Exception:
-        if traced.path not in ("module-walk", "fx-leaves"):  # only swaps made without seeing a graph can break
-            raise
-        _keep_swaps_that_run(converted, layers, rows, swaps, inputs)
-        output = run_model(converted, inputs)
-    error = output_rel_error(reference, output)
-    stage_done("verify", 0.9)
+    plan_start = 0.1
+    clock.done("trace", plan_start)
+    plan_end = plan_start + planner.share
+    plan = planner.plan(analysis, span(notify, plan_start, plan_end))
+    clock.done("plan", plan_end)
+    built = analysis.build(plan.decisions, copy_module=False)
+    clock.done("factorize", plan_end + 0.7 * (1 - plan_end))
+    converted, rows = built.module, built.rows
+    error = output_rel_error(analysis.reference, built.output)
+    clock.done("verify", plan_end + 0.9 * (1 - plan_end))
     totals = Totals(
         params_before=params_before,
         params_after=_count_params(converted),
@@ -129,7 +174,7 @@ def convert_model(
     )
     report = Report(
         target=config.target,
-        trace=traced.path,
+        trace=traced.strategy,
         trace_notes=traced.notes,
         options=dataclasses.asdict(config),
         input_shapes=[list(t.shape) for t in inputs],
@@ -137,26 +182,39 @@ def convert_model(
         layers=rows,
         totals=totals,
         output_rel_error=error,
-        seconds=seconds,
+        seconds=clock.seconds,
         versions={"torch": torch.__version__},
+        auto=plan.auto,
     )
-    stage_done("report", 1.0)
-    kept = {row.name for row in rows if row.status == "converted"}  # the module walk may have undone swaps
-    replaced = {name: path for name, path in replaced.items() if name in kept}
-    return Conversion(model, inputs, converted, report, replaced)
+    clock.done("report", 1.0)
+    return Conversion(model, inputs, converted, report, built.replaced)
 
 
-def _given_plans(layers: list[ConvLayer], given: Mapping[str, LayerPlan | str]) -> dict[str, LayerPlan]:
-    """The plans of the candidates that `given` converts; the others get its reason (or "not in the plan")."""
-    plans = {}
-    for layer in layers:
-        if layer.skip is None:
-            choice = given.get(layer.name, "not in the plan")
-            if isinstance(choice, LayerPlan):
-                plans[layer.name] = choice
-            else:
-                layer.skip = choice
-    return plans
+def _planner(config: ConvertConfig, planner: Planner | None, plans: Mapping[str, Decision] | None) -> Planner:
+    if planner is not None and plans is not None:
+        raise ConvertError("give either a `planner` or `plans`, not both")
+    if planner is not None:
+        return planner
+    if plans is not None:
+        return GivenPlanner(plans)
+    if config.target == "auto":
+        from convert.auto.planner import LatencyPlanner  # the latency planner needs ONNX Runtime: loaded on use
+
+        return LatencyPlanner()
+    return UniformPlanner(config)
+
+
+class _StageClock:
+    """Seconds per stage, for the report, and the progress callback as each stage finishes."""
+
+    def __init__(self, notify: Progress) -> None:
+        self.notify, self.seconds, self._start = notify, {}, time.perf_counter()
+
+    def done(self, stage: str, fraction: float) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._start, 4)
+        self._start = now
+        self.notify(stage, fraction)
 
 
 def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[LayerReport, nn.Module, str]:
@@ -165,55 +223,54 @@ def _convert_layer(root: nn.Module, layer: ConvLayer, plan: LayerPlan) -> tuple[
         factors = low_rank(weight, plan.groups, plan.rank, outer)
     else:
         factors = block_diagonal(weight, plan.groups, outer)
-    training = root.get_submodule(layer.module).training if layer.module else root.training
+    training = root.get_submodule(layer.module_path).training if layer.module_path else root.training
     replacement = build_replacement(layer.spec, factors, layer.bias, training, layer.weight.requires_grad)
     path = apply(root, layer, replacement)
-    return _layer_row(layer, plan, factors.rel_error), replacement, path
+    return _layer_row(layer, plan, factors.rel_error, plan.note), replacement, path
 
 
 def _keep_swaps_that_run(
     root: nn.Module,
     layers: list[ConvLayer],
-    rows: list[LayerReport],
     swaps: dict[int, tuple[nn.Module, nn.Module]],
     inputs: tuple[torch.Tensor, ...],
-) -> None:
+) -> dict[int, str]:
     """Module walk (or inside modules an fx graph calls whole): the model no longer runs, so some code reads a
     swapped conv's attributes (e.g. `self.conv.weight`) outside its call. Without a graph to tell which, put
-    the originals back and keep each swap only if the model still runs with it."""
+    the originals back and keep each swap only if the model still runs with it. Returns the undone swaps'
+    reasons, by layer index."""
     for index, (original, _) in swaps.items():
-        set_submodule(root, layers[index].module, original)
+        set_submodule(root, layers[index].module_path, original)
+    undone = {}
     for index, (original, replacement) in swaps.items():
-        set_submodule(root, layers[index].module, replacement)
+        set_submodule(root, layers[index].module_path, replacement)
         try:
             run_model(root, inputs)
         except Exception:  # noqa: BLE001 - this swap breaks the model: undo it
-            set_submodule(root, layers[index].module, original)
-            layers[index].skip = "its attributes (e.g. .weight) are read outside the conv call"
-            rows[index] = _layer_row(layers[index], None, None)
+            set_submodule(root, layers[index].module_path, original)
+            undone[index] = "its attributes (e.g. .weight) are read outside the conv call"
+    return undone
 
 
 def inspect_model(
-    model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, configs: Sequence[ConvertConfig]
+    model: nn.Module, example_inputs: Inputs, configs: Sequence[ConvertConfig]
 ) -> list[list[LayerReport]]:
     """What each config would do to each conv, without converting: one list of rows per config.
 
     Rows have status "converted" for layers the config would convert, with the parameters, MACs and
     weight error the conversion would give (the error from singular values alone).
     """
-    inputs = as_inputs(example_inputs)
-    traced = trace(copy.deepcopy(model), inputs, _reference_output(model, inputs))
-    found = find_convs(traced)
+    analysis = analyze(model, example_inputs)
     views = []
     for config in configs:
-        layers = [dataclasses.replace(layer) for layer in found]  # planning sets `skip` per config
-        plans = plan_layers(layers, config)
-        views.append(
-            [
-                _layer_row(layer, plans.get(layer.name), _predicted_error(layer, plans.get(layer.name)))
-                for layer in layers
-            ]
-        )
+        decisions = UniformPlanner(config).plan(analysis).decisions
+        rows = []
+        for layer in analysis.layers:
+            decision = decisions.get(layer.name, layer.unsupported)
+            plan = decision if isinstance(decision, LayerPlan) else None
+            reason = plan.note if plan else decision
+            rows.append(_layer_row(layer, plan, _predicted_error(layer, plan), reason))
+        views.append(rows)
     return views
 
 
@@ -236,8 +293,8 @@ def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any
         ) from e
 
 
-def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None) -> LayerReport:
-    """The report row of a layer as it is (`plan` None) or as converted by `plan`."""
+def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None, reason: str | None) -> LayerReport:
+    """The report row of a layer as it is (`plan` None, kept for `reason`) or as converted by `plan`."""
     spec = layer.spec
     params_before = macs_before = params_after = macs_after = 0
     if spec is not None:
@@ -249,7 +306,7 @@ def _layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None
         name=layer.name,
         op=layer.op,
         status="skipped" if plan is None else "converted",
-        reason=layer.skip if plan is None else plan.note,
+        reason=reason,
         in_channels=spec and spec.in_channels,
         out_channels=spec and spec.out_channels,
         kernel=spec and list(spec.kernel),

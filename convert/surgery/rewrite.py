@@ -94,10 +94,11 @@ def plain_conv(spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def apply(root: nn.Module, layer: ConvLayer, replacement: nn.Module) -> str:
-    """Put `replacement` in place of `layer` in `root`; returns the replacement's module path."""
-    if layer.module is not None:
-        set_submodule(root, layer.module, replacement)
-        return layer.module
+    """Put `replacement` in place of `layer` in `root` (the traced module, or a copy of it); returns the
+    replacement's module path."""
+    if layer.module_path is not None:
+        set_submodule(root, layer.module_path, replacement)
+        return layer.module_path
     assert isinstance(root, fx.GraphModule), "functional convs are only found in graphs"
     return _replace_calls(root, layer, replacement)
 
@@ -110,7 +111,9 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _replace_calls(gm: fx.GraphModule, layer: ConvLayer, replacement: nn.Module) -> str:
     graph = gm.graph
-    sites = set(layer.nodes)
+    by_name = {node.name: node for node in graph.nodes}  # `gm` may be a copy of the graph the layer was found in
+    calls = [by_name[node.name] for node in layer.nodes]
+    sites = set(calls)
     # weight and bias reads that only these calls use: they go, and so may the module that held them
     attrs = {arg for node in sites for arg in node.all_input_nodes if arg.op == "get_attr" and set(arg.users) <= sites}
     others = {n.target for n in graph.nodes if n.op == "get_attr" and n not in attrs}
@@ -121,7 +124,7 @@ def _replace_calls(gm: fx.GraphModule, layer: ConvLayer, replacement: nn.Module)
         set_submodule(gm, path, replacement)
     else:
         gm.add_submodule(path, replacement)
-    for node in layer.nodes:
+    for node in calls:
         with graph.inserting_before(node):
             call = graph.call_module(path, (node.args[0] if node.args else node.kwargs["input"],))
         call.meta = dict(node.meta)

@@ -30,7 +30,7 @@ from convert.surgery.verify import output_rel_error, run_model
 
 logger = logging.getLogger(__name__)
 
-TracePath = Literal["fx", "export", "fx-leaves", "module-walk"]
+TraceStrategy = Literal["fx", "export", "fx-leaves", "module-walk"]
 CallShapes = tuple[tuple[int, ...], tuple[int, ...]]  # (input shape, output shape) of one call of a module
 TRACE_MATCH_RTOL = 1e-4  # a traced graph must reproduce the model's output this closely to be used
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
@@ -40,7 +40,7 @@ _CONV_TYPES = (nn.modules.conv._ConvNd,)
 class Traced:
     """The model in the form the later stages rewrite."""
 
-    path: TracePath
+    strategy: TraceStrategy  # how the graph was obtained
     module: nn.Module  # fx.GraphModule for "fx", "export" and "fx-leaves"; the model itself for "module-walk"
     notes: list[str]  # why earlier paths were not taken, and what the graph cannot express
     # "fx-leaves" only: submodules the graph calls as a whole; conv modules inside them are swapped in place

@@ -157,8 +157,9 @@ def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measur
     assert first.report.measured > 0
     assert [layer.name for layer in first.report.layers] == ["0", "2", "4"]
     second = plan_for_speed(model, x, config)
-    assert second.report.measured == 0
+    assert second.report.measured == 0  # layers and the end-to-end fit alike: the same plan, for the same reasons
     assert second.report.cached == first.report.measured + first.report.cached
+    assert (second.report.baseline_ms, second.report.fastest_ms) == (first.report.baseline_ms, first.report.fastest_ms)
     assert [r.chosen for r in second.report.layers] == [r.chosen for r in first.report.layers]
     for layer in first.report.layers:
         assert layer.candidates[0].label == "keep" and layer.candidates[0].error == 0

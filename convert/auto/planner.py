@@ -27,11 +27,10 @@ from torch import nn
 
 from convert.auto import candidates
 from convert.auto.config import AutoConfig
-from convert.auto.latency import LatencyCache, LayerShape, measure_layer
+from convert.auto.latency import LatencyCache, LayerShape, measure_layer, measure_models
 from convert.auto.search import search
 from convert.common import Inputs, Progress, no_progress
 from convert.report.schema import AutoLayer, AutoReport, Candidate
-from convert.runtime.bench import benchmark_onnx
 from convert.runtime.export import OnnxConfig, export_onnx
 from convert.surgery.find import ConvLayer
 from convert.surgery.pipeline import Analysis, analyze
@@ -72,7 +71,8 @@ class LatencyPlanner:
             if x is None:
                 continue
             notify(f"measuring errors of {layer.name}", index / len(layers))
-            row, form = _measure(layer, x, root, inputs, reference, config, cache, _layer_progress(notify, index, len(layers)))
+            part = _layer_progress(notify, index, len(layers))
+            row, form = _measure(layer, x, root, inputs, reference, config, cache, part)
             rows.append(row)
             forms.append(form)
         # Isolated layers carry their own session and layout-change overheads, and the model has other ops: fit
@@ -81,7 +81,7 @@ class LatencyPlanner:
         fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
         notify("timing the original and the fastest plan end to end", 0.97)
         fastest_model = analysis.build(_plans(rows, forms, fastest, found)).module
-        baseline_ms, fastest_ms = _model_latencies([root, fastest_model], inputs, config)
+        baseline_ms, fastest_ms = _model_latencies([root, fastest_model], inputs, config, cache)
         keep_sum, fastest_sum = sum(r.candidates[0].latency_ms for r in rows), _sum_ms(rows, fastest)
         if keep_sum - fastest_sum > 1e-9 and baseline_ms > fastest_ms:
             scale = (baseline_ms - fastest_ms) / (keep_sum - fastest_sum)
@@ -206,7 +206,9 @@ def _sum_ms(rows: list[AutoLayer], choice: list[int]) -> float:
     return sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
 
 
-def _model_latencies(models: list[nn.Module], inputs: tuple[torch.Tensor, ...], config: AutoConfig) -> list[float]:
+def _model_latencies(
+    models: list[nn.Module], inputs: tuple[torch.Tensor, ...], config: AutoConfig, cache: LatencyCache
+) -> list[float]:
     """Median end-to-end latencies of `models`, timed side by side on the runtime the layers are timed on."""
     with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
         paths = [Path(folder) / f"model{i}.onnx" for i in range(len(models))]
@@ -214,4 +216,4 @@ def _model_latencies(models: list[nn.Module], inputs: tuple[torch.Tensor, ...], 
             # timing only: the parity that matters is checked when the planned model is saved, with the user's --atol
             export_onnx(m, inputs, path, OnnxConfig(dynamic_batch=False), strict=False)
         bench = dataclasses.replace(config.bench(), batch_sizes=(inputs[0].shape[0],), runs=max(config.runs, 30))
-        return [timing.latency[0].p50 for timing in benchmark_onnx(paths, bench).models]
+        return measure_models(paths, bench, cache)

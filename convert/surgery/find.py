@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, conv_call_args, per_dim
+from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, ConvModule, conv_call_args, per_dim
 from convert.surgery.receptive import receptive_fields
 from convert.surgery.trace import CallShapes, Traced
 
@@ -81,7 +81,7 @@ def _find_in_modules(root: nn.Module, owners: list[str], calls: dict[str, list[C
     layers = []
     for owner in owners:
         for name, module in root.get_submodule(owner).named_modules(prefix=owner):
-            if not isinstance(module, nn.modules.conv._ConvNd):
+            if not isinstance(module, ConvModule):
                 continue
             layer = _module_layer(name, module)
             layer.in_shapes = [shapes[0] for shapes in calls.get(name, [])]
@@ -97,7 +97,7 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
     fields = receptive_fields(gm)
     read_directly = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.modules.conv._ConvNd):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ConvModule):
             key: Any = node.target
             if key not in by_key:
                 by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
@@ -125,7 +125,7 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
     return list(by_key.values())
 
 
-def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
+def _module_layer(name: str, module: ConvModule) -> ConvLayer:
     layer = ConvLayer(name=name, op=type(module).__name__, module_path=name, weight=module.weight, bias=module.bias)
     base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
     if base is None:

@@ -1,4 +1,5 @@
-"""The functional convolution calls that graphs hold, shared by `find` (what to convert) and `receptive`."""
+"""The convolution ops that models and graphs hold (modules, functional calls), shared by `find` (what to convert),
+`receptive` and `trace`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 
 _aten = torch.ops.aten
+
+# The bases of every conv and pooling module (subclasses included): torch has no public names for them.
+ConvModule = nn.modules.conv._ConvNd  # noqa: SLF001
+POOL_MODULES = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)  # noqa: SLF001
 
 # call target -> (spatial dimensions, name in the report); `F.conv*d` in fx graphs, `aten.conv*d` in export's
 CONV_FUNCTIONS: dict[Any, tuple[int, str]] = {

@@ -64,7 +64,7 @@ class Analysis:
                 swaps[index] = (original, replacement)
         try:
             output = run_model(root, self.inputs)
-        except Exception:  # noqa: BLE001 - only swaps made without seeing a graph can break the model
+        except Exception:  # only swaps made without seeing a graph can break the model
             if self.traced.strategy not in ("module-walk", "fx-leaves"):
                 raise
             reasons = _keep_swaps_that_run(root, self.layers, swaps, self.inputs)
@@ -286,7 +286,7 @@ def _predicted_error(layer: ConvLayer, plan: LayerPlan | None) -> float | None:
 def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     try:
         return run_model(model, inputs)
-    except Exception as e:  # noqa: BLE001 - the model's own error, reported as bad input
+    except Exception as e:  # the model's own error, reported as bad input
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise ConvertError(
             f"the model rejects inputs of shape {shapes} ({one_line(e)}): pass --input-shape with the shapes it expects"

@@ -142,7 +142,8 @@ def _delete_attr(gm: fx.GraphModule, path: str) -> None:
     owner_path, _, leaf = path.rpartition(".")
     owner = gm.get_submodule(owner_path)
     delattr(owner, leaf)
-    if owner_path and not any(True for _ in owner.children()) and not owner._parameters and not owner._buffers:
+    empty = not any(True for _ in owner.children()) and not any(True for _ in owner.named_parameters(recurse=False))
+    if owner_path and empty and not any(True for _ in owner.named_buffers(recurse=False)):
         parent, _, name = owner_path.rpartition(".")
         delattr(gm.get_submodule(parent), name)
 

@@ -26,6 +26,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from convert.errors import one_line
+from convert.surgery.ops import ConvModule
 from convert.surgery.verify import output_rel_error, run_model
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 TraceStrategy = Literal["fx", "export", "fx-leaves", "module-walk"]
 CallShapes = tuple[tuple[int, ...], tuple[int, ...]]  # (input shape, output shape) of one call of a module
 TRACE_MATCH_RTOL = 1e-4  # a traced graph must reproduce the model's output this closely to be used
-_CONV_TYPES = (nn.modules.conv._ConvNd,)
 
 
 @dataclasses.dataclass
@@ -345,7 +345,7 @@ def _recording_conv_calls(model: nn.Module, owners: list[str], calls: dict[str, 
         name: m
         for owner in owners
         for name, m in model.get_submodule(owner).named_modules(prefix=owner)
-        if isinstance(m, _CONV_TYPES)
+        if isinstance(m, ConvModule)
     }
     handles = [m.register_forward_hook(hook(name)) for name, m in convs.items()]
     try:

@@ -101,7 +101,7 @@ class JobOptions:
         if self.config.target == "auto" and self.auto is None:
             object.__setattr__(self, "auto", AutoConfig())
         if self.auto is not None and self.config.target != "auto":
-            raise ConvertError("latency-aware planning settings go with --to auto")
+            raise ConvertError("`auto` settings (latency-aware planning) go with `target`=auto")
         if self.auto is not None and self.bench is None:  # the planned model is measured end to end
             object.__setattr__(self, "bench", BenchConfig(device=self.auto.device, threads=self.auto.threads))
         if self.bench is not None and self.onnx is None:
@@ -214,8 +214,9 @@ def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None,
     batch = int(inputs[0].shape[0])
     if set(bench.batch_sizes) != {batch}:
         raise ConvertError(
-            f"--static-shapes fixes the batch at {batch} (the example input's), so batch sizes "
-            f"{','.join(map(str, bench.batch_sizes))} cannot run: use --batch-sizes {batch}, or drop --static-shapes"
+            f"`dynamic_batch`=False fixes the batch at {batch} (the example input's), so `batch_sizes`="
+            f"{','.join(map(str, bench.batch_sizes))} cannot run: use `batch_sizes`={batch}, "
+            "or drop `dynamic_batch`=False"
         )
 
 
@@ -248,7 +249,7 @@ def example_inputs(
         return make_inputs(shapes, dtype)
     if loaded.example_inputs is not None:
         return loaded.example_inputs
-    raise ConvertError("the example input shape is unknown: add --input-shape, e.g. --input-shape 1,3,224,224")
+    raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")
 
 
 def _prepare_distill(
@@ -260,7 +261,7 @@ def _prepare_distill(
     transform = None
     if job.image_mean is not None or job.image_std is not None:
         if inputs[0].dim() != 4:
-            raise ConvertError("--image-mean and --image-std go with a folder of images and an N,C,H,W input")
+            raise ConvertError("`image_mean` and `image_std` go with a folder of images and an N,C,H,W input")
         transform = image_transform(inputs[0].shape, job.image_mean, job.image_std)
     checkpoint = load_checkpoint(Path(outdir) / DISTILL_CHECKPOINT) if job.resume else None
     data = load_data(

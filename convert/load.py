@@ -61,7 +61,7 @@ def load_model(
     path = Path(source)
     if path.exists() or ":" not in source:
         if weights is not None:
-            raise ConvertError("--weights goes with a factory spec (package.module:callable), not a model file")
+            raise ConvertError("`weights` goes with a factory spec (package.module:callable), not a model file")
         return _load_file(path, on_warning or (lambda _message: None))
     model = _build_from_factory(source)
     if weights is not None:
@@ -181,8 +181,8 @@ def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
         raise ConvertError(f"cannot read {path} ({one_line(e)}): is the file complete?") from e
     else:
         raise ConvertError(
-            f"{path} holds weights only: pass the architecture as a factory spec and the file as --weights, "
-            f"e.g. convert torchvision.models:resnet18 --weights {path}"
+            f"{path} holds weights only: pass the architecture as a factory spec (e.g. torchvision.models:resnet18) "
+            "and the file as `weights`"
         )
     warn(f"loading {path} runs code from the file (a whole-model pickle): only use files you trust")
     _cwd_importable()  # the classes it names may live in the user's own module, as for a factory

@@ -196,7 +196,7 @@ def test_target_auto_plans_with_the_latency_planner_and_traces_once(monkeypatch:
 
 
 def test_auto_refuses_manual_ranks() -> None:
-    with pytest.raises(ConvertError, match="--to auto chooses"):
+    with pytest.raises(ConvertError, match="`target`=auto chooses"):
         ConvertConfig(target="auto", rank=2)
     with pytest.raises(ConvertError, match="target speedup"):
         AutoConfig(target_speedup=0.5)

@@ -289,7 +289,8 @@ def _reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any
     except Exception as e:  # the model's own error, reported as bad input
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise ConvertError(
-            f"the model rejects inputs of shape {shapes} ({one_line(e)}): pass `example_inputs` of the shapes it expects"
+            f"the model rejects inputs of shape {shapes} ({one_line(e)}): "
+            "pass `example_inputs` of the shapes it expects"
         ) from e
 
 

@@ -19,6 +19,29 @@ from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
 from convert.report.schema import Report, plot_auto, plot_benchmark, plot_distill
 
+__all__ = [
+    "Artifact",
+    "atomic_dir",
+    "AUTO_PLOT",
+    "BENCHMARK_PLOT",
+    "check_outdir",
+    "CONVERTED_ONNX",
+    "DISTILL_CHECKPOINT",
+    "DISTILL_PLOT",
+    "failed_parity_dir",
+    "FAILED_PARITY_SUFFIX",
+    "FILES",
+    "keep_failed",
+    "MODEL",
+    "ORIGINAL_ONNX",
+    "output_files",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "save_result",
+    "write_conversion",
+    "write_report",
+]
+
 MODEL = "model.pt"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

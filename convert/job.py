@@ -43,6 +43,8 @@ from convert.runtime.export import OnnxConfig, export_conversion, parity_message
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 
+__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
+
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
 # Share of the progress bar taken by loading, and by converting (the rest is saving: export and benchmark).

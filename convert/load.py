@@ -22,6 +22,8 @@ from convert.errors import ConvertError, one_line
 from convert.files import check_readable, model_file_kind, read_tensor_file
 from convert.surgery.trace import plain_graph_module
 
+__all__ = ["DTYPES", "INPUT_SEED", "load_model", "LoadedModel", "make_inputs", "parse_input_shape"]
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,

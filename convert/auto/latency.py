@@ -32,6 +32,8 @@ from convert.surgery.find import ConvSpec
 from convert.surgery.plan import LayerPlan
 from convert.surgery.rewrite import build_replacement, plain_conv
 
+__all__ = ["CACHE_VERSION", "LatencyCache", "layer_module", "LayerShape", "measure_layer", "measure_models"]
+
 CACHE_VERSION = 1  # bump when what a measurement means changes
 
 

@@ -9,11 +9,12 @@ another candidate beats on both MACs and weight error. For the rest:
   candidate on the example input), and, for the report, of the layer's own output;
 - latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
 
-The search is the multiple-choice knapsack "least total weighted error within the latency budget", solved
-by dynamic programming over latency, the total error being the sum of the squares of the candidates'
-model-level errors. The budget is the original model's end-to-end latency divided by the target
-speedup, less the time of everything that is not a conv (the end-to-end latency minus the sum of the convs'
-own latencies). "Keep" is always a candidate, so a layer where factorizing is slower stays as it is.
+The end-to-end latency is predicted as fixed + scale x (the sum of the chosen candidates' latencies), fitted to
+the original and the all-fastest plan, both built from the same analysis and timed end to end (isolated layers
+carry session and layout-change overheads that the whole model does not). The search is the multiple-choice
+knapsack "least total error within the latency budget" (`search.py`), the total error being the sum of the
+squares of the candidates' model-level errors, the budget the original's latency / the target speedup, less
+fixed, over scale. "Keep" is always a candidate, so a layer where factorizing is slower stays as it is.
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@ from typing import Literal
 
 from convert.errors import ConvertError
 
+__all__ = [
+    "ConvertConfig",
+    "DEFAULT_MIN_CHANNELS",
+    "DEFAULT_SEPARABLE_RANK",
+    "Target",
+    "TARGETS",
+    "TRANSPOSED_FORMS",
+    "TransposedForm",
+]
+
 Target = Literal["separable", "grouped", "auto"]
 TARGETS: tuple[str, ...] = ("separable", "grouped", "auto")
 TransposedForm = Literal["skip", "separable"]

@@ -22,6 +22,19 @@ import math
 
 import torch
 
+__all__ = [
+    "block_diagonal",
+    "Factors",
+    "full_rank",
+    "group_svd",
+    "low_rank",
+    "rank_for_energy",
+    "singular_values",
+    "standard_layout",
+    "transposed_layout",
+    "truncation_error",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Factors:

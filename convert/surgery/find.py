@@ -17,6 +17,8 @@ from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, ConvModule
 from convert.surgery.receptive import receptive_fields
 from convert.surgery.trace import CallShapes, Traced
 
+__all__ = ["ConvLayer", "ConvSpec", "find_convs"]
+
 _MODULE_TYPES: dict[type[nn.Module], int] = {
     nn.Conv1d: 1,
     nn.Conv2d: 2,

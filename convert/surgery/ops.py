@@ -9,6 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+__all__ = [
+    "conv_call_args",
+    "CONV_FUNCTIONS",
+    "ConvModule",
+    "per_dim",
+    "POOL_MODULES",
+    "TRANSPOSED_FUNCTIONS",
+]
+
 _aten = torch.ops.aten
 
 # The bases of every conv and pooling module (subclasses included): torch has no public names for them.

@@ -26,6 +26,8 @@ from convert.surgery.rewrite import apply, build_replacement, set_submodule
 from convert.surgery.trace import Traced, trace
 from convert.surgery.verify import output_rel_error, run_model
 
+__all__ = ["Analysis", "analyze", "Built", "ConversionResult", "convert_model", "inspect_model"]
+
 ConversionResult = Conversion  # the name of the first releases
 
 

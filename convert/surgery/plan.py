@@ -22,6 +22,19 @@ from convert.surgery.find import ConvLayer, ConvSpec
 if TYPE_CHECKING:
     from convert.surgery.pipeline import Analysis
 
+__all__ = [
+    "conv_cost",
+    "Decision",
+    "GivenPlanner",
+    "LayerPlan",
+    "Plan",
+    "plan_layer",
+    "plan_layers",
+    "Planner",
+    "standard_weight",
+    "UniformPlanner",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:

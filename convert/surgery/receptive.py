@@ -18,6 +18,8 @@ from torch import fx
 
 from convert.surgery.ops import CONV_FUNCTIONS, POOL_MODULES, ConvModule, conv_call_args, per_dim
 
+__all__ = ["Field", "receptive_fields"]
+
 Field = tuple[tuple[int, ...], tuple[int, ...]]  # (receptive field, jump) per spatial dimension
 
 _aten = torch.ops.aten

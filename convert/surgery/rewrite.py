@@ -16,6 +16,8 @@ from torch import fx, nn
 from convert.surgery.factorize import Factors, transposed_layout
 from convert.surgery.find import ConvLayer, ConvSpec
 
+__all__ = ["apply", "build_replacement", "plain_conv", "set_submodule"]
+
 _CONV_CLASSES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _TRANSPOSED_CLASSES: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 

@@ -29,6 +29,16 @@ from convert.errors import one_line
 from convert.surgery.ops import ConvModule
 from convert.surgery.verify import output_rel_error, run_model
 
+__all__ = [
+    "CallShapes",
+    "logger",
+    "plain_graph_module",
+    "trace",
+    "TRACE_MATCH_RTOL",
+    "Traced",
+    "TraceStrategy",
+]
+
 logger = logging.getLogger(__name__)
 
 TraceStrategy = Literal["fx", "export", "fx-leaves", "module-walk"]

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+__all__ = ["output_rel_error", "run_model", "SEED", "tensors_of"]
+
 SEED = 0  # every comparison run draws the same dropout masks
 
 

@@ -18,8 +18,8 @@ from convert.auto import AutoConfig, LatencyPlanner, plan_for_speed
 from convert.auto.candidates import layer_error, replacement, shortlist
 from convert.auto.search import search
 from convert.report.schema import AutoLayer, Candidate
+from convert.surgery.analysis import analyze
 from convert.surgery.factorize import full_rank, group_svd
-from convert.surgery.pipeline import analyze
 from convert.surgery.plan import LayerPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -178,11 +178,11 @@ def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measur
 
 
 def test_target_auto_plans_with_the_latency_planner_and_traces_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import convert.surgery.pipeline as pipeline
+    import convert.surgery.analysis as analysis
 
     traces = []
-    real_trace = pipeline.trace
-    monkeypatch.setattr(pipeline, "trace", lambda *args, **kw: traces.append(1) or real_trace(*args, **kw))
+    real_trace = analysis.trace
+    monkeypatch.setattr(analysis, "trace", lambda *args, **kw: traces.append(1) or real_trace(*args, **kw))
     model, x = small_net(), torch.randn(1, 8, 8, 8)
     planner = LatencyPlanner(AutoConfig(target_speedup=1.2, **FAST))
     result = convert_model(model, x, ConvertConfig(target="auto"), planner=planner)

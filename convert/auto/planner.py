@@ -33,8 +33,8 @@ from convert.auto.search import search
 from convert.common import Inputs, Progress, no_progress
 from convert.report.schema import AutoLayer, AutoReport, Candidate
 from convert.runtime.export import OnnxConfig, export_onnx
+from convert.surgery.analysis import Analysis, analyze
 from convert.surgery.find import ConvLayer
-from convert.surgery.pipeline import Analysis, analyze
 from convert.surgery.plan import Decision, LayerPlan, Plan
 from convert.surgery.verify import output_rel_error, run_model
 

@@ -32,10 +32,8 @@ from convert.conversion import Conversion
 from convert.distill.data import DistillData, Inputs, stream_seed
 from convert.errors import ConvertError, one_line
 from convert.report.schema import DistillMetrics, DistillReport
-from convert.surgery.find import find_convs
-from convert.surgery.rewrite import apply, plain_conv
-from convert.surgery.trace import trace
-from convert.surgery.verify import run_model, tensors_of
+from convert.surgery.analysis import analyze, functional_as_modules
+from convert.surgery.verify import tensors_of
 
 DEFAULT_STEPS = 600
 DEFAULT_BATCH_SIZE = 64
@@ -751,12 +749,13 @@ def _feature_sites(
     weights (an exact rewrite).
     """
     names = [row.name for row in result.report.layers if row.status == "converted"]
-    teacher = copy.deepcopy(teacher)
-    found = {name: _conv_at(teacher, name) for name in names}
-    missing = [name for name, module in found.items() if module is None]
-    if missing:
+    missing = [name for name in names if _conv_at(teacher, name) is None]
+    more = {}
+    if missing:  # a copy of the teacher with those calls as modules
         teacher, more = _functional_convs_as_modules(teacher, missing, example)
-        found |= more
+    else:
+        teacher = copy.deepcopy(teacher)
+    found = {name: _conv_at(teacher, name) for name in names} | more
     matched = [name for name in names if found.get(name) is not None]
     students = {name: student.get_submodule(result.replaced.get(name, name)) for name in matched}
     return teacher, matched, students, {name: found[name] for name in matched}
@@ -775,15 +774,7 @@ def _functional_convs_as_modules(
 ) -> tuple[nn.Module, dict[str, nn.Module]]:
     parameter = next(iter(teacher.parameters()), None)
     example = _to(example, parameter.device) if parameter is not None else example
-    traced = trace(teacher, example, run_model(teacher, example))
-    if traced.strategy == "module-walk":
-        return teacher, {}
-    graph, sites = traced.module, {}
-    for layer in find_convs(traced):
-        if layer.name in names and layer.spec is not None and layer.module_path is None:
-            conv = plain_conv(layer.spec, layer.weight, layer.bias)
-            sites[layer.name] = graph.get_submodule(apply(graph, layer, conv))
-    return graph, sites
+    return functional_as_modules(analyze(teacher, example), set(names))
 
 
 # --- data plumbing ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 __all__ = [
+    "is_conv_call",
     "conv_call_args",
     "CONV_FUNCTIONS",
     "ConvModule",
@@ -40,6 +41,11 @@ TRANSPOSED_FUNCTIONS: dict[Any, tuple[int, str]] = {
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _TRANSPOSED_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1}
+
+
+def is_conv_call(node: fx.Node) -> bool:
+    """A functional call of a conv or transposed conv (fx's `F.conv2d`, export's `aten.conv2d`, ...)."""
+    return node.target in CONV_FUNCTIONS or node.target in TRANSPOSED_FUNCTIONS
 
 
 def conv_call_args(node: fx.Node) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from convert.surgery.factorize import full_rank, rank_for_energy, singular_value
 from convert.surgery.find import ConvLayer, ConvSpec
 
 if TYPE_CHECKING:
-    from convert.surgery.pipeline import Analysis
+    from convert.surgery.analysis import Analysis
 
 __all__ = [
     "conv_cost",

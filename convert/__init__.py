@@ -29,7 +29,9 @@ from convert.report.schema import (
 )
 from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_onnx, open_session, validate_onnx_file
 from convert.runtime.export import OnnxConfig, ParityError, check_parity, export_conversion, export_onnx
+from convert.surgery.apply import apply_plan
 from convert.surgery.config import ConvertConfig
+from convert.surgery.modules import FactorizedConv
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
 from convert.surgery.plan import GivenPlanner, UniformPlanner
 
@@ -43,6 +45,7 @@ __all__ = [
     "ConversionResult",
     "ConvertConfig",
     "ConvertError",
+    "FactorizedConv",
     "GivenPlanner",
     "DistillConfig",
     "DistillData",
@@ -57,6 +60,7 @@ __all__ = [
     "Report",
     "Totals",
     "UniformPlanner",
+    "apply_plan",
     "benchmark_conversion",
     "benchmark_onnx",
     "check_parity",

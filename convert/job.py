@@ -40,8 +40,10 @@ from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report
 from convert.runtime.bench import BenchConfig, benchmark_conversion, resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion, parity_message
+from convert.surgery.apply import SavedPlanner, read_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
+from convert.surgery.plan import Planner
 
 __all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
 
@@ -98,8 +100,12 @@ class JobOptions:
     auto: AutoConfig | None = None
     # Fine-tune the converted model against the original (None: no distillation).
     distill: DistillJob | None = None
+    # A plan.json of an earlier conversion: its forms at its layers, on this model's weights, instead of planning.
+    plan: str | None = None
 
     def __post_init__(self) -> None:
+        if self.plan is not None and self.config.target == "auto":
+            raise ConvertError("give either a `plan` or `target`=auto, not both: the plan says every layer's form")
         if self.config.target == "auto" and self.auto is None:
             object.__setattr__(self, "auto", AutoConfig())
         if self.auto is not None and self.config.target != "auto":
@@ -134,6 +140,7 @@ class JobOptions:
             bench=None if bench is None else BenchConfig(**bench),
             auto=None if auto is None else AutoConfig(**auto),
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
+            plan=data.get("plan"),
         )
 
 
@@ -177,7 +184,7 @@ def run_job(
         loaded.model,
         inputs,
         options.config,
-        planner=None if options.auto is None else LatencyPlanner(options.auto),
+        planner=_planner(options),
         exported=loaded.exported,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
@@ -193,14 +200,23 @@ def run_job(
     return conversion.report
 
 
+def _planner(options: JobOptions) -> Planner | None:
+    """The job's planner: a saved plan's, the latency-aware one for target "auto", else the uniform default."""
+    if options.plan is not None:
+        return SavedPlanner(options.plan)
+    return None if options.auto is None else LatencyPlanner(options.auto)
+
+
 def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
-    """Every refusal that is known from the options alone, before any work: the output folders, a device that
-    cannot run here, batch sizes that static shapes rule out.
+    """Every refusal that is known from the options alone, before any work: the output folders, a plan that cannot
+    be read, a device that cannot run here, batch sizes that static shapes rule out.
 
     Raises:
         ConvertError: naming the option to change.
     """
     check_outdir(outdir)
+    if options.plan is not None:
+        read_plan(options.plan)
     if options.onnx is not None:
         check_outdir(failed_parity_dir(outdir))
     if options.bench is not None:

@@ -19,6 +19,7 @@ from torch import nn
 from convert.common import Inputs, as_inputs
 from convert.errors import ConvertError, one_line
 from convert.report.schema import LayerReport
+from convert.surgery.apply import AppliedLayer
 from convert.surgery.factorize import block_diagonal, low_rank
 from convert.surgery.find import ConvLayer, find_convs
 from convert.surgery.plan import Decision, LayerPlan, conv_cost, standard_weight
@@ -95,7 +96,10 @@ class Analysis:
         for index, (original, replacement) in swaps.items():
             if self.layers[index].name in replaced:
                 copy_hooks(original, replacement)
-        return Built(root, rows, replaced, output, notes)
+        applied = [
+            AppliedLayer.of(layer, decisions[layer.name]) for layer in self.layers if layer.name in replaced
+        ]
+        return Built(root, rows, replaced, output, notes, applied)
 
 
 @dataclasses.dataclass
@@ -107,6 +111,7 @@ class Built:
     replaced: dict[str, str]  # converted layer name -> module path of its replacement
     output: Any  # its output on the analysis' inputs, in eval mode
     notes: list[str]  # modules that became graph modules, and why
+    applied: list[AppliedLayer]  # the converted layers, as plan.json records them
 
 
 def analyze(model: nn.Module, example_inputs: Inputs, exported: torch.export.ExportedProgram | None = None) -> Analysis:

@@ -17,7 +17,7 @@ from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, ConvModule
 from convert.surgery.receptive import receptive_fields
 from convert.surgery.trace import CallShapes, Traced
 
-__all__ = ["ConvLayer", "ConvSpec", "find_convs", "function_layer", "INPUT_SIDE_CONVS"]
+__all__ = ["ConvLayer", "ConvSpec", "find_convs", "function_layer", "INPUT_SIDE_CONVS", "module_layer"]
 
 _MODULE_TYPES: dict[type[nn.Module], int] = {
     nn.Conv1d: 1,
@@ -97,7 +97,7 @@ def _find_in_modules(root: nn.Module, owners: list[str], calls: dict[str, list[C
         for name, module in root.get_submodule(owner).named_modules(prefix=owner):
             if not isinstance(module, ConvModule):
                 continue
-            layer = _module_layer(name, module)
+            layer = module_layer(name, module)
             layer.in_shapes = [shapes[0] for shapes in calls.get(name, [])]
             layer.out_shapes = [shapes[1] for shapes in calls.get(name, [])]
             if not layer.out_shapes and layer.unsupported is None:
@@ -117,7 +117,7 @@ def _find_in_graph(gm: fx.GraphModule, model: nn.Module | None) -> list[ConvLaye
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ConvModule):
             key: Any = node.target
             if key not in by_key:
-                by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
+                by_key[key] = module_layer(node.target, gm.get_submodule(node.target))
             if len(node.args) + len(node.kwargs) > 1:
                 by_key[key].unsupported = "called with an output_size: its replacement takes the input only"
         elif node.op == "call_function" and is_conv_call(node):
@@ -125,7 +125,7 @@ def _find_in_graph(gm: fx.GraphModule, model: nn.Module | None) -> list[ConvLaye
             if model is not None and isinstance(model.get_submodule(owner), ConvModule):
                 key = owner
                 if key not in by_key:
-                    by_key[key] = _module_layer(owner, model.get_submodule(owner))
+                    by_key[key] = module_layer(owner, model.get_submodule(owner))
             else:
                 key, layer = function_layer(gm, node)
                 layer.owner = _enclosing(owner, layer.weight_path or "")
@@ -172,7 +172,7 @@ def _innermost(node: fx.Node) -> str:
     return list(stack.values())[-1][0] if stack else ""
 
 
-def _module_layer(name: str, module: ConvModule) -> ConvLayer:
+def module_layer(name: str, module: ConvModule) -> ConvLayer:
     layer = ConvLayer(name=name, op=type(module).__name__, module_path=name, weight=module.weight, bias=module.bias)
     base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
     if base is None:

@@ -109,7 +109,7 @@ def convert_model(
         auto=plan.auto,
     )
     clock.done("report", 1.0)
-    return Conversion(model, inputs, converted, report, built.replaced)
+    return Conversion(model, inputs, converted, report, built.replaced, applied=built.applied)
 
 
 def _planner(config: ConvertConfig, planner: Planner | None, plans: Mapping[str, Decision] | None) -> Planner:

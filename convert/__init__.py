@@ -10,7 +10,7 @@
 """
 
 from convert.artifacts import save_result
-from convert.auto.planner import AutoConfig, AutoPlan, plan_for_speed
+from convert.auto import AutoConfig, AutoPlan, LatencyPlanner, plan_for_speed
 from convert.conversion import Conversion
 from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data
@@ -32,18 +32,24 @@ from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_o
 from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
 from convert.runtime.parity import check_parity
 from convert.runtime.sessions import open_session, validate_onnx_file
+from convert.surgery.apply import apply_plan
 from convert.surgery.config import ConvertConfig
+from convert.surgery.modules import FactorizedConv
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
+from convert.surgery.plan import GivenPlanner, UniformPlanner
 
 __all__ = [
     "AutoConfig",
     "AutoPlan",
+    "LatencyPlanner",
     "BenchConfig",
     "Benchmark",
     "Conversion",
     "ConversionResult",
     "ConvertConfig",
     "ConvertError",
+    "FactorizedConv",
+    "GivenPlanner",
     "DistillConfig",
     "DistillData",
     "DistillEvent",
@@ -56,6 +62,8 @@ __all__ = [
     "ParityError",
     "Report",
     "Totals",
+    "UniformPlanner",
+    "apply_plan",
     "benchmark_conversion",
     "benchmark_onnx",
     "check_parity",

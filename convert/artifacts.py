@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -14,12 +15,38 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
 from convert.report.schema import Report, plot_auto, plot_benchmark, plot_distill
 
+__all__ = [
+    "Artifact",
+    "atomic_dir",
+    "AUTO_PLOT",
+    "BENCHMARK_PLOT",
+    "check_outdir",
+    "CONVERTED_ONNX",
+    "DISTILL_CHECKPOINT",
+    "DISTILL_PLOT",
+    "failed_parity_dir",
+    "FAILED_PARITY_SUFFIX",
+    "FILES",
+    "keep_failed",
+    "MODEL",
+    "ORIGINAL_ONNX",
+    "output_files",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "save_result",
+    "write_conversion",
+    "write_report",
+]
+
 MODEL = "model.pt"
+WEIGHTS = "model.safetensors"  # the converted state dict: loads without unpickling (with PLAN and apply_plan)
+PLAN = "plan.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ORIGINAL_ONNX = "original.onnx"
@@ -43,6 +70,8 @@ class Artifact:
 # Every file a run can write into OUTDIR, in the order they are listed.
 FILES: tuple[Artifact, ...] = (
     Artifact(MODEL, "the converted model (torch.save of the module)", lambda r: True),
+    Artifact(WEIGHTS, "the converted state dict (safetensors: no code)", lambda r: True),
+    Artifact(PLAN, "the converted layers and their forms, for apply_plan on a freshly built original", lambda r: True),
     Artifact(REPORT_JSON, "the report, machine-readable", lambda r: True),
     Artifact(REPORT_MD, "the report, for people", lambda r: True),
     Artifact(ORIGINAL_ONNX, "the original model in ONNX", lambda r: r.onnx is not None),
@@ -138,11 +167,13 @@ def keep_failed(staging: Path, outdir: str | os.PathLike[str]) -> Path:
 
 
 def write_conversion(conversion: Conversion, folder: Path) -> None:
-    """Write `conversion` into `folder`: model.pt, report.json, report.md, and what its report calls for (the
-    plots of its benchmark, plan and distillation; the distillation checkpoint). Files that stages wrote there
-    before (the ONNX files) stay."""
+    """Write `conversion` into `folder`: model.pt, model.safetensors, plan.json, report.json, report.md, and what
+    its report calls for (the plots of its benchmark, plan and distillation; the distillation checkpoint). Files
+    that stages wrote there before (the ONNX files) stay."""
     report = conversion.report
     torch.save(conversion.model, folder / MODEL)
+    save_file(_own_storage(conversion.model.state_dict()), folder / WEIGHTS)
+    (folder / PLAN).write_text(json.dumps(conversion.plan(), indent=2) + "\n")
     if conversion.checkpoint is not None:
         torch.save(conversion.checkpoint, folder / DISTILL_CHECKPOINT)
     if report.distill is not None:
@@ -152,6 +183,19 @@ def write_conversion(conversion: Conversion, folder: Path) -> None:
     if report.auto is not None:
         plot_auto(report.auto, folder / AUTO_PLOT)
     write_report(report, folder)
+
+
+def _own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor contiguous and in storage of its own (safetensors refuses shared storage,
+    e.g. tied weights: each key gets its copy, and `load_state_dict` fills both)."""
+    seen: set[int] = set()
+    own = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach()
+        pointer = tensor.untyped_storage().data_ptr()
+        own[key] = tensor.clone().contiguous() if pointer in seen or not tensor.is_contiguous() else tensor
+        seen.add(pointer)
+    return own
 
 
 def write_report(report: Report, folder: Path) -> None:

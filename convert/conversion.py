@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from convert.report.schema import Report
+from convert.surgery.apply import AppliedLayer, plan_document
 
 __all__ = ["Conversion"]
 
@@ -30,3 +31,9 @@ class Conversion:
     replaced: dict[str, str] = dataclasses.field(default_factory=dict)
     # distillation state (optimizer, step, best weights) that `save_result` writes for a later resume
     checkpoint: dict[str, Any] | None = None
+    # the converted layers, as plan.json records them (`convert.apply_plan` rebuilds the architecture from them)
+    applied: list[AppliedLayer] = dataclasses.field(default_factory=list)
+
+    def plan(self) -> dict[str, Any]:
+        """What plan.json holds: every converted layer's place, conv and form, and the versions."""
+        return plan_document(self.applied, self.report.versions)

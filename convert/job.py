@@ -22,7 +22,7 @@ from convert.artifacts import (
     keep_failed,
     write_conversion,
 )
-from convert.auto.planner import AutoConfig, plan_for_speed
+from convert.auto import AutoConfig, LatencyPlanner
 from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
 from convert.distill.config import DistillConfig, DistillEvent, DistillProgress
@@ -37,8 +37,12 @@ from convert.runtime.bench import BenchConfig, benchmark_conversion
 from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
 from convert.runtime.parity import parity_message
+from convert.surgery.apply import SavedPlanner, read_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
+from convert.surgery.plan import Planner
+
+__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
 
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
@@ -93,12 +97,16 @@ class JobOptions:
     auto: AutoConfig | None = None
     # Fine-tune the converted model against the original (None: no distillation).
     distill: DistillJob | None = None
+    # A plan.json of an earlier conversion: its forms at its layers, on this model's weights, instead of planning.
+    plan: str | None = None
 
     def __post_init__(self) -> None:
+        if self.plan is not None and self.config.target == "auto":
+            raise ConvertError("give either a `plan` or `target`=auto, not both: the plan says every layer's form")
         if self.config.target == "auto" and self.auto is None:
             object.__setattr__(self, "auto", AutoConfig())
         if self.auto is not None and self.config.target != "auto":
-            raise ConvertError("latency-aware planning settings go with --to auto")
+            raise ConvertError("`auto` settings (latency-aware planning) go with `target`=auto")
         if self.auto is not None and self.bench is None:  # the planned model is measured end to end
             object.__setattr__(self, "bench", BenchConfig(device=self.auto.device, threads=self.auto.threads))
         if self.bench is not None and self.onnx is None:
@@ -129,6 +137,7 @@ class JobOptions:
             bench=None if bench is None else BenchConfig(**bench),
             auto=None if auto is None else AutoConfig(**auto),
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
+            plan=data.get("plan"),
         )
 
 
@@ -168,20 +177,14 @@ def run_job(
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
-    plan = None
-    if options.auto is not None:  # measuring the candidates takes most of an auto job
-        plan_end = _LOAD_SHARE + 0.7 * (convert_end - _LOAD_SHARE)
-        plan = plan_for_speed(loaded.model, inputs, options.auto, progress=span(notify, _LOAD_SHARE, plan_end))
     conversion = convert_model(
         loaded.model,
         inputs,
         options.config,
+        planner=_planner(options),
         exported=loaded.exported,
-        plans=plan and plan.plans,
-        progress=span(notify, plan_end if plan else _LOAD_SHARE, convert_end),
+        progress=span(notify, _LOAD_SHARE, convert_end),
     )
-    if plan is not None:
-        conversion.report.auto = plan.report
     if distill is not None:
         data, config, checkpoint = distill
         conversion = distill_result(
@@ -194,14 +197,23 @@ def run_job(
     return conversion.report
 
 
+def _planner(options: JobOptions) -> Planner | None:
+    """The job's planner: a saved plan's, the latency-aware one for target "auto", else the uniform default."""
+    if options.plan is not None:
+        return SavedPlanner(options.plan)
+    return None if options.auto is None else LatencyPlanner(options.auto)
+
+
 def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
-    """Every refusal that is known from the options alone, before any work: the output folders, a device that
-    cannot run here, batch sizes that static shapes rule out.
+    """Every refusal that is known from the options alone, before any work: the output folders, a plan that cannot
+    be read, a device that cannot run here, batch sizes that static shapes rule out.
 
     Raises:
         ConvertError: naming the option to change.
     """
     check_outdir(outdir)
+    if options.plan is not None:
+        read_plan(options.plan)
     if options.onnx is not None:
         check_outdir(failed_parity_dir(outdir))
     if options.bench is not None:
@@ -217,8 +229,9 @@ def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None,
     batch = int(inputs[0].shape[0])
     if set(bench.batch_sizes) != {batch}:
         raise ConvertError(
-            f"--static-shapes fixes the batch at {batch} (the example input's), so batch sizes "
-            f"{','.join(map(str, bench.batch_sizes))} cannot run: use --batch-sizes {batch}, or drop --static-shapes"
+            f"`dynamic_batch`=False fixes the batch at {batch} (the example input's), so `batch_sizes`="
+            f"{','.join(map(str, bench.batch_sizes))} cannot run: use `batch_sizes`={batch}, "
+            "or drop `dynamic_batch`=False"
         )
 
 
@@ -251,7 +264,7 @@ def example_inputs(
         return make_inputs(shapes, dtype)
     if loaded.example_inputs is not None:
         return loaded.example_inputs
-    raise ConvertError("the example input shape is unknown: add --input-shape, e.g. --input-shape 1,3,224,224")
+    raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")
 
 
 def _prepare_distill(
@@ -263,7 +276,7 @@ def _prepare_distill(
     transform = None
     if job.image_mean is not None or job.image_std is not None:
         if inputs[0].dim() != 4:
-            raise ConvertError("--image-mean and --image-std go with a folder of images and an N,C,H,W input")
+            raise ConvertError("`image_mean` and `image_std` go with a folder of images and an N,C,H,W input")
         transform = image_transform(inputs[0].shape, job.image_mean, job.image_std)
     checkpoint = load_checkpoint(Path(outdir) / DISTILL_CHECKPOINT) if job.resume else None
     data = load_data(

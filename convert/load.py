@@ -22,6 +22,8 @@ from convert.errors import ConvertError, one_line
 from convert.files import check_readable, model_file_kind, read_tensor_file
 from convert.surgery.trace import plain_graph_module
 
+__all__ = ["DTYPES", "INPUT_SEED", "load_model", "LoadedModel", "make_inputs", "parse_input_shape"]
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -61,7 +63,7 @@ def load_model(
     path = Path(source)
     if path.exists() or ":" not in source:
         if weights is not None:
-            raise ConvertError("--weights goes with a factory spec (package.module:callable), not a model file")
+            raise ConvertError("`weights` goes with a factory spec (package.module:callable), not a model file")
         return _load_file(path, on_warning or (lambda _message: None))
     model = _build_from_factory(source)
     if weights is not None:
@@ -103,7 +105,7 @@ def _build_from_factory(spec: str) -> nn.Module:
         raise ConvertError(
             f"cannot import factory {spec!r} ({one_line(e)}): check the spelling, or put its module on PYTHONPATH"
         ) from e
-    except Exception as e:  # noqa: BLE001 - the user's module raised while importing (SyntaxError, ...)
+    except Exception as e:  # the user's module raised while importing (SyntaxError, ...)
         raise ConvertError(
             f"importing {module_name!r} for factory {spec!r} failed ({one_line(e)}): fix the error in that module"
         ) from e
@@ -111,7 +113,7 @@ def _build_from_factory(spec: str) -> nn.Module:
         raise ConvertError(f"factory {spec!r} is not callable: name a function or class that builds the model")
     try:
         model = factory()
-    except Exception as e:  # noqa: BLE001 - the user's factory failed
+    except Exception as e:  # the user's factory failed
         raise ConvertError(f"factory {spec!r} failed when called with no arguments ({one_line(e)})") from e
     if not isinstance(model, nn.Module):
         raise ConvertError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -141,7 +143,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     check_readable(path)
     try:
         state = read_tensor_file(path)
-    except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
+    except Exception as e:  # any failure to read is a bad file
         raise ConvertError(
             f"cannot read weights from {path} ({one_line(e)}): give a state dict saved as .safetensors "
             "or with torch.save(model.state_dict())"
@@ -177,18 +179,18 @@ def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):
             raise ConvertError(f"cannot read {path} ({one_line(e)}): is the file complete?") from e
-    except Exception as e:  # noqa: BLE001 - corrupt or truncated archive
+    except Exception as e:  # corrupt or truncated archive
         raise ConvertError(f"cannot read {path} ({one_line(e)}): is the file complete?") from e
     else:
         raise ConvertError(
-            f"{path} holds weights only: pass the architecture as a factory spec and the file as --weights, "
-            f"e.g. convert torchvision.models:resnet18 --weights {path}"
+            f"{path} holds weights only: pass the architecture as a factory spec (e.g. torchvision.models:resnet18) "
+            "and the file as `weights`"
         )
     warn(f"loading {path} runs code from the file (a whole-model pickle): only use files you trust")
     _cwd_importable()  # the classes it names may live in the user's own module, as for a factory
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - e.g. the class it needs cannot be imported
+    except Exception as e:  # e.g. the class it needs cannot be imported
         raise ConvertError(
             f"cannot load {path} ({one_line(e)}): the modules that define the model must be importable"
         ) from e
@@ -200,7 +202,7 @@ def _load_file(path: Path, warn: Callable[[str], None]) -> LoadedModel:
 def _load_pt2(path: Path) -> LoadedModel:
     try:
         exported = torch.export.load(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ConvertError(
             f"cannot load the .pt2 archive {path} ({one_line(e)}): re-save it with torch.export.save"
         ) from e

@@ -14,13 +14,13 @@ from test_cli import ok, run
 from torch import nn
 
 from convert import ConvertConfig, ConvertError, convert_model
-from convert.auto.planner import AutoConfig, _layer_error, _replacement, _search, _shortlist, plan_for_speed
+from convert.auto import AutoConfig, LatencyPlanner, plan_for_speed
+from convert.auto.candidates import layer_error, replacement, shortlist
+from convert.auto.search import search
 from convert.report.schema import AutoLayer, Candidate
+from convert.surgery.analysis import analyze
 from convert.surgery.factorize import full_rank, group_svd
-from convert.surgery.find import find_convs
 from convert.surgery.plan import LayerPlan
-from convert.surgery.trace import trace
-from convert.surgery.verify import run_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -35,8 +35,7 @@ def small_net() -> nn.Module:
 
 
 def layers_of(model: nn.Module, x: torch.Tensor):
-    traced = trace(model, (x,), run_model(model, (x,)))
-    return [layer for layer in find_convs(traced) if layer.skip is None]
+    return analyze(model, x).candidates()
 
 
 def row(name: str, *candidates: tuple[float, float]) -> AutoLayer:
@@ -49,7 +48,7 @@ def row(name: str, *candidates: tuple[float, float]) -> AutoLayer:
 def test_search_finds_the_least_error_plan_within_the_budget() -> None:
     rows = [row("a", (4.0, 0.0), (2.0, 0.1), (1.0, 0.5)), row("b", (4.0, 0.0), (2.0, 0.3), (1.0, 0.4))]
     for budget in (8.0, 6.0, 4.0, 3.0, 2.0):
-        choice, _ = _search(rows, budget)
+        choice, _ = search(rows, budget)
         feasible = [
             c
             for c in itertools.product(range(3), repeat=2)
@@ -76,7 +75,7 @@ def test_search_matches_brute_force_on_random_cases() -> None:
             for i in range(3)
         ]
         budget = float(torch.randint(3, 19, (1,), generator=rng))
-        choice, _ = _search(rows, budget)
+        choice, _ = search(rows, budget)
         plans = [c for c in itertools.product(range(4), repeat=3) if _ms(rows, c) <= budget]
         if plans:
             assert _ms(rows, choice) <= budget
@@ -94,13 +93,13 @@ def _err(rows: list[AutoLayer], choice) -> float:
 def test_search_spends_the_budget_the_convex_hull_leaves() -> None:
     # the hull jumps from all-keep (8 ms) to a@2ms+b@1ms (3 ms); with 6 ms, keeping b and factorizing a fits
     rows = [row("a", (4.0, 0.0), (2.0, 0.5)), row("b", (4.0, 0.0), (1.0, 0.6))]
-    choice, _ = _search(rows, budget_ms=6.0)
+    choice, _ = search(rows, budget_ms=6.0)
     assert choice == [1, 0]
 
 
 def test_search_out_of_reach_takes_the_fastest_plan_and_keeps_a_keep_that_is_fastest() -> None:
     rows = [row("slow-factorized", (1.0, 0.0), (2.0, 0.1)), row("b", (4.0, 0.0), (3.0, 0.2))]
-    choice, frontier = _search(rows, budget_ms=1.0)
+    choice, frontier = search(rows, budget_ms=1.0)
     assert choice == [0, 1]  # keep where factorizing is slower, whatever the budget
     assert frontier[0][0] == pytest.approx(4.0)
 
@@ -112,7 +111,7 @@ def test_shortlist_has_fewer_macs_and_no_dominated_form() -> None:
         spec = layer.spec
         dense = spec.out_channels * spec.in_channels * math.prod(spec.kernel)
         svds: dict[int, tuple] = {}
-        plans = _shortlist(layer, 50, svds)
+        plans = shortlist(layer, 50, svds)
         assert plans, layer.name
         costs = [
             p.rank * spec.in_channels * math.prod(spec.kernel) + p.groups * p.rank * spec.out_channels for p in plans
@@ -123,8 +122,8 @@ def test_shortlist_has_fewer_macs_and_no_dominated_form() -> None:
         ]
         assert all(b < a for a, b in itertools.pairwise(errors)), "more MACs must buy less error"
         assert set(svds) >= {p.groups for p in plans}
-    assert any(p.groups == 16 for p in _shortlist(conv3, 50, {}))  # depthwise-separable is a candidate
-    assert all(p.groups < 32 for p in _shortlist(conv1, 50, {}))  # separable 1x1 never has fewer MACs
+    assert any(p.groups == 16 for p in shortlist(conv3, 50, {}))  # depthwise-separable is a candidate
+    assert all(p.groups < 32 for p in shortlist(conv1, 50, {}))  # separable 1x1 never has fewer MACs
 
 
 def test_layer_error_is_zero_at_full_rank_and_matches_the_converted_layer() -> None:
@@ -132,9 +131,9 @@ def test_layer_error_is_zero_at_full_rank_and_matches_the_converted_layer() -> N
     layer = layers_of(model, x)[1]
     inner = model[0:2](x)
     exact = full_rank(32, 32, 9, 4)
-    assert _layer_error(layer, _replacement(layer, LayerPlan(4, exact, True, exact), inner, None), inner) < 1e-5
+    assert layer_error(layer, replacement(layer, LayerPlan(4, exact, True, exact), inner, None), inner) < 1e-5
     plan = LayerPlan(32, 1, True, 9)
-    error = _layer_error(layer, _replacement(layer, plan, inner, group_svd(layer.weight, 32)), inner)
+    error = layer_error(layer, replacement(layer, plan, inner, group_svd(layer.weight, 32)), inner)
     converted = convert_model(model[0:3], x, ConvertConfig(target="auto"), plans={"0": "kept", "2": plan}).model
     reference = model[0:3](x)
     assert error == pytest.approx(float((converted(x) - reference).norm() / reference.norm()), rel=1e-4)
@@ -158,8 +157,9 @@ def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measur
     assert first.report.measured > 0
     assert [layer.name for layer in first.report.layers] == ["0", "2", "4"]
     second = plan_for_speed(model, x, config)
-    assert second.report.measured == 0
+    assert second.report.measured == 0  # layers and the end-to-end fit alike: the same plan, for the same reasons
     assert second.report.cached == first.report.measured + first.report.cached
+    assert (second.report.baseline_ms, second.report.fastest_ms) == (first.report.baseline_ms, first.report.fastest_ms)
     assert [r.chosen for r in second.report.layers] == [r.chosen for r in first.report.layers]
     for layer in first.report.layers:
         assert layer.candidates[0].label == "keep" and layer.candidates[0].error == 0
@@ -177,10 +177,26 @@ def test_plan_converts_the_chosen_layers_and_the_cache_makes_a_second_run_measur
     )
 
 
-def test_auto_needs_plans_and_refuses_manual_ranks() -> None:
-    with pytest.raises(ConvertError, match="plan_for_speed"):
-        convert_model(small_net(), torch.randn(1, 8, 8, 8), ConvertConfig(target="auto"))
-    with pytest.raises(ConvertError, match="--to auto chooses"):
+def test_target_auto_plans_with_the_latency_planner_and_traces_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import convert.surgery.analysis as analysis
+
+    traces = []
+    real_trace = analysis.trace
+    monkeypatch.setattr(analysis, "trace", lambda *args, **kw: traces.append(1) or real_trace(*args, **kw))
+    model, x = small_net(), torch.randn(1, 8, 8, 8)
+    planner = LatencyPlanner(AutoConfig(target_speedup=1.2, **FAST))
+    result = convert_model(model, x, ConvertConfig(target="auto"), planner=planner)
+    assert len(traces) == 1  # the planner measures on the analysis it is given, and builds its fastest plan from it
+    assert result.report.auto is not None and [r.name for r in result.report.auto.layers] == ["0", "2", "4"]
+    chosen = {r.name: r.candidates[r.chosen] for r in result.report.auto.layers}
+    for row in result.report.layers:
+        assert (row.status == "converted") == (chosen[row.name].label != "keep")
+    with pytest.raises(ConvertError, match="either a `planner` or `plans`"):
+        convert_model(model, x, ConvertConfig(target="auto"), planner=planner, plans={})
+
+
+def test_auto_refuses_manual_ranks() -> None:
+    with pytest.raises(ConvertError, match="`target`=auto chooses"):
         ConvertConfig(target="auto", rank=2)
     with pytest.raises(ConvertError, match="target speedup"):
         AutoConfig(target_speedup=0.5)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
+    FUNCTIONAL_REWRITTEN,
     PATHS,
     TOL,
     TOL64,
@@ -37,6 +38,7 @@ from conftest import (
 from torch import fx, nn
 
 from convert import ConvertConfig, ConvertError, convert_model
+from convert.surgery.modules import FactorizedConv
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Using padding='same' with even kernel:UserWarning",
@@ -461,14 +463,18 @@ def test_trace_path_module_and_functional_convs(path: str) -> None:
     report = result.report
     assert report.trace == path
     assert [note.split(":")[0] for note in report.trace_notes] == {
-        "fx": [],
+        "fx": ["rewrite"],  # the model's forward calls convs as functions: it became a graph module
         "export": ["fx"],
         "module-walk": ["fx", "export", "fx-leaves", "module-walk"],
     }[path]
     names = {layer.name for layer in converted_rows(report)}
-    # the module walk sees modules only; functional calls stay as they are (and stay exact)
-    assert names == ({"conv"} if path == "module-walk" else {"w", "wb", "conv"})
-    assert not skipped_rows(report)
+    # functional calls are rewritten where fx traces the module that makes them (here the model itself); elsewhere
+    # they stay as they are (and stay exact), and the model keeps its class
+    assert names == ({"w", "wb", "conv"} if path == "fx" else {"conv"})
+    skipped = {layer.name: layer.reason for layer in skipped_rows(report)}
+    assert set(skipped) == ({"w", "wb"} if path == "export" else set())  # the module walk does not see them
+    assert all("fx cannot trace" in reason for reason in skipped.values())
+    assert isinstance(result.model, fx.GraphModule) if path == "fx" else type(result.model) is FuncNet
     for layer in converted_rows(report):
         assert layer.rank == layer.full_rank
     assert_same_function(result.model, model, [x])
@@ -499,12 +505,17 @@ def test_export_path_for_loop_over_shape() -> None:
     result = convert_model(model, x, FULL)
 
     assert result.report.trace == "export"
-    assert {layer.name: layer.calls for layer in converted_rows(result.report)} == {"conv": 3, "w": 1}
+    assert {layer.name: layer.calls for layer in converted_rows(result.report)} == {"conv": 3}
+    (functional,) = skipped_rows(result.report)  # in the model's own forward, which fx cannot trace
+    assert functional.name == "w" and "fx cannot trace" in functional.reason
+    assert type(result.model) is LoopNet
     assert_same_function(result.model, model, [x])
+    x5 = torch.randn(5, 4, 6, 6)  # the loop runs over another batch: nothing was fixed at the example's
+    assert_same_function(result.model, model, [x5])
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("path", ["fx", "export"])
+@pytest.mark.parametrize("path", sorted(FUNCTIONAL_REWRITTEN))
 def test_functional_convs_1d_3d_two_inputs_dict_output(path: str, target: str) -> None:
     torch.manual_seed(0)
     model = Func1d3dNet(path).eval()
@@ -540,13 +551,11 @@ def test_shared_module_converted_once(path: str) -> None:
     # one replacement: a depthwise and a pointwise conv, and nothing else
     convs = conv_modules(result.model)
     assert [name for name, _ in convs] == ["conv.depthwise", "conv.pointwise"]
-    if path != "module-walk":
-        sites = [n.target for n in result.model.graph.nodes if n.op == "call_module"]
-        assert sites == ["conv", "conv"]
+    assert type(result.model) is SharedNet and isinstance(result.model.conv, FactorizedConv)
     assert_same_function(result.model, model, [x])
 
 
-@pytest.mark.parametrize("path", ["fx", "export"])
+@pytest.mark.parametrize("path", sorted(FUNCTIONAL_REWRITTEN))
 def test_shared_functional_weight_converted_once(path: str) -> None:
     torch.manual_seed(0)
     model = SharedFuncNet(path).eval()
@@ -606,11 +615,10 @@ def test_conv_weight_read_outside_the_call(path: str) -> None:
     result = convert_model(model, x, FULL)
 
     (layer,) = result.report.layers
-    if path != "export":  # the module stays whole (the module walk finds out by running the model)
-        assert layer.status == "skipped" and "read outside" in layer.reason
-    else:  # the conv call is converted, the weight stays for the other read
-        assert layer.status == "converted"
-        assert torch.equal(result.model.get_parameter("conv.weight"), model.conv.weight)
+    # converted on every path: the code that reads the weight reads the dense weight the replacement computes
+    assert layer.status == "converted"
+    assert isinstance(result.model.conv, FactorizedConv)
+    torch.testing.assert_close(result.model.conv.weight, model.conv.weight, rtol=TOL, atol=TOL)
     assert_same_function(result.model, model, [x])
 
 
@@ -682,10 +690,12 @@ def test_transposed_module_and_functional_exact(path: str, target: str) -> None:
 
     rows = {layer.name: layer for layer in result.report.layers}
     assert set(rows) == ({"up"} if path == "module-walk" else {"up", "wt"})
-    assert all(row.status == "converted" and row.groups == row.in_channels for row in rows.values())
+    converted = {name for name, row in rows.items() if row.status == "converted"}
+    assert converted == ({"up", "wt"} if path in FUNCTIONAL_REWRITTEN else {"up"})
+    assert all(rows[name].groups == rows[name].in_channels for name in converted)
     assert (rows["up"].rank, rows["up"].full_rank) == (6, 6)  # min(C_out, K) = min(6, 9)
     check_replacement(result.model.get_submodule("up"), model.up, 4, 6, path)
-    if path != "module-walk":
+    if path in FUNCTIONAL_REWRITTEN:
         assert (rows["wt"].rank, rows["wt"].full_rank) == (3, 3)  # min(C_out=3, K=4)
         assert rel_error(dense_weight(result.model.get_submodule("wt")), model.wt.transpose(0, 1)) <= TOL
     assert_same_function(result.model, model, [x])
@@ -767,7 +777,7 @@ def test_grouped_and_depthwise_convs(path: str, include_grouped: bool) -> None:
     assert_same_function(result.model, model, [x])
 
 
-@pytest.mark.parametrize("path", ["fx", "export"])
+@pytest.mark.parametrize("path", sorted(FUNCTIONAL_REWRITTEN))
 @pytest.mark.parametrize("include_grouped", [False, True])
 def test_functional_grouped_and_depthwise(path: str, include_grouped: bool) -> None:
     torch.manual_seed(0)
@@ -871,7 +881,7 @@ def test_groups_not_dividing_output_channels_skipped_without_pointwise(path: str
     assert "groups=2" in rows["body.2"].reason and "3 output channels" in rows["body.2"].reason
     assert torch.equal(result.model.get_submodule("body.2").weight, model.body[2].weight)
     # 2 fits the inputs of body.2 but not its outputs: alone, it is an error
-    with pytest.raises(ConvertError, match="groups 2"):
+    with pytest.raises(ConvertError, match="groups`=2 fits no layer"):
         convert_model(model, x, grouped(2, pointwise=False, exclude="body.0"))
 
 
@@ -1050,6 +1060,8 @@ def test_report_params_and_macs(config: ConvertConfig, path: str) -> None:
     originals = dict(model.named_modules())
     # the depthwise conv is skipped; without pointwise, so are those whose C_out 2 does not divide
     skipped = {True: {"dw"}, False: {"dw", "c3", "w"}}
+    if path not in FUNCTIONAL_REWRITTEN:  # found, and kept: fx cannot trace the forward that calls it
+        skipped = {pointwise: names | {"w"} for pointwise, names in skipped.items()}
     assert {layer.name for layer in skipped_rows(report)} == skipped[config.pointwise] & expected_names
     for layer in report.layers:
         if layer.name == "w":
@@ -1105,7 +1117,7 @@ def test_report_weight_error_matches_rebuilt_weight(config: ConvertConfig, path:
 
     rows = converted_rows(result.report)
     expected = {"c1", "c2", "shared"} if not config.pointwise else {"c1", "c2", "shared", "c3", "w"}
-    assert {layer.name for layer in rows} == expected - ({"w"} if path == "module-walk" else set())
+    assert {layer.name for layer in rows} == expected - ({"w"} if path not in FUNCTIONAL_REWRITTEN else set())
     lossy = 0
     for layer in rows:
         weight = model.w if layer.name == "w" else model.get_submodule(layer.name).weight
@@ -1206,10 +1218,8 @@ def test_mode_switch_both_ways_dropout_and_shared_batchnorm(path: str, mode: str
                 module(x)
         for name, buffer in original.named_buffers():
             torch.testing.assert_close(converted.get_buffer(name), buffer, rtol=TOL, atol=TOL)
-    if path == "export":  # the mode-dependent modules are modules again, named as in the model
-        calls = [n.target for n in result.model.graph.nodes if n.op == "call_module"]
-        assert {"bn", "drop", "block.1", "block.2"} <= set(calls) and calls.count("bn") == 2
-        assert not any("keeps its" in note for note in result.report.trace_notes)
+    if path not in FUNCTIONAL_REWRITTEN:  # rewritten in place: the model's own class and modules
+        assert type(result.model) is DropNet and isinstance(result.model.block[0], FactorizedConv)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -1242,8 +1252,6 @@ def test_mixed_modes_kept(path: str, mode: str) -> None:
     modes = {name: m.training for name, m in model.named_modules()}
     for name, module in result.model.named_modules():
         owner = next((p for p in (name, name.rpartition(".")[0]) if p in modes), "")
-        if path == "export" and owner == "conv":  # an aten call: the graph has no conv module to take a mode from
-            owner = ""
         assert module.training == modes[owner], name
     assert result.model.training == (mode == "train")
     assert_same_function(result.model, model, [x])
@@ -1296,7 +1304,7 @@ def test_converted_model_trains(path: str) -> None:
     result = convert_model(model, x, ConvertConfig(rank=2))
     converted = result.model
     assert converted.training
-    walk = path == "module-walk"  # functional convs stay as they are
+    walk = path not in FUNCTIONAL_REWRITTEN  # functional convs stay as they are
     params = dict(converted.named_parameters())
     trainable = {"stem.depthwise.weight", "stem.pointwise.weight", "bn.weight", "bn.bias"}
     trainable |= {"w"} if walk else {"w.depthwise.weight", "w.pointwise.weight"}
@@ -1333,10 +1341,10 @@ def test_save_and_load_round_trip(path: str, tmp_path) -> None:
     torch.save(result.model, file)
     loaded = torch.load(file, weights_only=False)
 
-    if path == "module-walk":
-        assert type(loaded) is FuncNet
-    else:
+    if path in FUNCTIONAL_REWRITTEN:  # the model's forward calls convs as functions: it became a graph module
         assert isinstance(loaded, fx.GraphModule)
+    else:
+        assert type(loaded) is FuncNet
     assert loaded.training == result.model.training
     assert [n for n, _ in loaded.named_parameters()] == [n for n, _ in result.model.named_parameters()]
     torch.testing.assert_close(forward(loaded, x), forward(result.model, x), rtol=0, atol=0)

@@ -217,5 +217,5 @@ def test_weights_errors(user_module, tmp_path) -> None:
     with pytest.raises(ConvertError, match=r"does not fit the model \(missing 3 keys"):
         load_model(f"{user_module}:build", tmp_path / "partial.pt")
     torch.save(nn.Conv2d(3, 4, 3).state_dict(), tmp_path / "model.pt")
-    with pytest.raises(ConvertError, match="--weights goes with a factory spec"):
+    with pytest.raises(ConvertError, match="`weights` goes with a factory spec"):
         load_model(str(tmp_path / "model.pt"), tmp_path / "model.pt")

@@ -34,6 +34,8 @@ from convert.surgery.find import ConvSpec
 from convert.surgery.plan import LayerPlan
 from convert.surgery.rewrite import build_replacement, plain_conv
 
+__all__ = ["CACHE_VERSION", "LatencyCache", "layer_module", "LayerShape", "measure_layer", "measure_models"]
+
 CACHE_VERSION = 1  # bump when what a measurement means changes
 
 
@@ -106,6 +108,30 @@ def measure_layer(
             cache.put(keys[i], model.latency[0].p50, {"layer": _describe(layer), "plan": _plan(plans[i]), **runtime})
         cache.measured += len(missing)
     return [float(ms) for ms in found]
+
+
+def measure_models(paths: Sequence[Path], config: BenchConfig, cache: LatencyCache) -> list[float]:
+    """Median end-to-end latency (ms) of each ONNX file at its static batch, from the cache or measured side by
+    side. The key is the file's content (graph and weights) and the runtime, so a second plan of the same model
+    times nothing and plans the same."""
+    device = resolve_device(config.device).require_provider()
+    runtime = _runtime(device, config)
+    keys = [_file_key(path, runtime) for path in paths]
+    found = [cache.get(key) for key in keys]
+    missing = [i for i, ms in enumerate(found) if ms is None]
+    cache.hits += len(paths) - len(missing)
+    if missing:
+        timing = benchmark_onnx([paths[i] for i in missing], dataclasses.replace(config, device=device))
+        for i, model in zip(missing, timing.models, strict=True):
+            found[i] = model.latency[0].p50
+            cache.put(keys[i], found[i], {"model": Path(paths[i]).name, **runtime})
+        cache.measured += len(missing)
+    return [float(ms) for ms in found]
+
+
+def _file_key(path: Path, runtime: dict) -> str:
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps([CACHE_VERSION, digest, runtime], sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _runtime(device: str, config: BenchConfig) -> dict:

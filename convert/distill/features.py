@@ -2,8 +2,8 @@
 
 A converted layer's replacement is a submodule of the student (`Conversion.replaced`). In the teacher, the same
 conv is the module of that name (fx, module walk and export graphs read `name.weight`); a functional conv of the
-teacher (F.conv2d on its own weight, or a .pt2 graph) has no module to hook, so the teacher is traced as the
-conversion traced it, and those calls become conv modules with the same weights (an exact rewrite).
+teacher (F.conv2d on its own weight, or a .pt2 graph) has no module to hook, so in a copy of the teacher those calls
+become conv modules with the same weights, rewritten as the conversion rewrote them (an exact rewrite).
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from torch import nn
 
 from convert.conversion import Conversion
 from convert.distill.datasets import Batch, to_device
-from convert.surgery.find import find_convs
-from convert.surgery.rewrite import apply, plain_conv
-from convert.surgery.trace import trace
-from convert.surgery.verify import run_model
+from convert.surgery.analysis import analyze, functional_as_modules
+from convert.surgery.ops import ConvModule
 
 __all__ = ["FeatureHooks", "FeatureSites", "feature_sites"]
-
-_CONV = nn.modules.conv._ConvNd  # noqa: SLF001 - torch's one base of every conv module, transposed ones too
 
 
 class FeatureHooks:
@@ -70,12 +66,13 @@ def feature_sites(result: Conversion, student: nn.Module, teacher: nn.Module, ex
         example: one batch of inputs, to trace a teacher with functional convs.
     """
     names = [row.name for row in result.report.layers if row.status == "converted"]
-    teacher = copy.deepcopy(teacher)
-    found = {name: _conv_at(teacher, name) for name in names}
-    missing = [name for name, module in found.items() if module is None]
-    if missing:
+    missing = [name for name in names if _conv_at(teacher, name) is None]
+    more: dict[str, nn.Module] = {}
+    if missing:  # a copy of the teacher in which those calls are conv modules
         teacher, more = _functional_convs_as_modules(teacher, missing, example)
-        found |= more
+    else:
+        teacher = copy.deepcopy(teacher)
+    found = {name: _conv_at(teacher, name) for name in names} | more
     matched = [name for name in names if found.get(name) is not None]
     students = {name: student.get_submodule(result.replaced.get(name, name)) for name in matched}
     return FeatureSites(teacher, matched, students, {name: found[name] for name in matched})
@@ -86,7 +83,7 @@ def _conv_at(model: nn.Module, name: str) -> nn.Module | None:
         module = model.get_submodule(name)
     except AttributeError:
         return None
-    return module if isinstance(module, _CONV) else None
+    return module if isinstance(module, ConvModule) else None
 
 
 def _functional_convs_as_modules(
@@ -94,12 +91,4 @@ def _functional_convs_as_modules(
 ) -> tuple[nn.Module, dict[str, nn.Module]]:
     parameter = next(iter(teacher.parameters()), None)
     example = to_device(example, parameter.device) if parameter is not None else example
-    traced = trace(teacher, example, run_model(teacher, example))
-    if traced.path == "module-walk":
-        return teacher, {}
-    graph, sites = traced.module, {}
-    for layer in find_convs(traced):
-        if layer.name in names and layer.spec is not None and layer.module is None:
-            conv = plain_conv(layer.spec, layer.weight, layer.bias)
-            sites[layer.name] = graph.get_submodule(apply(graph, layer, conv))
-    return graph, sites
+    return functional_as_modules(analyze(teacher, example), set(names))

@@ -60,16 +60,19 @@ class Report:
 
     target: str  # separable | grouped
     trace: str  # fx | export | fx-leaves | module-walk
-    trace_notes: list[str]  # why earlier trace paths were not used
+    trace_notes: list[str]  # why earlier trace paths were not used, and what the rewrite turned into graphs
     options: dict[str, Any]  # the ConvertConfig fields
     input_shapes: list[list[int]]
     input_dtype: str
     layers: list[LayerReport]
     totals: Totals
-    output_rel_error: float  # ||y_converted - y_original|| / ||y_original|| on the example input
+    output_rel_error: float  # ||y_converted - y_original|| / ||y_original|| on the example input, in eval mode
     seconds: dict[str, float]  # wall time per stage
     versions: dict[str, str]
     version: int = REPORT_VERSION
+    # the same in train mode (batch statistics; dropout with the same seed); None: the model cannot run in train
+    # mode on the example input (trace_notes says why)
+    train_output_rel_error: float | None = None
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup

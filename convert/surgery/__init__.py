@@ -1,6 +1,5 @@
-"""The pass, pure PyTorch: trace -> find -> plan -> factorize -> rewrite -> verify (README.md has the flow)."""
+"""The pass, pure PyTorch: trace -> find -> plan -> factorize -> rewrite -> verify (README.md has the flow).
 
-from convert.surgery.config import ConvertConfig
-from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
-
-__all__ = ["ConversionResult", "ConvertConfig", "convert_model", "inspect_model"]
+Its public names are exported by `convert`; this package imports nothing itself, so that its modules can be
+imported one by one (convert.conversion needs only convert.surgery.apply).
+"""

@@ -7,6 +7,16 @@ from typing import Literal
 
 from convert.errors import ConvertError
 
+__all__ = [
+    "ConvertConfig",
+    "DEFAULT_MIN_CHANNELS",
+    "DEFAULT_SEPARABLE_RANK",
+    "Target",
+    "TARGETS",
+    "TRANSPOSED_FORMS",
+    "TransposedForm",
+]
+
 Target = Literal["separable", "grouped", "auto"]
 TARGETS: tuple[str, ...] = ("separable", "grouped", "auto")
 TransposedForm = Literal["skip", "separable"]
@@ -57,15 +67,17 @@ class ConvertConfig:
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise ConvertError(f"energy {self.energy} is not valid: use a fraction in (0, 1], e.g. 0.95")
         if self.target == "auto" and (self.rank is not None or self.energy is not None or self.groups is not None):
-            raise ConvertError("--to auto chooses ranks and groups per layer itself: drop --rank, --energy, --groups")
+            raise ConvertError(
+                "`target`=auto chooses ranks and groups per layer itself: drop `rank`, `energy`, `groups`"
+            )
         if self.target == "grouped" and self.groups is None:
-            raise ConvertError("target 'grouped' needs the number of groups: add --groups G (e.g. --groups 4)")
+            raise ConvertError("`target`=grouped needs the number of groups: set `groups` (e.g. `groups`=4)")
         if self.groups is not None and self.groups < 1:
             raise ConvertError(f"groups {self.groups} is not valid: use a positive integer")
         if self.target == "separable" and self.groups is not None:
-            raise ConvertError("--groups applies to --to grouped only (separable uses one group per channel)")
+            raise ConvertError("`groups` applies to `target`=grouped only (separable uses one group per channel)")
         if not self.pointwise and self.target != "grouped":
-            raise ConvertError("--no-pointwise applies to --to grouped only")
+            raise ConvertError("`pointwise`=False applies to `target`=grouped only")
         if self.transposed not in TRANSPOSED_FORMS:
             raise ConvertError(f"unknown transposed form {self.transposed!r}: use one of {', '.join(TRANSPOSED_FORMS)}")
         if self.min_channels < 1:

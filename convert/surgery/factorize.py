@@ -22,6 +22,20 @@ import math
 
 import torch
 
+__all__ = [
+    "block_diagonal",
+    "compose",
+    "Factors",
+    "full_rank",
+    "group_svd",
+    "low_rank",
+    "rank_for_energy",
+    "singular_values",
+    "standard_layout",
+    "transposed_layout",
+    "truncation_error",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Factors:
@@ -177,6 +191,17 @@ def block_diagonal(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> 
     off[index, :, index] = 0  # the dropped part itself: total - kept would lose small errors to rounding
     rel_error = math.sqrt(float(off.square().sum()) / total) if total > 0 else 0.0
     return Factors(first.clone(), None, rel_error)
+
+
+def compose(first: torch.Tensor, pointwise: torch.Tensor, groups: int, outer_groups: int = 1) -> torch.Tensor:
+    """The dense weight (C_out, C_in/g0, *k) that a grouped conv `first` (G*r, C_in/G, *k) then the 1x1 conv
+    `pointwise` (C_out, G*r/g0, 1, ...) compute: the inverse of `low_rank`'s layout (exact at full rank)."""
+    c_out, kernel = pointwise.shape[0], first.shape[2:]
+    rank, per_group, inner = first.shape[0] // groups, first.shape[1], groups // outer_groups
+    columns = pointwise.reshape(outer_groups, c_out // outer_groups, inner, rank)  # [a, o, h, j]
+    filters = first.reshape(outer_groups, inner, rank, -1)  # [a, h, j, (c, k)]
+    dense = torch.einsum("aohj,ahjx->aohx", columns, filters)  # (g0, C_out/g0, G/g0, (C_in/G)*K)
+    return dense.reshape(c_out, inner * per_group, *kernel)
 
 
 def _like(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, conv_call_args, per_dim
+from convert.surgery.ops import CONV_FUNCTIONS, TRANSPOSED_FUNCTIONS, ConvModule, conv_call_args, is_conv_call, per_dim
 from convert.surgery.receptive import receptive_fields
 from convert.surgery.trace import CallShapes, Traced
+
+__all__ = ["ConvLayer", "ConvSpec", "find_convs", "function_layer", "INPUT_SIDE_CONVS", "module_layer"]
 
 _MODULE_TYPES: dict[type[nn.Module], int] = {
     nn.Conv1d: 1,
@@ -24,6 +26,12 @@ _MODULE_TYPES: dict[type[nn.Module], int] = {
     nn.ConvTranspose1d: 1,
     nn.ConvTranspose2d: 2,
     nn.ConvTranspose3d: 3,
+}
+# Conv subclasses whose forward only prepares the input before the stock conv on their own weight (padding computed
+# at run time): converted, the first conv of the replacement being of the same class, which prepares it the same
+# way. Keyed by module.qualname; every other subclass that overrides forward is left, with the reason.
+INPUT_SIDE_CONVS: dict[str, str] = {
+    "timm.layers.conv2d_same.Conv2dSame": "pads its input to TensorFlow's 'same' at run time",
 }
 # Convolutions found but never converted, each with the reason given in the report.
 _UNSUPPORTED_FUNCTIONS: dict[Any, str] = {
@@ -46,6 +54,8 @@ class ConvSpec:
     padding_mode: str  # zeros | reflect | replicate | circular
     transposed: bool = False  # ConvTranspose: weight (C_in, C_out/groups, *k)
     output_padding: tuple[int, ...] = ()  # transposed only: extra size added to one side of the output
+    # A key of INPUT_SIDE_CONVS when the conv is such a subclass (its replacement's first conv is one too); else ""
+    conv_class: str = ""
 
 
 @dataclasses.dataclass
@@ -57,11 +67,14 @@ class ConvLayer:
     spec: ConvSpec | None = None
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    module: str | None = None  # path of the conv module to swap; None for functional calls
-    nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites to rewrite
+    module_path: str | None = None  # path of the conv module to swap; None for functional calls
+    weight_path: str | None = None  # functional calls only: the path of the weight they read
+    # functional calls only: the module whose forward makes them ("" the model), the smallest one to rewrite
+    owner: str = ""
+    nodes: list[fx.Node] = dataclasses.field(default_factory=list)  # functional call sites (analysis graph)
     out_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
     in_shapes: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # one per call site
-    skip: str | None = None  # why it is not converted; None while it is a candidate
+    unsupported: str | None = None  # why no planner may convert it (set by `find` only); None: a candidate
     receptive_field: tuple[int, ...] | None = None  # in input positions, at the output; None without a graph
 
 
@@ -71,48 +84,59 @@ def find_convs(traced: Traced) -> list[ConvLayer]:
     Conv modules inside modules that the graph calls as a whole (`traced.leaves`, or the whole model on the
     module walk) are found by walking those modules, with their call shapes from `traced.calls`.
     """
-    if traced.path == "module-walk":
-        return _find_in_modules(traced.module, [""], traced.calls)
-    layers = _find_in_graph(traced.module)
-    return layers + _find_in_modules(traced.module, traced.leaves, traced.calls)
+    if traced.strategy == "module-walk":
+        return _find_in_modules(traced.model, [""], traced.calls)
+    model = None if traced.model is traced.module else traced.model  # None: the graph is the model (a .pt2)
+    layers = _find_in_graph(traced.module, model)
+    return layers + _find_in_modules(traced.model, traced.leaves, traced.calls)
 
 
 def _find_in_modules(root: nn.Module, owners: list[str], calls: dict[str, list[CallShapes]]) -> list[ConvLayer]:
     layers = []
     for owner in owners:
         for name, module in root.get_submodule(owner).named_modules(prefix=owner):
-            if not isinstance(module, nn.modules.conv._ConvNd):
+            if not isinstance(module, ConvModule):
                 continue
-            layer = _module_layer(name, module)
+            layer = module_layer(name, module)
             layer.in_shapes = [shapes[0] for shapes in calls.get(name, [])]
             layer.out_shapes = [shapes[1] for shapes in calls.get(name, [])]
-            if not layer.out_shapes and layer.skip is None:
-                layer.skip = "not called on the example input"
+            if not layer.out_shapes and layer.unsupported is None:
+                layer.unsupported = "not called on the example input"
             layers.append(layer)
     return layers
 
 
-def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
+def _find_in_graph(gm: fx.GraphModule, model: nn.Module | None) -> list[ConvLayer]:
+    """The convs of a graph of `model` (None: the graph is the model itself). A functional call that a conv
+    module makes in its own forward (torch.export records every conv so; fx does for subclasses it traces into) is
+    that module's call. Code that reads a conv module's weight elsewhere reads its replacement's (FactorizedConv
+    gives the dense weight it computes)."""
     by_key: dict[Any, ConvLayer] = {}
     fields = receptive_fields(gm)
-    read_directly = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.modules.conv._ConvNd):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ConvModule):
             key: Any = node.target
             if key not in by_key:
-                by_key[key] = _module_layer(node.target, gm.get_submodule(node.target))
-                if {f"{node.target}.weight", f"{node.target}.bias"} & read_directly:
-                    by_key[key].skip = "its weight is also read outside the conv module"
+                by_key[key] = module_layer(node.target, gm.get_submodule(node.target))
             if len(node.args) + len(node.kwargs) > 1:
-                by_key[key].skip = "called with an output_size: its replacement takes the input only"
-        elif node.op == "call_function" and (node.target in CONV_FUNCTIONS or node.target in TRANSPOSED_FUNCTIONS):
-            key, layer = _function_layer(gm, node)
-            if key not in by_key:
-                by_key[key] = layer
-            by_key[key].nodes.append(node)
+                by_key[key].unsupported = "called with an output_size: its replacement takes the input only"
+        elif node.op == "call_function" and is_conv_call(node):
+            owner = _caller(node, model)
+            if model is not None and isinstance(model.get_submodule(owner), ConvModule):
+                key = owner
+                if key not in by_key:
+                    by_key[key] = module_layer(owner, model.get_submodule(owner))
+            else:
+                key, layer = function_layer(gm, node)
+                layer.owner = _enclosing(owner, layer.weight_path or "")
+                if key not in by_key:
+                    by_key[key] = layer
+                by_key[key].nodes.append(node)
         elif node.op == "call_function" and node.target in _UNSUPPORTED_FUNCTIONS:
             key = node.name
-            by_key[key] = ConvLayer(name=node.name, op=_op_name(node.target), skip=_UNSUPPORTED_FUNCTIONS[node.target])
+            by_key[key] = ConvLayer(
+                name=node.name, op=_op_name(node.target), unsupported=_UNSUPPORTED_FUNCTIONS[node.target]
+            )
         else:
             continue
         by_key[key].out_shapes.append(_shape(node))
@@ -123,16 +147,43 @@ def _find_in_graph(gm: fx.GraphModule) -> list[ConvLayer]:
     return list(by_key.values())
 
 
-def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
-    layer = ConvLayer(name=name, op=type(module).__name__, module=name, weight=module.weight, bias=module.bias)
+def _caller(node: fx.Node, model: nn.Module | None) -> str:
+    """The path of the innermost module of `model` whose forward made this call ("" the model itself)."""
+    path = _innermost(node)
+    if model is None or not path:
+        return ""
+    try:
+        model.get_submodule(path)
+    except AttributeError:  # a path torch.export spells otherwise: the model's own forward is the safe owner
+        return ""
+    return path
+
+
+def _enclosing(owner: str, weight_path: str) -> str:
+    """`owner`, or its nearest ancestor that holds the weight (a module's forward may read a parent's weight)."""
+    while owner and not weight_path.startswith(f"{owner}."):
+        owner = owner.rpartition(".")[0]
+    return owner
+
+
+def _innermost(node: fx.Node) -> str:
+    """The module path a node of a graph belongs to, from the stack fx and torch.export record ("" none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def module_layer(name: str, module: ConvModule) -> ConvLayer:
+    layer = ConvLayer(name=name, op=type(module).__name__, module_path=name, weight=module.weight, bias=module.bias)
     base = next((t for t in _MODULE_TYPES if isinstance(module, t)), None)
     if base is None:
-        layer.skip = f"{type(module).__name__} is not a standard Conv1d/2d/3d or ConvTranspose1d/2d/3d"
+        layer.unsupported = f"{type(module).__name__} is not a standard Conv1d/2d/3d or ConvTranspose1d/2d/3d"
         return layer
-    if type(module).forward is not base.forward or getattr(type(module), "_conv_forward", None) is not getattr(
-        base, "_conv_forward", None
-    ):
-        layer.skip = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
+    qualname = f"{type(module).__module__}.{type(module).__qualname__}"
+    own_forward = type(module).forward is not base.forward or getattr(
+        type(module), "_conv_forward", None
+    ) is not getattr(base, "_conv_forward", None)
+    if own_forward and qualname not in INPUT_SIDE_CONVS:
+        layer.unsupported = f"{type(module).__name__} computes its own forward (e.g. weight standardization)"
     layer.spec = ConvSpec(
         dim=_MODULE_TYPES[base],
         in_channels=module.in_channels,
@@ -145,19 +196,20 @@ def _module_layer(name: str, module: nn.modules.conv._ConvNd) -> ConvLayer:
         padding_mode=module.padding_mode,
         transposed=module.transposed,
         output_padding=tuple(module.output_padding) if module.transposed else (),
+        conv_class=qualname if own_forward and qualname in INPUT_SIDE_CONVS else "",
     )
-    layer.skip = layer.skip or _depthwise_reason(layer.spec)
+    layer.unsupported = layer.unsupported or _depthwise_reason(layer.spec)
     return layer
 
 
-def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
+def function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
     transposed = node.target in TRANSPOSED_FUNCTIONS
     dim, op = (TRANSPOSED_FUNCTIONS if transposed else CONV_FUNCTIONS)[node.target]
     args = conv_call_args(node)
     weight_node, bias_node = args["weight"], args["bias"]
     if not _is_attr(weight_node) or not (bias_node is None or _is_attr(bias_node)):
         what = "weight" if not _is_attr(weight_node) else "bias"
-        return node.name, ConvLayer(name=node.name, op=op, skip=f"its {what} is computed at run time")
+        return node.name, ConvLayer(name=node.name, op=op, unsupported=f"its {what} is computed at run time")
     weight = _attr(gm, weight_node.target)
     bias = None if bias_node is None else _attr(gm, bias_node.target)
     padding, groups = args["padding"], args["groups"]
@@ -180,7 +232,8 @@ def _function_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, ConvLayer]:
     weight_path = weight_node.target
     name = weight_path.removesuffix(".weight") if weight_path.endswith(".weight") else weight_path
     key = (weight_path, getattr(bias_node, "target", None), spec)
-    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, skip=_depthwise_reason(spec))
+    layer = ConvLayer(name=name, op=op, spec=spec, weight=weight, bias=bias, unsupported=_depthwise_reason(spec))
+    layer.weight_path = weight_path
     return key, layer
 
 

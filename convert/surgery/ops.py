@@ -1,4 +1,5 @@
-"""The functional convolution calls that graphs hold, shared by `find` (what to convert) and `receptive`."""
+"""The convolution ops that models and graphs hold (modules, functional calls), shared by `find` (what to convert),
+`receptive` and `trace`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
+
+__all__ = [
+    "is_conv_call",
+    "conv_call_args",
+    "CONV_FUNCTIONS",
+    "ConvModule",
+    "per_dim",
+    "POOL_MODULES",
+    "TRANSPOSED_FUNCTIONS",
+]
 
 _aten = torch.ops.aten
+
+# The bases of every conv and pooling module (subclasses included): torch has no public names for them.
+ConvModule = nn.modules.conv._ConvNd  # noqa: SLF001
+POOL_MODULES = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)  # noqa: SLF001
 
 # call target -> (spatial dimensions, name in the report); `F.conv*d` in fx graphs, `aten.conv*d` in export's
 CONV_FUNCTIONS: dict[Any, tuple[int, str]] = {
@@ -26,6 +41,11 @@ TRANSPOSED_FUNCTIONS: dict[Any, tuple[int, str]] = {
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _TRANSPOSED_ARGS = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1}
+
+
+def is_conv_call(node: fx.Node) -> bool:
+    """A functional call of a conv or transposed conv (fx's `F.conv2d`, export's `aten.conv2d`, ...)."""
+    return node.target in CONV_FUNCTIONS or node.target in TRANSPOSED_FUNCTIONS
 
 
 def conv_call_args(node: fx.Node) -> dict[str, Any]:

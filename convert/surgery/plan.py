@@ -1,17 +1,39 @@
-"""Decide, per standard conv, whether to convert it and with which groups and rank."""
+"""Planners: decide, per candidate conv, whether to convert it and with which groups and rank (decisions only:
+nothing is changed here). `UniformPlanner` applies one `ConvertConfig` to every layer; `convert.auto` has the
+latency-aware one."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from convert.common import Progress, no_progress
 from convert.errors import ConvertError
+from convert.report.schema import AutoReport
 from convert.surgery.config import DEFAULT_SEPARABLE_RANK, ConvertConfig
 from convert.surgery.factorize import full_rank, rank_for_energy, singular_values, standard_layout
 from convert.surgery.find import ConvLayer, ConvSpec
+
+if TYPE_CHECKING:
+    from convert.surgery.analysis import Analysis
+
+__all__ = [
+    "conv_cost",
+    "Decision",
+    "GivenPlanner",
+    "LayerPlan",
+    "Plan",
+    "plan_layer",
+    "plan_layers",
+    "Planner",
+    "standard_weight",
+    "UniformPlanner",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,28 +47,65 @@ class LayerPlan:
     note: str | None = None  # e.g. that the requested rank was clamped
 
 
-def plan_layers(layers: list[ConvLayer], config: ConvertConfig) -> dict[str, LayerPlan]:
-    """A plan for every layer that will be converted; sets `skip` on the candidates that will not.
+Decision = LayerPlan | str  # how a candidate conv is rewritten, or why it is left as it is
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A planner's decisions: one per candidate layer (found convertible by `find`)."""
+
+    decisions: dict[str, Decision]  # layer name -> its plan, or why it stays
+    auto: AutoReport | None = None  # what a latency-aware planner measured, for the report
+
+
+class Planner(Protocol):
+    """Chooses, per candidate conv of an analysed model, its form or why it stays; changes nothing.
+
+    `share` is the part of a conversion's time the planner takes, for progress bars.
+    """
+
+    share: float
+
+    def plan(self, analysis: Analysis, progress: Progress) -> Plan: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformPlanner:
+    """The same target, groups and rank rule for every layer (`ConvertConfig`)."""
+
+    config: ConvertConfig
+    share: float = 0.1
+
+    def plan(self, analysis: Analysis, progress: Progress = no_progress) -> Plan:
+        return Plan(plan_layers(analysis.candidates(), self.config))
+
+
+@dataclasses.dataclass(frozen=True)
+class GivenPlanner:
+    """Decisions made elsewhere (e.g. an earlier `plan_for_speed`); layers it does not name stay."""
+
+    decisions: Mapping[str, Decision]
+    share: float = 0.05
+
+    def plan(self, analysis: Analysis, progress: Progress = no_progress) -> Plan:
+        return Plan({layer.name: self.decisions.get(layer.name, "not in the plan") for layer in analysis.candidates()})
+
+
+def plan_layers(candidates: list[ConvLayer], config: ConvertConfig) -> dict[str, Decision]:
+    """A decision for every candidate layer: its plan, or why `config` leaves it.
 
     Raises:
         ConvertError: when `config.groups` fits none of the layers it could apply to.
     """
-    plans: dict[str, LayerPlan] = {}
-    candidates = [layer for layer in layers if layer.skip is None]
-    for layer in candidates:
-        result = plan_layer(layer, config)
-        if isinstance(result, str):
-            layer.skip = result
-        else:
-            plans[layer.name] = result
-    misfits = [layer for layer in candidates if (layer.skip or "").startswith("groups=")]
-    if misfits and not plans:
+    decisions = {layer.name: plan_layer(layer, config) for layer in candidates}
+    misfits = [layer for layer in candidates if str(decisions[layer.name]).startswith("groups=")]
+    if misfits and not any(isinstance(d, LayerPlan) for d in decisions.values()):
         channels = sorted({layer.spec.in_channels for layer in misfits if layer.spec})
         raise ConvertError(
-            f"--groups {config.groups} fits no layer (input channels: {', '.join(map(str, channels))}): "
+            f"`groups`={config.groups} fits no layer (input channels: {', '.join(map(str, channels))}): "
             "choose a number of groups that divides them"
         )
-    return plans
+    return decisions
 
 
 def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:

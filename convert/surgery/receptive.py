@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from convert.surgery.ops import CONV_FUNCTIONS, conv_call_args, per_dim
+from convert.surgery.ops import CONV_FUNCTIONS, POOL_MODULES, ConvModule, conv_call_args, per_dim
+
+__all__ = ["Field", "receptive_fields"]
 
 Field = tuple[tuple[int, ...], tuple[int, ...]]  # (receptive field, jump) per spatial dimension
 
@@ -78,9 +80,9 @@ def _window(gm: fx.GraphModule, node: fx.Node, dims: int) -> tuple[Sequence[int]
     """(kernel, stride, dilation) of a conv or pooling node, else None."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        if isinstance(module, ConvModule) and not module.transposed:
             return module.kernel_size, module.stride, module.dilation
-        if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
+        if isinstance(module, POOL_MODULES):
             dilation = getattr(module, "dilation", 1)
             return (
                 per_dim(module.kernel_size, dims),

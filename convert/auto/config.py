@@ -1,0 +1,36 @@
+"""What `--to auto` aims for and where it measures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from convert.errors import ConvertError
+from convert.runtime.bench import BenchConfig
+
+__all__ = ["AutoConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoConfig:
+    """What `--to auto` aims for and where it measures."""
+
+    target_speedup: float = 2.0  # end-to-end, original latency / converted latency, on `device`
+    max_error: float | None = None  # drop candidates whose layer output error (relative) is above this
+    device: str = "cpu"  # cpu | cuda | auto: the ONNX Runtime provider the plan is for
+    threads: int | None = None  # CPU intra-op threads; None: the physical cores
+    runs: int = 30  # timed runs per candidate layer (median kept)
+    warmup: int = 5
+    max_candidates: int = 10  # per layer, after dropping dominated ones (evenly spread over MACs)
+    cache_dir: str | None = None  # None: LatencyCache.default()
+
+    def __post_init__(self) -> None:
+        if not self.target_speedup >= 1.0:
+            raise ConvertError(f"target speedup {self.target_speedup} is not valid: use 1.0 or more, e.g. 2")
+        if self.max_error is not None and not self.max_error > 0:
+            raise ConvertError(f"max error {self.max_error} is not valid: use a positive fraction, e.g. 0.1")
+        if self.max_candidates < 2:
+            raise ConvertError("max_candidates must be at least 2")
+        self.bench()  # validates device, threads, warm-up and runs
+
+    def bench(self) -> BenchConfig:
+        return BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)

@@ -6,6 +6,7 @@ import dataclasses
 
 from convert.errors import ConvertError
 from convert.runtime.bench import BenchConfig
+from convert.runtime.quantize import QuantizeConfig
 
 __all__ = ["AutoConfig"]
 
@@ -22,6 +23,10 @@ class AutoConfig:
     warmup: int = 5
     max_candidates: int = 10  # per layer, after dropping dominated ones (evenly spread over MACs)
     cache_dir: str | None = None  # None: LatencyCache.default()
+    # Plan for INT8 (`convert.runtime.quantize.FORMATS` names; a job's `quantize` sets them): the original is timed
+    # quantized in each format, the candidates as one-layer models quantized in the fastest, and the end-to-end fit
+    # on quantized files. The target speedup stays over the float original. Empty: plan for float.
+    quantize: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.target_speedup >= 1.0:
@@ -31,6 +36,8 @@ class AutoConfig:
         if self.max_candidates < 2:
             raise ConvertError("max_candidates must be at least 2")
         self.bench()  # validates device, threads, warm-up and runs
+        if self.quantize:
+            QuantizeConfig(formats=self.quantize)  # validates the format names
 
     def bench(self) -> BenchConfig:
         return BenchConfig(device=self.device, threads=self.threads, warmup=self.warmup, runs=self.runs)

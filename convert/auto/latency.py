@@ -1,11 +1,11 @@
 """Latency of one conv layer, as it is or factorized, measured on ONNX Runtime and cached on disk.
 
-Each candidate becomes a small ONNX model of that one layer at its real input shape, timed with the same
-harness, provider and options as the end-to-end benchmark (`bench.benchmark_onnx`), the candidates of a
-layer alternating run by run. A measurement is stored under a key made of everything it depends on: the
-layer's shape and hyper-parameters, the candidate's form, the provider and its options, the thread count,
-the ONNX Runtime version and the device name. A second run, or another model with the same layer shapes,
-reads it back instead of measuring again.
+Each candidate becomes a small ONNX model of that one layer at its real input shape (quantized to INT8 when the
+plan is for an INT8 runtime), timed with the same harness, provider and options as the end-to-end benchmark
+(`bench.benchmark_onnx`), the candidates of a layer alternating run by run. A measurement is stored under a key
+made of everything it depends on: the layer's shape and hyper-parameters, the candidate's form, the INT8 format,
+the provider and its options, the thread count, the ONNX Runtime version and the device name. A second run, or
+another model with the same layer shapes, reads it back instead of measuring again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 
 from convert.runtime.bench import BenchConfig, benchmark_onnx
 from convert.runtime.devices import resolve_device
+from convert.runtime.quantize import Int8Format, quantize_for_timing
 from convert.runtime.sessions import CUDA_OPTIONS, default_threads
 from convert.surgery.factorize import Factors
 from convert.surgery.find import ConvSpec
@@ -83,21 +84,23 @@ def measure_layer(
     config: BenchConfig,
     cache: LatencyCache,
     progress: Callable[[str, float], None] | None = None,
+    quantize: Int8Format | None = None,
 ) -> list[float]:
-    """Median latency (ms) of the layer under each plan (None: the conv as it is), from the cache or measured.
+    """Median latency (ms) of the layer under each plan (None: the conv as it is), from the cache or measured;
+    as one-layer models quantized in `quantize` when given, else in float.
 
     Raises:
         ConvertError: when the device cannot run here.
     """
     device = resolve_device(config.device).require_provider()
-    runtime = _runtime(device, config)
+    runtime = _runtime(device, config, quantize)
     keys = [_key(layer, plan, runtime) for plan in plans]
     found = [cache.get(key) for key in keys]
     missing = [i for i, ms in enumerate(found) if ms is None]
     cache.hits += len(plans) - len(missing)
     if missing:
         with tempfile.TemporaryDirectory(prefix="convert-latency-") as folder:
-            paths = [_layer_onnx(layer, plans[i], Path(folder) / f"candidate{i}.onnx") for i in missing]
+            paths = [_layer_onnx(layer, plans[i], Path(folder) / f"candidate{i}.onnx", quantize) for i in missing]
             timing = benchmark_onnx(
                 paths,
                 dataclasses.replace(config, device=device, batch_sizes=(layer.input_shape[0],)),
@@ -112,10 +115,10 @@ def measure_layer(
 
 def measure_models(paths: Sequence[Path], config: BenchConfig, cache: LatencyCache) -> list[float]:
     """Median end-to-end latency (ms) of each ONNX file at its static batch, from the cache or measured side by
-    side. The key is the file's content (graph and weights) and the runtime, so a second plan of the same model
-    times nothing and plans the same."""
+    side. The key is the file's content (graph and weights; an INT8 file's formats and ranges) and the runtime,
+    so a second plan of the same model times nothing and plans the same."""
     device = resolve_device(config.device).require_provider()
-    runtime = _runtime(device, config)
+    runtime = _runtime(device, config, None)
     keys = [_file_key(path, runtime) for path in paths]
     found = [cache.get(key) for key in keys]
     missing = [i for i, ms in enumerate(found) if ms is None]
@@ -134,8 +137,11 @@ def _file_key(path: Path, runtime: dict) -> str:
     return hashlib.sha256(json.dumps([CACHE_VERSION, digest, runtime], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _runtime(device: str, config: BenchConfig) -> dict:
-    """Everything about the runtime that a latency depends on."""
+def _runtime(device: str, config: BenchConfig, quantize: Int8Format | None) -> dict:
+    """Everything about the runtime that a latency depends on (the INT8 format too, when there is one: keys of
+    float measurements are as they were before INT8 planning existed)."""
+    if quantize is not None:
+        return {**_runtime(device, config, None), "quantize": dataclasses.asdict(quantize)}
     if device == "cpu":
         return {
             "provider": "CPUExecutionProvider",
@@ -187,13 +193,15 @@ def layer_module(layer: LayerShape, plan: LayerPlan | None) -> nn.Module:
     return build_replacement(spec, Factors(first, pointwise, 0.0), conv.bias, False, False).eval()
 
 
-def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path) -> Path:
+def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path, quantize: Int8Format | None) -> Path:
     """A one-layer ONNX model with a static input shape (the TorchScript exporter: ~50x faster than dynamo
-    for a graph this small, and the graph is the same Conv nodes)."""
+    for a graph this small, and the graph is the same Conv nodes), quantized in `quantize` when given."""
     module = layer_module(layer, plan)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, (torch.randn(layer.input_shape),), str(path), dynamo=False, input_names=["x"], output_names=["y"]
         )
-    return path
+    if quantize is None:
+        return path
+    return quantize_for_timing(path, path.with_name(f"{path.stem}.{quantize.name}.onnx"), quantize)

@@ -43,6 +43,14 @@ from convert.report.schema import format_count, format_ratio, plot_benchmark
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig, benchmark_onnx
 from convert.runtime.devices import DEVICES
 from convert.runtime.export import DEFAULT_ATOL, OnnxConfig, ParityError
+from convert.runtime.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_QUANT_ERROR,
+    FORMATS,
+    QuantizeConfig,
+)
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
 from convert.surgery.pipeline import inspect_model
 
@@ -235,6 +243,11 @@ def _convert_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where layer latencies are cached (default: $CONVERT_CACHE_DIR or ~/.cache/convert/latency)",
     )
+    _quantize_arguments(
+        parser.add_argument_group(
+            "INT8 quantization (writes OUTDIR/original.int8.onnx and OUTDIR/model.int8.onnx; implies --benchmark)"
+        )
+    )
     service = parser.add_argument_group("service (convert on a `convert serve` server instead of here)")
     service.add_argument(
         "--server",
@@ -251,6 +264,48 @@ def _convert_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
     return parser
+
+
+def _quantize_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of --quantize; each defaults to None so that one given without --quantize is caught."""
+    group.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="quantize both ONNX files with ONNX Runtime (static, per-channel weights): every --quant-formats format "
+        "is checked against float on held-out inputs and timed on --device; the fastest that passes is kept; with "
+        "--to auto the plan is for the INT8 runtime",
+    )
+    group.add_argument(
+        "--calibrate",
+        action="append",
+        metavar="DATA",
+        help="inputs to calibrate on (and to hold out for the check), in the forms --distill takes "
+        "(default: the --distill inputs; 'synthetic' for a trial only)",
+    )
+    group.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help=f"inputs the activation ranges are measured on (default: {DEFAULT_CALIBRATION_SAMPLES})",
+    )
+    group.add_argument(
+        "--calibration-method", choices=list(CALIBRATION_METHODS), help="activation ranges (default: minmax)"
+    )
+    group.add_argument(
+        "--quant-formats",
+        type=_formats,
+        metavar="F,F,...",
+        help=f"candidate formats, of {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
+        "u8s7: 7-bit weights, for CPUs without VNNI)",
+    )
+    group.add_argument(
+        "--max-quant-error",
+        type=float,
+        metavar="E",
+        help="the check: largest relative output error of INT8 against float on held-out inputs "
+        f"(default: {DEFAULT_MAX_QUANT_ERROR:g}); when no format passes, the files go to OUTDIR.failed-parity/ "
+        "and the exit status is 3",
+    )
 
 
 def _distill_arguments(group: argparse._ArgumentGroup) -> None:
@@ -418,6 +473,10 @@ def _run_convert(args: argparse.Namespace) -> int:
         )
     if report.distill is not None:
         stderr.print(_distill_summary(report.distill), highlight=False, soft_wrap=True)
+    if report.quantize is not None:
+        for note in report.quantize.notes:
+            stderr.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        stderr.print(escape(_quantize_summary(report.quantize)), highlight=False, soft_wrap=True)
     stderr.print(f"wrote {escape(str(outdir))}/ ({', '.join(output_files(report))})", highlight=False, soft_wrap=True)
     return code
 
@@ -485,6 +544,19 @@ def _distill_summary(distill) -> str:
     )
 
 
+def _quantize_summary(quantize) -> str:
+    """One line per INT8 file: the format kept, its speedup over its float file, its error."""
+    parts = []
+    for model in (quantize.original, quantize.converted):
+        chosen = model.chosen
+        agreement = "" if chosen.top1_agreement is None else f", top-1 agreement {chosen.top1_agreement:.1%}"
+        parts.append(
+            f"{model.path}: {model.format}, {chosen.speedup:.2f}x over {model.source}, "
+            f"rel. error {chosen.rel_error:.3g}{agreement} (of {len(model.candidates)} formats, {sum(c.passed for c in model.candidates)} passed)"
+        )
+    return "INT8 " + "; ".join(parts)
+
+
 def _distill_exit_status(distill) -> int:
     """0, or the status of a distillation that stopped early (its results are written all the same)."""
     if distill is None or distill.status == "completed":
@@ -495,7 +567,8 @@ def _distill_exit_status(distill) -> int:
 def _job_options(args: argparse.Namespace) -> JobOptions:
     config = _config(args)
     auto = _auto_options(args, config.target)
-    bench = _bench_config(args) if args.benchmark or auto else None
+    quantize = _quantize_options(args)
+    bench = _bench_config(args) if args.benchmark or auto or quantize else None
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
     return JobOptions(
@@ -508,7 +581,31 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
         bench=bench,
         auto=auto,
         distill=_distill_options(args),
+        quantize=quantize,
     )
+
+
+# --quantize options (the QuantizeConfig field each one sets)
+_QUANTIZE_OPTIONS = {
+    "calibrate": "calibration",
+    "calibration_samples": "calibration_samples",
+    "calibration_method": "calibration_method",
+    "quant_formats": "formats",
+    "max_quant_error": "max_quant_error",
+}
+
+
+def _quantize_options(args: argparse.Namespace) -> QuantizeConfig | None:
+    """The --quantize settings; None without --quantize (then none of its options may be given)."""
+    given = {field: getattr(args, name) for name, field in _QUANTIZE_OPTIONS.items() if getattr(args, name) is not None}
+    if args.quantize is None:
+        if given:
+            name = next(name for name, field in _QUANTIZE_OPTIONS.items() if field in given)
+            raise ConvertError(f"--{name.replace('_', '-')} goes with --quantize int8: add --quantize int8")
+        return None
+    if "calibration" in given:
+        given["calibration"] = tuple(given["calibration"])
+    return QuantizeConfig(**given)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -645,6 +742,14 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
     return sizes
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in FORMATS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"formats {text!r} are not valid: use names of {', '.join(FORMATS)}")
+    return names
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -77,6 +77,7 @@ class Report:
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
+    quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +116,8 @@ class Report:
         ]
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in self.layers]
         sections = [s.to_markdown() for s in (self.auto, self.distill, self.onnx, self.benchmark) if s is not None]
+        if self.quantize is not None:
+            sections.append(self.quantize.to_markdown(self.benchmark))
         return "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
 
     def table(self) -> Table:
@@ -441,8 +444,15 @@ class AutoReport:
     cached: int  # candidate latencies read from the cache
     cache_dir: str
     notes: list[str]
+    quantize: str | None = None  # the INT8 format the latencies are of (None: float); baseline_ms stays float
+    quantized_ms: float | None = None  # the original in that format, end to end (the fit's "keep everything" point)
 
     def to_markdown(self) -> str:
+        int8 = (
+            [f"- planned for INT8 ({self.quantize}): layers, the fastest plan and the original ({self.quantized_ms:.3g}"
+             " ms) timed quantized; the target is over the float original"]
+            if self.quantize else []
+        )  # fmt: skip
         lines = [
             "## Latency-aware plan (--to auto)",
             "",
@@ -450,6 +460,7 @@ class AutoReport:
             f"({self.baseline_ms:.3g} ms -> {self.predicted_ms:.3g} ms; the fastest plan measured "
             f"{self.fastest_ms:.3g} ms; predicted = {self.fixed_ms:.3g} ms + {self.scale:.3g} x the layers' own ms)",
             f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
+            *int8,
             *(f"- {note}" for note in self.notes),
             "",
             "| layer | input | chosen | ms before | ms after | layer error | model error | candidates |",
@@ -618,3 +629,131 @@ def plot_distill(distill: DistillReport, path: str | os.PathLike[str]) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+# --- INT8 quantization record --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QuantCandidate:
+    """One INT8 format tried for a model: its speed on the benchmark's device and its accuracy check."""
+
+    format: str  # qdq-u8s8 | qdq-u8s7 | qdq-s8s8 | qop-u8s8 | ... (convert.runtime.quantize.FORMATS)
+    label: str  # e.g. "QDQ U8S8": graph format, activation and weight types
+    latency_ms: float  # median, at the timed batch size, side by side with the float model
+    speedup: float  # the float model's median / this one's
+    rel_error: float  # ||y_int8 - y_float|| / ||y_float|| over the held-out inputs (all output tensors)
+    top1_agreement: float | None  # with the float model (class-score outputs, N x classes, only)
+    passed: bool  # rel_error <= max_quant_error
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    """One float ONNX file and its INT8 version: the formats tried, the one kept, how far it is from float."""
+
+    path: str  # the INT8 file (relative to the output folder): original.int8.onnx | model.int8.onnx
+    source: str  # the float file it was made from: original.onnx | model.onnx
+    format: str  # the format kept: the fastest that passed (else, when none did, the most accurate)
+    passed: bool  # whether the kept format passed the accuracy check
+    float_ms: float  # the float model's median in the same timing as the candidates
+    file_bytes: int  # size of the INT8 file (and its external data)
+    float_bytes: int  # size of the float file
+    rel_error: float  # the kept format against its float model, on the held-out inputs
+    top1_agreement: float | None
+    # the float model and the kept format against the original float model on the same inputs (the conversion's
+    # error, then the conversion's and the quantization's together; 0 and 1 for the original itself)
+    float_vs_original: float
+    float_vs_original_top1: float | None
+    vs_original: float
+    vs_original_top1: float | None
+    float_ops: dict[str, int]  # op types ONNX Runtime has no INT8 form for (they run in float), with counts
+    candidates: list[QuantCandidate]
+    seconds: float  # preparing, calibrating, writing, checking and timing this model
+
+    @property
+    def chosen(self) -> QuantCandidate:
+        return next(c for c in self.candidates if c.format == self.format)
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """INT8 static quantization (ONNX Runtime, per-channel weights) of both models, after the conversion."""
+
+    calibration: str  # what the activation ranges were measured on
+    synthetic: bool  # random calibration inputs: the ranges, and the check, may not hold on real data
+    calibration_samples: int  # inputs calibrated on
+    calibration_method: str  # minmax | entropy | percentile
+    check: str  # the held-out inputs of the accuracy check
+    check_samples: int
+    max_quant_error: float  # the largest rel_error a format may have to pass
+    device: str  # where the candidates were timed (the benchmark's)
+    batch: int  # the batch size they were timed at
+    runs: int  # timed runs per candidate
+    original: QuantizedModel
+    converted: QuantizedModel
+    notes: list[str]
+
+    def to_markdown(self, benchmark: Benchmark | None = None) -> str:
+        lines = [
+            "## INT8 quantization",
+            "",
+            f"- ONNX Runtime static quantization, per-channel int8 weights; {self.calibration_method} ranges from "
+            f"{self.calibration_samples} inputs ({self.calibration}); checked on {self.check_samples} held-out "
+            f"inputs ({self.check}): a format passes within {self.max_quant_error:g} relative output error of float",
+            f"- formats timed on {self.device} at batch {self.batch}, {self.runs} runs each, side by side with the "
+            "float model; the fastest that passes is kept",
+            *(f"- {note}" for note in self.notes),
+        ]
+        if benchmark is not None:
+            lines += ["", *_side_by_side(self, benchmark)]
+        lines += [
+            "",
+            "| model | format | ms | speedup over float | rel. error vs float | top-1 agreement | passed | kept |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
+        for model in (self.original, self.converted):
+            for c in model.candidates:
+                lines.append(
+                    f"| {model.source} | {c.label} (`{c.format}`) | {_ms(c.latency_ms)} | {c.speedup:.2f}x | "
+                    f"{c.rel_error:.3g} | {_percent(c.top1_agreement)} | {'yes' if c.passed else '**no**'} | "
+                    f"{'**kept**' if c.format == model.format else ''} |"
+                )
+        return "\n".join(lines) + "\n"
+
+
+def _side_by_side(quantize: QuantizeReport, benchmark: Benchmark) -> list[str]:
+    """The four models in one table: latency and speedup from the benchmark, size, error against the original."""
+    timings = {m.path: m for m in benchmark.models}
+    batch = benchmark.batch_sizes[0]
+    base = timings.get(quantize.original.source)
+    rows = [
+        (quantize.original.source, quantize.original.float_bytes, 0.0, 1.0 if _top1(quantize.original) else None),
+        (quantize.original.path, quantize.original.file_bytes, quantize.original.vs_original,
+         quantize.original.vs_original_top1),
+        (quantize.converted.source, quantize.converted.float_bytes, quantize.converted.float_vs_original,
+         quantize.converted.float_vs_original_top1),
+        (quantize.converted.path, quantize.converted.file_bytes, quantize.converted.vs_original,
+         quantize.converted.vs_original_top1),
+    ]  # fmt: skip
+    lines = [
+        f"| model (batch {batch}) | p50 ms | speedup over the original | size MiB | rel. error vs the original "
+        "(held-out) | top-1 agreement with the original |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for path, size, error, top1 in rows:
+        timing = timings.get(path)
+        p50 = timing.latency[0].p50 if timing else None
+        speedup = f"{base.latency[0].p50 / p50:.2f}x" if base and p50 else ""
+        lines.append(
+            f"| `{path}` | {_ms(p50) if p50 else ''} | {speedup} | {size / 2**20:.2f} | {error:.3g} | "
+            f"{_percent(top1)} |"
+        )
+    return lines
+
+
+def _top1(model: QuantizedModel) -> bool:
+    return model.vs_original_top1 is not None
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import psutil
 import torch
 
-from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
+from convert.artifacts import CONVERTED_INT8_ONNX, CONVERTED_ONNX, ORIGINAL_INT8_ONNX, ORIGINAL_ONNX
 from convert.common import Progress
 from convert.conversion import Conversion
 from convert.errors import ConvertError
@@ -321,14 +321,19 @@ def benchmark_conversion(
     progress: Progress | None = None,
 ) -> Benchmark:
     """Time the original and the converted model's ONNX files in `folder` (from `export_conversion`) side by side,
-    and record it as `conversion.report.benchmark`."""
+    with their INT8 files after each when the conversion was quantized (`quantize_conversion`), and record it as
+    `conversion.report.benchmark`. Speedups are over the original float model."""
     totals = conversion.report.totals
     folder = Path(folder)
+    files = [(ORIGINAL_ONNX, "original", totals.macs_before), (CONVERTED_ONNX, "converted", totals.macs_after)]
+    if conversion.report.quantize is not None:  # no MAC ratio for INT8: a MAC is not the float one's cost
+        files[1:1] = [(ORIGINAL_INT8_ONNX, "original int8", None)]
+        files.append((CONVERTED_INT8_ONNX, "converted int8", None))
     benchmark = benchmark_onnx(
-        [folder / ORIGINAL_ONNX, folder / CONVERTED_ONNX],
+        [folder / name for name, _, _ in files],
         config,
-        names=["original", "converted"],
-        macs=[totals.macs_before, totals.macs_after],
+        names=[label for _, label, _ in files],
+        macs=[macs for _, _, macs in files],
         progress=progress,
     )
     for timing in benchmark.models:

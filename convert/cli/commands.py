@@ -550,9 +550,10 @@ def _quantize_summary(quantize) -> str:
     for model in (quantize.original, quantize.converted):
         chosen = model.chosen
         agreement = "" if chosen.top1_agreement is None else f", top-1 agreement {chosen.top1_agreement:.1%}"
+        passed = sum(c.passed for c in model.candidates)
         parts.append(
             f"{model.path}: {model.format}, {chosen.speedup:.2f}x over {model.source}, "
-            f"rel. error {chosen.rel_error:.3g}{agreement} (of {len(model.candidates)} formats, {sum(c.passed for c in model.candidates)} passed)"
+            f"rel. error {chosen.rel_error:.3g}{agreement} ({passed} of {len(model.candidates)} formats passed)"
         )
     return "INT8 " + "; ".join(parts)
 

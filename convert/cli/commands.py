@@ -606,6 +606,11 @@ def _quantize_options(args: argparse.Namespace) -> QuantizeConfig | None:
         return None
     if "calibration" in given:
         given["calibration"] = tuple(given["calibration"])
+    elif not args.distill:
+        raise ConvertError(
+            "--quantize int8 calibrates on real inputs: add --calibrate DATA (a folder of images or a tensor file of "
+            "a hundred or more inputs; 'synthetic' for a trial only), or --distill DATA"
+        )
     return QuantizeConfig(**given)
 
 

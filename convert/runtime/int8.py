@@ -119,6 +119,12 @@ def quantize_conversion(
         converted=converted,
         notes=_notes(data, config, calibration, models),
     )
+    planned = conversion.report.auto.quantize if conversion.report.auto is not None else None
+    if planned is not None and planned != converted.format:
+        report.notes.append(
+            f"the plan was timed in {planned} (the fastest for the original, accuracy unchecked); {converted.path} "
+            f"kept {converted.format}, the fastest that passed the check"
+        )
     conversion.report.quantize = report
     if not converted.passed:
         best = converted.chosen

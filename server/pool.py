@@ -24,8 +24,9 @@ from typing import Any
 
 import psutil
 
+from server import wire
 from server.config import ServerConfig
-from server.events import EventHub, state_event
+from server.events import EventHub
 from server.rpc import converter_pb2 as pb
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from server.worker.main import OUT_DIR
@@ -261,7 +262,7 @@ class WorkerPool:
             job_id, only_from=only_from, state=state, message=message, failure=failure, finished=time.time(), **fields
         ):
             return
-        self._hub.publish(state_event(self._store.get(job_id)))
+        self._hub.publish(wire.job_event(self._store.get(job_id)))
 
     def _wait_finished(self, job_id: str) -> None:
         with self._cond:

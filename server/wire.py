@@ -1,19 +1,107 @@
-"""JobOptions <-> the proto's JobOptions message: the same settings on both sides of the wire."""
+"""Every conversion between the proto's messages and the domain: JobOptions both ways, the file format tables,
+job records and their events as Job and JobEvent messages, and a job's report."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 
 from convert.auto.planner import AutoConfig
 from convert.distill.data import SYNTHETIC
 from convert.distill.trainer import DistillConfig
 from convert.errors import ConvertError
+from convert.files import FileKind
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
+from convert.report.schema import Report
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
 from convert.runtime.export import DEFAULT_ATOL, OnnxConfig
 from convert.surgery.config import DEFAULT_MIN_CHANNELS, ConvertConfig
 from server.rpc import converter_pb2 as pb
+from server.store import JobRecord
+
+__all__ = [
+    "DATA_FORMATS",
+    "DATA_SUFFIXES",
+    "MODEL_FORMATS",
+    "WEIGHTS_FORMATS",
+    "from_proto",
+    "job_event",
+    "job_message",
+    "model_format",
+    "report_of",
+    "to_proto",
+    "weights_format",
+]
+
+# Model files: each proto format, as convert.files.file_kind names what a file's content is.
+MODEL_FORMATS: dict[int, FileKind] = {
+    pb.ModelFile.PT2: "pt2",
+    pb.ModelFile.PICKLE: "torch.save",
+    pb.ModelFile.TORCHSCRIPT: "torchscript",
+}
+# A factory's weights: each proto format, as convert.files.weights_kind names it.
+WEIGHTS_FORMATS: dict[int, str] = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
+# Distillation data files: each proto format, as convert.files.tensor_file_kind names it (the suffix the server
+# stores the file under, which convert.distill.data reads it by).
+DATA_FORMATS: dict[int, str] = {
+    pb.DataFile.NPY: ".npy",
+    pb.DataFile.NPZ: ".npz",
+    pb.DataFile.SAFETENSORS: ".safetensors",
+    pb.DataFile.TORCH_SAVE: ".pt",
+}
+# The suffixes of the tensor files a client may upload (lowercase), and the proto format of each.
+DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMATS.items()} | {
+    ".pth": pb.DataFile.TORCH_SAVE
+}
+
+
+def model_format(kind: FileKind) -> int:
+    """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
+    return next(format for format, name in MODEL_FORMATS.items() if name == kind)
+
+
+def weights_format(kind: str) -> int:
+    """The proto's Factory.WeightsFormat of a weights file of this kind (`convert.files.weights_kind`)."""
+    return next(format for format, name in WEIGHTS_FORMATS.items() if name == kind)
+
+
+def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
+    """The wire form of a job record (the report only with `with_report`: it can be large)."""
+    return pb.Job(
+        id=record.id,
+        state=pb.JobState.Value(record.state),
+        stage=record.stage,
+        progress=record.progress,
+        message=record.message,
+        failure=_failure(record.failure),
+        created_at=record.created,
+        started_at=record.started,
+        finished_at=record.finished,
+        source=record.source,
+        options=to_proto(JobOptions.from_dict(record.options)),
+        report_json=record.report if with_report else "",
+        artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
+    )
+
+
+def job_event(record: JobRecord) -> pb.JobEvent:
+    """The event that says where a job stands now (the first event of every Watch, and each change of state)."""
+    return pb.JobEvent(
+        job_id=record.id,
+        state=pb.JobState.Value(record.state),
+        stage=record.stage,
+        progress=record.progress,
+        message=record.message,
+        failure=_failure(record.failure),
+        time=time.time(),
+    )
+
+
+def report_of(job: pb.Job) -> Report:
+    """The report of a SUCCEEDED job, as the server sent it in GetJob."""
+    return Report.from_dict(json.loads(job.report_json))
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
@@ -182,6 +270,11 @@ _DISTILL_FIELDS = (
     "batchnorm",
     "amp",
 )
+
+
+def _failure(name: str) -> int:
+    """A job record's failure kind ('' when none) as the proto's Failure."""
+    return pb.Failure.Value(name) if name else pb.FAILURE_UNSPECIFIED
 
 
 def _optional(message, field: str, default=None):

@@ -23,7 +23,9 @@ from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
 from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
-from server.worker.main import JOB_FILE, OUT_DIR
+from server.worker.protocol import JOB_FILE, OUT_DIR
+
+__all__ = ["ConverterServicer"]
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: the only job ids that ever become paths
 MAX_LIST = 1000

@@ -1,5 +1,5 @@
 """Every conversion between the proto's messages and the domain: JobOptions both ways, the file format tables,
-job records and their events as Job and JobEvent messages, and a job's report."""
+job records and workers' events as Job and JobEvent messages, and a job's report."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from convert.load import DTYPES
 from convert.report.schema import Report
 from server.rpc import converter_pb2 as pb
 from server.store import JobRecord
+from server.worker.protocol import LogLine, StageProgress
 
 __all__ = [
     "DATA_FORMATS",
@@ -31,6 +32,7 @@ __all__ = [
     "report_of",
     "to_proto",
     "weights_format",
+    "worker_event",
 ]
 
 # Model files: each proto format, as convert.files.file_kind names what a file's content is.
@@ -97,6 +99,15 @@ def job_event(record: JobRecord) -> pb.JobEvent:
     )
 
 
+def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
+    """A running job's progress, or a log line of it, as Watch streams them."""
+    if isinstance(event, StageProgress):
+        return pb.JobEvent(
+            job_id=job_id, state=pb.RUNNING, stage=event.stage, progress=event.progress, time=time.time()
+        )
+    return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
+
+
 def report_of(job: pb.Job) -> Report:
     """The report of a SUCCEEDED job, as the server sent it in GetJob."""
     return Report.from_dict(json.loads(job.report_json))
@@ -121,10 +132,12 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     if isinstance(config.rank, int):
         message.rank = config.rank
     if options.onnx is not None:
+        message.onnx.SetInParent()
         _put(message.onnx, options.onnx)
         message.onnx.static_shapes = not options.onnx.dynamic_batch
     if options.bench is not None:
         bench = options.bench
+        message.benchmark.SetInParent()
         _put(message.benchmark, bench)
         message.benchmark.batch_sizes.extend(bench.batch_sizes)
         if bench.duration is not None:
@@ -132,10 +145,12 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         else:
             message.benchmark.runs = bench.runs
     if options.auto is not None:
+        message.auto.SetInParent()
         _put(message.auto, options.auto)
         message.auto.threads = options.auto.threads or 0  # 0: the physical cores (unset: the benchmark's)
     if options.distill is not None:
         distill = options.distill
+        message.distill.SetInParent()
         message.distill.data = SYNTHETIC if distill.data == (SYNTHETIC,) else ""
         _put(message.distill, distill.config)
         message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped

@@ -23,6 +23,8 @@ from server.config import (
 )
 from server.service import serve
 
+__all__ = ["main", "parser"]
+
 EXIT_BAD_INPUT = 2
 
 

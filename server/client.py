@@ -28,6 +28,8 @@ from server.auth import call_metadata, channel_credentials
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 
+__all__ = ["CHUNK_BYTES", "FINAL_STATES", "ConvertClient", "JobFailed", "ServiceError"]
+
 CHUNK_BYTES = 1 << 20  # upload chunks: the protocol's largest (fewer messages, faster on loopback)
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 

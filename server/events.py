@@ -9,6 +9,8 @@ from collections import defaultdict
 from server.rpc import converter_pb2 as pb
 from server.store import FINISHED
 
+__all__ = ["CLOSED", "EventHub", "is_final"]
+
 CLOSED = None  # put on every subscriber's queue when the server shuts down
 
 

@@ -16,6 +16,16 @@ from server.config import ServerConfig
 from server.rpc import converter_pb2 as pb
 from server.wire import DATA_FORMATS, MODEL_FORMATS, WEIGHTS_FORMATS
 
+__all__ = [
+    "MAX_CHUNK",
+    "MAX_DATA_FILES",
+    "SAFE_ALTERNATIVE",
+    "UploadError",
+    "check_header",
+    "data_file_names",
+    "receive",
+]
+
 MAX_CHUNK = 1 << 20  # bytes: the largest chunk a client may send (the server's receive limit, plus the header's)
 MAX_DATA_FILES = 32  # distillation data files in one submission
 

@@ -229,7 +229,7 @@ def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
     path = Path(options.model)
     if path.exists() or ":" not in options.model:
         if options.weights is not None:
-            raise ConvertError("--weights goes with a factory spec (package.module:callable), not a model file")
+            raise ConvertError("`weights` goes with a factory spec (package.module:callable), not a model file")
         kind = model_file_kind(path)  # from the zip's names alone: the file is not loaded here
         header.model_file.CopyFrom(pb.ModelFile(format=wire.model_format(kind), filename=path.name))
         upload: Path | None = path

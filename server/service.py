@@ -1,4 +1,5 @@
-"""Assemble and run the service: gRPC server, health, optional reflection, job store, worker pool."""
+"""Assemble and run the service: the gRPC server (RPCs, health, optional reflection), the job store, and the worker
+pool on its runner; start and stop them in order."""
 
 from __future__ import annotations
 

@@ -35,6 +35,8 @@ _CALL_ENDED = object()  # put in a Watch's inbox when its call ends (the client 
 
 
 class ConverterServicer(pb_grpc.ConverterServicer):
+    """The RPCs of proto/converter.proto's Converter service, under their generated names."""
+
     def __init__(self, config: ServerConfig, store: JobStore, pool: WorkerPool, hub: EventHub, jobs_dir: Path):
         self._config, self._store, self._pool, self._hub, self._jobs_dir = config, store, pool, hub, jobs_dir
         self.closing = False  # set on shutdown: no new jobs

@@ -40,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def main() -> int:
+    """Get ready, take one job from stdin, run it, report its outcome. Returns 0: the outcome is in the events."""
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints (libraries) go to the log, not into the event stream
     parent = os.getppid()

@@ -174,7 +174,7 @@ def test_options_once_dropped_reach_the_worker(client: ConvertClient, tmp_path: 
         assert job.state == pb.SUCCEEDED, job.message
         assert json.loads(job.report_json)["distill"]["device"].startswith("cuda")
     else:  # the worker was asked for CUDA, and said it has none (with "auto" it would have trained on the CPU)
-        assert (job.state, job.failure) == (pb.FAILED, pb.BAD_INPUT) and "cannot train here" in job.message
+        assert (job.state, job.failure) == (pb.FAILED, pb.BAD_INPUT) and "CUDA GPU" in job.message
 
 
 # --- watch, cancel, limits ------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_o
 from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
 from convert.runtime.parity import check_parity
 from convert.runtime.sessions import open_session, validate_onnx_file
-from convert.surgery.apply import apply_plan
+from convert.surgery.apply import SavedPlanner, apply_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.modules import FactorizedConv
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
@@ -61,6 +61,7 @@ __all__ = [
     "OnnxReport",
     "ParityError",
     "Report",
+    "SavedPlanner",
     "Totals",
     "UniformPlanner",
     "apply_plan",

@@ -15,7 +15,7 @@ from convert.conversion import Conversion
 from convert.distill.data import DistillData, image_transform, load_data
 from convert.distill.trainer import DistillConfig, DistillEvent, distill_result
 from convert.errors import ConvertError
-from convert.report.schema import (
+from convert.report import (
     Benchmark,
     DistillMetrics,
     DistillReport,

@@ -17,7 +17,7 @@ import torch
 
 from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
-from convert.report.schema import Report, plot_auto, plot_benchmark, plot_distill
+from convert.report import Report, plot_auto, plot_benchmark, plot_distill
 
 MODEL = "model.pt"
 REPORT_JSON = "report.json"

@@ -39,7 +39,8 @@ from convert.distill.trainer import (
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
-from convert.report.schema import format_count, format_ratio, plot_benchmark
+from convert.report import plot_benchmark
+from convert.report.text import format_count, format_ratio
 from convert.runtime.bench import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_RUNS,

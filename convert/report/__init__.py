@@ -1,5 +1,10 @@
-"""What a conversion did: the report.json schema, its Markdown and terminal forms, and the plots."""
+"""What a conversion did: the report.json schema, its Markdown and terminal forms, and the plots.
 
+`schema` holds the records (and their JSON, both ways); `markdown` renders report.md, `terminal` the rich tables,
+`plots` the PNGs; `text` has the figures and cells the two text forms share.
+"""
+
+from convert.report.plots import plot_auto, plot_benchmark, plot_distill
 from convert.report.schema import (
     Benchmark,
     DistillMetrics,
@@ -9,8 +14,6 @@ from convert.report.schema import (
     OnnxReport,
     Report,
     Totals,
-    plot_benchmark,
-    plot_distill,
 )
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "OnnxReport",
     "Report",
     "Totals",
+    "plot_auto",
     "plot_benchmark",
     "plot_distill",
 ]

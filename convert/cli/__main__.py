@@ -2,6 +2,6 @@
 
 import sys
 
-from convert.cli.commands import main
+from convert.cli import main
 
 sys.exit(main())

@@ -1,9 +1,4 @@
-"""The one table of library option names and the command-line flags that set them; library messages in flag terms.
-
-Library errors name options as their dataclass fields, in backticks ("set `groups` (e.g. `groups`=4)"), so that
-Python and gRPC users read their own terms; `to_cli` rewrites each known name for the user of `convert`
-("set --groups (e.g. --groups 4)").
-"""
+"""The one table of library option names -> command-line flags, and library messages rewritten in flag terms."""
 
 from __future__ import annotations
 
@@ -137,6 +132,8 @@ def flag(name: str) -> str:
 
 def to_cli(message: str) -> str:
     """`message` (a library error or warning) with each backticked option name replaced by its flag.
+
+    Library messages name options as their dataclass fields, so that Python and gRPC users read their own terms.
 
     "`target`=grouped needs `groups`" -> "--to grouped needs --groups". Names that are not in the table keep
     their backticks; messages that already speak flags are left as they are.

@@ -1,8 +1,4 @@
-"""Parsed arguments -> the library's options: JobOptions and its configs, the output folder, the server to use.
-
-The refusals here are the command line's own (an option given without the one it goes with); every other check
-is the library's, made when the options are built (`JobOptions`, the config dataclasses) or in `preflight`.
-"""
+"""Parsed arguments -> the library's options: JobOptions and its configs, the output folder, the server to use."""
 
 from __future__ import annotations
 
@@ -17,6 +13,9 @@ from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
 from convert.surgery import ConvertConfig
+
+# The refusals here are the command line's own (an option given without the one it goes with); every other check is
+# the library's, made when the options are built (JobOptions, the config dataclasses) or in `preflight`.
 
 __all__ = ["bench_config", "convert_config", "inspect_configs", "job_options", "output_dir", "server_of"]
 

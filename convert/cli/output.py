@@ -1,7 +1,4 @@
-"""Everything the command line prints: results on stdout; progress, warnings, summaries and errors on stderr.
-
-Text that comes from the library (errors, warnings, notes) goes through `to_cli`, which names options by their flags.
-"""
+"""Everything the command line prints: results on stdout; progress, warnings, summaries and errors on stderr."""
 
 from __future__ import annotations
 

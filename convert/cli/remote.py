@@ -1,7 +1,4 @@
-"""The command line's use of the service: a job run through `--server`, and `convert serve`.
-
-The only module of `convert` that imports `server`; it does so when called, so that grpc loads only for remote work.
-"""
+"""The service from the command line: a job run through `--server`, `convert serve`; the only importer of server/."""
 
 from __future__ import annotations
 
@@ -41,7 +38,7 @@ def run_remote(
         ConvertError: the server refused the job or it failed there (ParityError when ONNX Runtime did not match
             PyTorch).
     """
-    from server.client import ConvertClient
+    from server.client import ConvertClient  # here, not at the top: grpc loads only for remote work
 
     with ConvertClient(server.address, auth_token=server.auth_token, tls=server.tls, tls_ca=server.tls_ca) as client:
         return client.run(options, outdir, progress=progress, on_warning=on_warning)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from zoo_models import ZOO
 
 from convert import ConvertConfig, OnnxConfig, convert_model, export_onnx
-from convert.report.schema import format_count
+from convert.report.text import format_count
 from convert.surgery.verify import run_model, tensors_of
 
 REPEATS = 3  # rank-1 conversions timed per model (median)

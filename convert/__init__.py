@@ -16,7 +16,7 @@ from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data
 from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError
-from convert.report.schema import (
+from convert.report import (
     Benchmark,
     DistillMetrics,
     DistillReport,

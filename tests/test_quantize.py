@@ -24,6 +24,7 @@ from convert.conversion import Conversion
 from convert.distill.data import DistillData
 from convert.errors import QuantizationError, outcome_of
 from convert.job import JobOptions, run_job
+from convert.report.markdown import auto_markdown
 from convert.report.schema import Benchmark, Latency, ModelTiming, QuantizeReport
 from convert.runtime import int8
 from convert.runtime.bench import BenchConfig
@@ -163,7 +164,14 @@ class PartlyQuantizable(nn.Module):
 
 def test_ops_without_an_int8_form_are_named_and_run_in_float(tmp_path: Path) -> None:
     float_path = tmp_path / "float.onnx"
-    torch.onnx.export(PartlyQuantizable().eval(), (torch.randn(SHAPE),), float_path, dynamo=False)
+    torch.onnx.export(
+        PartlyQuantizable().eval(),
+        (torch.randn(SHAPE),),
+        float_path,
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},  # the reader feeds batches of 8
+    )
     path = prepare(float_path, tmp_path / "prepared.onnx")
     assert float_ops(path, FORMATS["qdq-u8s8"]) == {"Abs": 1, "Sqrt": 1, "Exp": 1}
     ranges = calibrate(path, _reader(path, _inputs(8)), "minmax", tmp_path / "ranges.json")
@@ -374,4 +382,4 @@ def test_the_planner_times_int8_and_keeps_the_target_over_the_float_original(tmp
     assert report.predicted_speedup == pytest.approx(report.baseline_ms / report.predicted_ms)
     layers = [json.loads(p.read_text())["what"] for p in (tmp_path / "cache").glob("*.json")]
     assert {w["quantize"]["name"] for w in layers if "layer" in w} == {report.quantize}
-    assert "planned for INT8" in report.to_markdown()
+    assert "planned for INT8" in auto_markdown(report)

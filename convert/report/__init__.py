@@ -1,5 +1,6 @@
-"""What a conversion did: the report.json schema, its Markdown and terminal forms, and the plots."""
+"""What a conversion did: the report.json schema, its Markdown (report.md) and terminal (rich) forms, the plots."""
 
+from convert.report.plots import plot_auto, plot_benchmark, plot_distill
 from convert.report.schema import (
     Benchmark,
     DistillMetrics,
@@ -7,10 +8,9 @@ from convert.report.schema import (
     LayerReport,
     OnnxExport,
     OnnxReport,
+    QuantizeReport,
     Report,
     Totals,
-    plot_benchmark,
-    plot_distill,
 )
 
 __all__ = [
@@ -20,8 +20,10 @@ __all__ = [
     "LayerReport",
     "OnnxExport",
     "OnnxReport",
+    "QuantizeReport",
     "Report",
     "Totals",
+    "plot_auto",
     "plot_benchmark",
     "plot_distill",
 ]

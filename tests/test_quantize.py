@@ -383,3 +383,25 @@ def test_the_planner_times_int8_and_keeps_the_target_over_the_float_original(tmp
     layers = [json.loads(p.read_text())["what"] for p in (tmp_path / "cache").glob("*.json")]
     assert {w["quantize"]["name"] for w in layers if "layer" in w} == {report.quantize}
     assert "planned for INT8" in auto_markdown(report)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--calibrate", "x.npy"], "error: --calibrate goes with --quantize int8: add --quantize int8"),
+        (["--max-quant-error", "0.2"], "error: --max-quant-error goes with --quantize int8: add --quantize int8"),
+        (["--quantize", "int8", "--quant-formats", "fp4"], "formats 'fp4' are not valid"),
+        (["--quantize", "int8", "--max-quant-error", "0"], "error: --max-quant-error 0.0 is not valid"),
+    ],
+)
+def test_the_cli_refuses_quantize_options_alone_or_bad(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convert.cli import main
+
+    try:
+        status = main(["test_quantize:classifier", "--input-shape", "1,3,16,16", "-o", str(tmp_path / "out"), *argv])
+    except SystemExit as e:  # a usage error (argparse)
+        status = e.code
+    assert status == 2
+    assert expected in capsys.readouterr().err and not (tmp_path / "out").exists()

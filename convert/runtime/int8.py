@@ -1,10 +1,10 @@
 """The INT8 stage of a job: both ONNX files quantized in every candidate format, each checked against float on
 held-out inputs and timed on the benchmark's device; the fastest that passes the check is kept.
 
-Why measure: which integer types are fast depends on the CPU and the provider (on an AVX2 CPU without VNNI, ORT's
-default S8S8 ran no faster than float and QOperator S8S8 2.6x slower, while U8S8 ran 2.6x faster), and which
-are accurate too (the same CPU's U8S8 kernels add pairs of uint8 x int8 products in int16, which full-range
-weights overflow: 7-bit weights, `qdq-u8s7`, do not). See BENCHMARKS.md.
+Why measure: which integer types are fast depends on the CPU and the provider (issue 18 measured ORT's default,
+QDQ S8S8, at 0.51x the float model's speed on one CPU, and QDQ U8S8 at 2.06x), and which are accurate too (CPUs
+without VNNI add pairs of uint8 x int8 products in int16, which full-range weights can overflow: 7-bit weights,
+`qdq-u8s7`, do not; ONNX Runtime's quantization guide, "reduce_range").
 """
 
 from __future__ import annotations

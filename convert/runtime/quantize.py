@@ -191,7 +191,7 @@ def prepare(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
         with quiet_unless_verbose():
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             quant_pre_process(str(optimized), str(out), skip_optimization=True, save_as_external_data=external)
-    except Exception as e:  # noqa: BLE001 - ORT's refusal of the graph is what the user reads
+    except Exception as e:  # ORT's refusal of the graph is what the user reads
         raise ConvertError(f"ONNX Runtime cannot prepare {Path(path).name} for quantization ({one_line(e)})") from e
     return out
 
@@ -266,7 +266,7 @@ def calibrate(prepared: str | os.PathLike[str], feeds: Feeds, method: str, out: 
                 )
                 calibrator.collect_data(_Reader(feeds))
                 ranges = calibrator.compute_data()
-        except Exception as e:  # noqa: BLE001 - ORT's failure on these inputs is the user's to fix
+        except Exception as e:  # ORT's failure on these inputs is the user's to fix
             raise ConvertError(f"calibrating {Path(prepared).name} failed ({one_line(e)})") from e
     save_tensors_data(ranges, out)
     return Path(out)
@@ -300,7 +300,7 @@ def quantize_file(
                 calibrate_method=CALIBRATION_METHODS[method],
                 calibration_cache_path=str(ranges),
             )
-    except Exception as e:  # noqa: BLE001 - ORT's refusal of the graph is what the user reads
+    except Exception as e:  # ORT's refusal of the graph is what the user reads
         raise ConvertError(f"ONNX Runtime cannot quantize {Path(prepared).name} as {fmt.name} ({one_line(e)})") from e
     return Path(out)
 

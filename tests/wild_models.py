@@ -148,7 +148,7 @@ def _timm_models() -> dict[str, WildModel]:
         "tf_efficientnet_b0": {},
         "tf_mobilenetv3_small_minimal_100": {},
         # conv / attention hybrids
-        "efficientformerv2_s0": {},
+        "efficientformerv2_s0": {"img_size": 64},
         "fastvit_t8": {},
         "levit_128s": {"img_size": 64},
         "mobilevit_xxs": {},
@@ -159,7 +159,6 @@ def _timm_models() -> dict[str, WildModel]:
         "repvit_m0_9": {},
         "inception_next_atto": {},
         "starnet_s050": {},
-        "tiny_vit_5m_224": {"img_size": 64},
     }
     models = {name: WildModel("timm", _timm(name, **kwargs), IMAGE) for name, kwargs in image.items()}
     # weight standardization (StdConv2d, ScaledStdConv2d): the tool must skip these convs

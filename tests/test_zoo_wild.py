@@ -119,17 +119,30 @@ def check_class(case: Case) -> None:
 
 
 def check_layers(case: Case) -> None:
-    """Convs converted at full rank; every skipped one with its reason; weight-standardized convs skipped."""
-    report = case.full.report
+    """Rows named by module (or weight) path; convs converted at full rank; every skipped one with its reason;
+    weight-standardized convs (`must_skip`) reported skipped and left as they were."""
+    report, model = case.full.report, case.model
+    paths = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+    assert {row.name for row in report.layers} <= paths, "rows not named by path: " + ", ".join(
+        sorted({row.name for row in report.layers} - paths)[:5]
+    )
     assert all(row.rank == row.full_rank for row in converted_rows(report))
     assert all(row.reason for row in skipped_rows(report))
-    if case.spec.must_skip:
-        classes = {n: type(m).__name__ for n, m in case.model.named_modules()}
-        rows = [row for row in report.layers if classes.get(row.name) in case.spec.must_skip]
-        assert rows, f"no layer of {case.spec.must_skip} in the report"
-        assert all(row.status == "skipped" for row in rows), [row.name for row in rows if row.status != "skipped"]
-    else:
+    if not case.spec.must_skip:
         assert converted_rows(report), "nothing converted"
+        return
+    standardized = [n for n, m in model.named_modules() if type(m).__name__ in case.spec.must_skip]
+    ours = dict(case.full.model.named_modules())
+    changed = [
+        n
+        for n in standardized
+        if type(ours.get(n)) is not type(model.get_submodule(n))
+        or not torch.equal(ours[n].weight, model.get_submodule(n).weight)
+    ]
+    assert standardized and not changed, f"converted: {changed[:5]}"
+    rows = {row.name: row for row in report.layers}
+    assert all(rows[n].status == "skipped" for n in standardized if n in rows)
+    assert len(skipped_rows(report)) >= len(standardized)
 
 
 def check_function(case: Case) -> None:

@@ -34,7 +34,8 @@ import torch
 import torchvision
 
 from convert import BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx
-from convert.runtime.bench import _runner, identity_model, latency_stats, time_side_by_side
+from convert.runtime.bench import _runner, identity_model
+from convert.runtime.timing import latency_stats, time_side_by_side
 from convert.runtime.sessions import open_session
 
 # name -> (factory, input shape)

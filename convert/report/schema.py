@@ -247,7 +247,9 @@ class ModelTiming:
     path: str
     latency: list[Latency]  # one per batch size, in the order of Benchmark.batch_sizes
     rss_growth_bytes: int  # process RSS after loading and warming up at every batch size, minus before
-    device_memory_bytes: int | None  # GPU memory taken by loading and warming up (CUDA), None on CPU
+    # GPU memory taken by loading and warming up (CUDA), None on CPU; on the PyTorch runtime, the peak allocated
+    device_memory_bytes: int | None
+    compile_seconds: float | None = None  # PyTorch runtime with torch.compile: the first run at each batch size
 
 
 @dataclasses.dataclass
@@ -263,16 +265,28 @@ class Speedup:
 
 
 @dataclasses.dataclass
-class Benchmark:
-    """ONNX Runtime latency of several models, timed side by side (alternating run by run)."""
+class TorchRuntime:
+    """How the PyTorch runtime ran the models it timed."""
 
-    device: str  # cpu | cuda | tensorrt: where the sessions ran, checked with session.get_providers()
+    version: str  # torch.__version__
+    compile: bool  # torch.compile (default mode, a static graph per batch size), else eager
+    dtype: str  # of the models and their float inputs: float32 | float16 | bfloat16
+    channels_last: bool  # models and inputs in the channels-last memory format
+    device_name: str  # the GPU's name, or the CPU's model name
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """Latency of several models on one runtime (ONNX Runtime, or PyTorch itself), timed side by side
+    (alternating run by run)."""
+
+    device: str  # cpu | cuda | tensorrt: where the models ran (ONNX Runtime: checked with session.get_providers())
     requested_device: str  # what was asked for (auto, cpu, cuda, tensorrt)
     reason: str  # why this device
-    providers: list[str]  # session.get_providers(), in priority order
+    providers: list[str]  # session.get_providers(), in priority order (empty on the PyTorch runtime)
     provider_options: dict[str, dict[str, str]]  # per provider, the options the session applied
-    ort_version: str
-    threads: int | None  # intra-op threads of the CPU provider (None on a GPU: ORT's default)
+    ort_version: str | None  # None on the PyTorch runtime
+    threads: int | None  # CPU intra-op threads (None on a GPU: ORT's default)
     warmup: int  # untimed runs per model and batch size
     runs: int | None  # timed runs per model and batch size (None when timed by duration)
     duration: float | None  # seconds of timed runs per batch size (None when timed by runs)
@@ -280,6 +294,8 @@ class Benchmark:
     models: list[ModelTiming]
     speedup: list[Speedup]  # every model after the first, at each batch size
     notes: list[str]  # e.g. TF32 convs, nodes that fell back to the CPU provider
+    runtime: str = "ort"  # ort (ONNX Runtime on the ONNX files) | torch (the PyTorch modules)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
 
     def rows(self) -> list[list[str]]:
         """Cells of the latency table: one row per model and batch size."""
@@ -302,12 +318,18 @@ class Benchmark:
                 )
         return rows
 
+    def runtime_name(self) -> str:
+        """'ONNX Runtime 1.31.1', or e.g. 'PyTorch 2.14.1 compiled, bfloat16, channels-last'."""
+        if self.torch is None:
+            return f"ONNX Runtime {self.ort_version}"
+        return f"PyTorch {self.torch.version} {torch_settings_text(self.torch)}"
+
     def describe(self) -> str:
         """One line: where it ran, how, and with what."""
         threads = f", {self.threads} threads" if self.threads else ""
         timing = f"{self.runs} runs" if self.duration is None else f"{self.duration:g} s"
         return (
-            f"ONNX Runtime {self.ort_version} on {self.device} ({self.reason}){threads}; "
+            f"{self.runtime_name()} on {self.device} ({self.reason}){threads}; "
             f"{self.warmup} warm-up + {timing} per batch size, models alternating run by run"
         )
 
@@ -327,7 +349,8 @@ class Benchmark:
     def table(self) -> Table:
         """The latency table for the terminal (rich)."""
         caption = "; ".join([self.describe(), *self.notes])
-        table = Table(title="ONNX Runtime latency (ms)", caption=escape(caption))
+        title = "ONNX Runtime latency (ms)" if self.torch is None else "PyTorch latency (ms)"
+        table = Table(title=title, caption=escape(caption))
         for column in _BENCH_COLUMNS:
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in self.rows():
@@ -354,6 +377,12 @@ _BENCH_COLUMNS = (
 
 def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
+def torch_settings_text(settings: TorchRuntime) -> str:
+    """'eager, float32' or 'compiled, bfloat16, channels-last'."""
+    parts = ["compiled" if settings.compile else "eager", settings.dtype]
+    return ", ".join(parts + (["channels-last"] if settings.channels_last else []))
 
 
 def plot_benchmark(benchmark: Benchmark, path: str | os.PathLike[str]) -> None:
@@ -385,7 +414,7 @@ def plot_benchmark(benchmark: Benchmark, path: str | os.PathLike[str]) -> None:
     axes.set_ylabel("latency, ms (median; whiskers min to p90)")
     speedups = ", ".join(f"b{s.batch}: {s.speedup:.2f}x" for s in benchmark.speedup)
     threads = f", {benchmark.threads} threads" if benchmark.threads else ""
-    title = f"ONNX Runtime {benchmark.ort_version}, {benchmark.device}{threads}"
+    title = f"{benchmark.runtime_name()}, {benchmark.device}{threads}"
     axes.set_title(f"{title}\nspeedup {speedups}" if speedups else title, fontsize=10)
     axes.legend()
     axes.margins(y=0.15)
@@ -406,7 +435,7 @@ class Candidate:
     macs: int  # multiply-accumulates on the example input
     error: float  # relative error of the layer's output on its real input (0 for keep)
     output_error: float  # relative error of the model's output with this layer alone in this form (0 for keep)
-    latency_ms: float  # median, as a one-layer ONNX model on the planned runtime
+    latency_ms: float  # median, as a one-layer model on the planned runtime (ONNX Runtime or PyTorch)
 
 
 @dataclasses.dataclass
@@ -441,12 +470,19 @@ class AutoReport:
     cached: int  # candidate latencies read from the cache
     cache_dir: str
     notes: list[str]
+    runtime: str = "ort"  # where the layers and the models were timed: ort (ONNX Runtime) | torch (PyTorch)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
+
+    def where(self) -> str:
+        """'cpu (ONNX Runtime)', or e.g. 'cuda (PyTorch, eager, bfloat16, channels-last)'."""
+        runtime = "ONNX Runtime" if self.torch is None else f"PyTorch, {torch_settings_text(self.torch)}"
+        return f"{self.device} ({runtime})"
 
     def to_markdown(self) -> str:
         lines = [
             "## Latency-aware plan (--to auto)",
             "",
-            f"- target {self.target_speedup:g}x on {self.device}: predicted {self.predicted_speedup:.2f}x "
+            f"- target {self.target_speedup:g}x on {self.where()}: predicted {self.predicted_speedup:.2f}x "
             f"({self.baseline_ms:.3g} ms -> {self.predicted_ms:.3g} ms; the fastest plan measured "
             f"{self.fastest_ms:.3g} ms; predicted = {self.fixed_ms:.3g} ms + {self.scale:.3g} x the layers' own ms)",
             f"- candidate latencies: {self.measured} measured, {self.cached} from the cache ({self.cache_dir})",
@@ -479,7 +515,7 @@ def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
     axes.plot([auto.predicted_ms], [chosen], "r*", markersize=12, label="chosen")
     axes.axvline(auto.baseline_ms / auto.target_speedup, color="gray", linestyle="--", label="budget")
     axes.axvline(auto.baseline_ms, color="black", linestyle=":", label="original")
-    axes.set_xlabel(f"predicted latency, ms ({auto.device})")
+    axes.set_xlabel(f"predicted latency, ms ({auto.where()})")
     axes.set_ylabel("predicted output error (relative)")
     axes.set_title(f"--to auto: target {auto.target_speedup:g}x, predicted {auto.predicted_speedup:.2f}x", fontsize=10)
     axes.legend(fontsize=8)

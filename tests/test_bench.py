@@ -13,8 +13,8 @@ from torch import nn
 
 from convert import BenchConfig, ConvertError, OnnxConfig, benchmark_onnx, export_onnx, open_session
 from convert.runtime.bench import identity_model
-from convert.runtime.timing import latency_stats, time_side_by_side
 from convert.runtime.sessions import node_providers
+from convert.runtime.timing import latency_stats, time_side_by_side
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

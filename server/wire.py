@@ -58,7 +58,15 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     if options.bench is not None:
         bench = options.bench
         message.benchmark.CopyFrom(
-            pb.BenchOptions(device=bench.device, warmup=bench.warmup, batch_sizes=bench.batch_sizes)
+            pb.BenchOptions(
+                device=bench.device,
+                warmup=bench.warmup,
+                batch_sizes=bench.batch_sizes,
+                runtime=bench.runtime,
+                compile=bench.compile,
+                dtype=bench.dtype,
+                channels_last=bench.channels_last,
+            )
         )
         if bench.threads is not None:
             message.benchmark.threads = bench.threads
@@ -110,15 +118,23 @@ def from_proto(
             runs=_optional(b, "runs", DEFAULT_RUNS),
             duration=_optional(b, "duration_seconds"),
             batch_sizes=tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES,
+            runtime=b.runtime or "ort",
+            compile=b.compile,
+            dtype=b.dtype or "float32",
+            channels_last=b.channels_last,
         )
     auto = None
     if config.target == "auto":
-        device, threads = (bench.device, bench.threads) if bench else ("auto", None)
+        timed = bench or BenchConfig()  # the plan is timed where the benchmark runs
         auto = AutoConfig(
             target_speedup=_optional(message.auto, "target_speedup", AutoConfig.target_speedup),
             max_error=_optional(message.auto, "max_error"),
-            device=device,
-            threads=threads,
+            device=timed.device,
+            threads=timed.threads,
+            runtime=timed.runtime,
+            compile=timed.compile,
+            dtype=timed.dtype,
+            channels_last=timed.channels_last,
         )
     elif message.HasField("auto"):
         raise ConvertError("auto options go with target 'auto'")

@@ -41,8 +41,10 @@ from convert.job import DistillJob, JobOptions, example_inputs, run_job
 from convert.load import DTYPES, LoadedModel, load_model, parse_input_shape
 from convert.report.schema import format_count, format_ratio, plot_benchmark
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig, benchmark_onnx
+from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
 from convert.runtime.export import DEFAULT_ATOL, OnnxConfig, ParityError
+from convert.runtime.torch_bench import benchmark_torch, load_timed_models
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS, ConvertConfig
 from convert.surgery.pipeline import inspect_model
 
@@ -172,7 +174,7 @@ def _convert_parser() -> argparse.ArgumentParser:
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side (`--runtime torch`: PyTorch models); "
         "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
     )
     _common_arguments(parser)
@@ -204,11 +206,12 @@ def _convert_parser() -> argparse.ArgumentParser:
         help="parity tolerance: max |ORT - PyTorch| relative to max |PyTorch| per output "
         f"(default: {DEFAULT_ATOL:g}); above it the files go to OUTDIR.failed-parity/ and the exit status is 3",
     )
-    bench = parser.add_argument_group("benchmark (implies --onnx)")
+    bench = parser.add_argument_group("benchmark (implies --onnx, unless --runtime torch)")
     bench.add_argument(
         "--benchmark",
         action="store_true",
-        help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
+        help="time the original and the converted model side by side: original.onnx and model.onnx on ONNX Runtime, "
+        "or (--runtime torch) the PyTorch models themselves; adds a table and benchmark.png",
     )
     _benchmark_arguments(
         bench,
@@ -216,7 +219,7 @@ def _convert_parser() -> argparse.ArgumentParser:
         "benchmark (ONNX Runtime provider: auto is CUDA when a session really runs there); default: auto",
     )
     auto = parser.add_argument_group(
-        "latency-aware planning (--to auto; implies --benchmark, on the --device and --threads above)"
+        "latency-aware planning (--to auto; implies --benchmark, on the --runtime, --device and --threads above)"
     )
     auto.add_argument(
         "--target-speedup",
@@ -321,12 +324,27 @@ def _distill_arguments(group: argparse._ArgumentGroup) -> None:
 def _bench_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="convert bench",
-        description="Time ONNX files side by side on ONNX Runtime (alternating run by run); "
-        "speedups are relative to the first file.",
+        description="Time ONNX files side by side on ONNX Runtime, or (--runtime torch) PyTorch models on PyTorch, "
+        "alternating run by run; speedups are relative to the first model.",
     )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx", help="ONNX models to time")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".onnx files; with --runtime torch: .pt2 archives, whole-model pickles (.pt), factory specs "
+        "(package.module:callable), or convert output folders (their model.pt)",
+    )
     options = parser.add_argument_group("benchmark")
     _benchmark_arguments(options)
+    options.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape,
+        metavar="N,C,...",
+        help="--runtime torch: example input shape, repeat for several inputs (default: a .pt2's example inputs, or "
+        "an output folder's report.json); the batch is set by --batch-sizes",
+    )
+    options.add_argument("--input-dtype", default="float32", choices=list(DTYPES), help="default: float32")
     options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
     options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
@@ -363,6 +381,28 @@ def _benchmark_arguments(
         default=DEFAULT_BATCH_SIZES,
         metavar="B,B,...",
         help="batch sizes to time (default: 1)",
+    )
+    group.add_argument(
+        "--runtime",
+        default="ort",
+        choices=RUNTIMES,
+        help="ort: ONNX Runtime on the ONNX files; torch: the PyTorch models themselves (default: ort)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="--runtime torch: torch.compile the models (default mode, a static graph per batch size) instead of eager",
+    )
+    group.add_argument(
+        "--bench-dtype",
+        default="float32",
+        choices=BENCH_DTYPES,
+        help="--runtime torch: the timed models' dtype (default: float32; ONNX Runtime times the float32 export)",
+    )
+    group.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="--runtime torch: models and inputs in the channels-last memory format",
     )
 
 
@@ -496,6 +536,10 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
     config = _config(args)
     auto = _auto_options(args, config.target)
     bench = _bench_config(args) if args.benchmark or auto else None
+    if bench is None and (args.runtime != "ort" or args.compile or args.bench_dtype != "float32" or args.channels_last):
+        raise ConvertError(
+            "--runtime, --compile, --bench-dtype and --channels-last go with --benchmark or --to auto: add --benchmark"
+        )
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
     return JobOptions(
@@ -504,7 +548,9 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
         input_shapes=tuple(args.input_shape) if args.input_shape else None,
         input_dtype=args.input_dtype,
         config=config,
-        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
+        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol)
+        if args.onnx or (bench and bench.runtime == "ort")
+        else None,
         bench=bench,
         auto=auto,
         distill=_distill_options(args),
@@ -513,8 +559,15 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
 
 def _run_bench(args: argparse.Namespace) -> int:
     config = _bench_config(args)
-    with _progress_bar() as progress:
-        result = benchmark_onnx(args.files, config, names=[str(f) for f in args.files], progress=progress)
+    if config.runtime == "torch":
+        models, inputs = load_timed_models(args.files, args.input_shape, args.input_dtype, on_warning=_warn)
+        with _progress_bar() as progress:
+            result = benchmark_torch(models, inputs, config, names=args.files, progress=progress)
+    else:
+        if args.input_shape:
+            raise ConvertError("--input-shape goes with --runtime torch (ONNX files hold their shapes)")
+        with _progress_bar() as progress:
+            result = benchmark_onnx(args.files, config, names=args.files, progress=progress)
     if args.plot:
         plot_benchmark(result, args.plot)
     if args.json:
@@ -623,6 +676,10 @@ def _auto_options(args: argparse.Namespace, target: str) -> AutoConfig | None:
         device=args.device,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 
@@ -634,6 +691,10 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
         runs=args.runs,
         duration=args.duration,
         batch_sizes=args.batch_sizes,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 

@@ -311,7 +311,7 @@ class Benchmark:
                         *(_ms(v) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min, lat.std)),
                         f"{lat.throughput:.4g}",
                         f"{model.rss_growth_bytes / 2**20:.1f}",
-                        "baseline" if index == 0 else f"{s.speedup:.2f}x" if s else "",
+                        "baseline" if index == 0 else _speedup(s.speedup) if s else "",
                         f"{s.mac_ratio:.2f}x" if s and s.mac_ratio else "",
                         f"{s.of_mac_ratio:.0%}" if s and s.of_mac_ratio else "",
                     ]
@@ -373,6 +373,11 @@ _BENCH_COLUMNS = (
     "MAC ratio",
     "speedup / MAC ratio",
 )
+
+
+def _speedup(speedup: float) -> str:
+    """'1.52x', or '0.63x (slower)': a model slower than the baseline says so."""
+    return f"{speedup:.2f}x" if speedup >= 1 else f"{speedup:.2f}x (slower)"
 
 
 def _ms(value: float) -> str:

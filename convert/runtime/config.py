@@ -60,8 +60,9 @@ class BenchConfig:
         if self.runtime == "ort":
             torch_only = [f"`{name}`" for name, on in self.torch_settings().items() if on]
             if torch_only:
+                verb = "goes" if len(torch_only) == 1 else "go"
                 raise ConvertError(
-                    f"{' and '.join(torch_only)} go with `runtime`=torch (ONNX Runtime times the float32 ONNX "
+                    f"{' and '.join(torch_only)} {verb} with `runtime`=torch (ONNX Runtime times the float32 ONNX "
                     "export as it is): add `runtime`=torch"
                 )
         elif self.device == "tensorrt":

@@ -16,16 +16,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import _dynamo as dynamo  # torch.compile's front end; reset() and config are its documented API
 from torch import nn
 
+from convert.artifacts import MODEL, REPORT_JSON
 from convert.common import Progress, as_inputs, no_progress
 from convert.errors import ConvertError, one_line
+from convert.load import load_model, make_inputs
 from convert.report.schema import Benchmark, ModelTiming, TorchRuntime
 from convert.runtime.config import BenchConfig
 from convert.runtime.devices import device_name, resolve_device
@@ -33,7 +37,7 @@ from convert.runtime.parity import with_batch
 from convert.runtime.sessions import default_threads
 from convert.runtime.timing import Runner, rss_bytes, speedups, time_batches
 
-__all__ = ["TORCH_DTYPES", "benchmark_torch", "prepare_module"]
+__all__ = ["TORCH_DTYPES", "benchmark_torch", "load_timed_models", "prepare_module"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +134,49 @@ def prepare_module(model: nn.Module, device: torch.device, config: BenchConfig) 
                 if tensor.dim() in _CHANNELS_LAST:
                     tensor.data = tensor.data.contiguous(memory_format=_CHANNELS_LAST[tensor.dim()])
     return torch.compile(module, dynamic=False) if config.compile else module
+
+
+def load_timed_models(
+    sources: Sequence[str],
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    input_dtype: str = "float32",
+    on_warning: Callable[[str], None] | None = None,
+) -> tuple[list[nn.Module], tuple[torch.Tensor, ...]]:
+    """The models and example inputs of a PyTorch-runtime benchmark of model sources (`convert bench --runtime torch`).
+
+    Args:
+        sources: factory specs (package.module:callable), .pt2 archives, whole-model pickles, or output folders of
+            a conversion (a folder with report.json: its model.pt).
+        input_shapes: example input shapes; None: the first .pt2 archive's example inputs, else the input shapes
+            in the first output folder's report.json.
+        input_dtype: of the example inputs given by `input_shapes`.
+        on_warning: receives one-line warnings (e.g. that loading a pickle runs code from it).
+
+    Raises:
+        ConvertError: for a source that does not load, or when no example input shape is known.
+    """
+    models, stored, recorded = [], None, None
+    for source in sources:
+        folder = Path(source)
+        if folder.is_dir():
+            if not (folder / REPORT_JSON).is_file() or not (folder / MODEL).is_file():
+                raise ConvertError(
+                    f"{source} is a folder without {REPORT_JSON} and {MODEL}: give a model file, a factory spec, or "
+                    "the output folder of a conversion"
+                )
+            report = json.loads((folder / REPORT_JSON).read_text())
+            recorded = recorded or (report["input_shapes"], report["input_dtype"])
+            source = str(folder / MODEL)
+        loaded = load_model(source, on_warning=on_warning)
+        stored = stored or loaded.example_inputs
+        models.append(loaded.model)
+    if input_shapes:
+        return models, make_inputs(input_shapes, input_dtype)
+    if stored is not None:
+        return models, stored
+    if recorded is not None:
+        return models, make_inputs(*recorded)
+    raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")
 
 
 def _placed(

@@ -190,20 +190,28 @@ class OnnxOptions(_message.Message):
     def __init__(self, opset: _Optional[int] = ..., static_shapes: _Optional[bool] = ..., atol: _Optional[float] = ...) -> None: ...
 
 class BenchOptions(_message.Message):
-    __slots__ = ("device", "threads", "warmup", "runs", "duration_seconds", "batch_sizes")
+    __slots__ = ("device", "threads", "warmup", "runs", "duration_seconds", "batch_sizes", "runtime", "compile", "dtype", "channels_last")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     device: str
     threads: int
     warmup: int
     runs: int
     duration_seconds: float
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    runtime: str
+    compile: bool
+    dtype: str
+    channels_last: bool
+    def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class DistillOptions(_message.Message):
     __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp")

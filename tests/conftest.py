@@ -24,7 +24,6 @@ logging.getLogger("torch.__trace").propagate = True
 torch.set_num_threads(1)
 
 
-
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """Tests marked `cuda` skip, saying why, where torch sees no GPU (they run with `pytest -m cuda` on one)."""
     if torch.cuda.is_available():

@@ -33,6 +33,15 @@ CASES = [
         auto=AutoConfig(target_speedup=3.0, max_error=0.2, device="cpu", threads=2),
         bench=BenchConfig(device="cpu", threads=2, batch_sizes=(1, 4)),
     ),
+    JobOptions(
+        "m", bench=BenchConfig(device="cpu", runtime="torch", compile=True, dtype="bfloat16", channels_last=True)
+    ),
+    JobOptions(
+        "m",
+        config=ConvertConfig(target="auto"),
+        auto=AutoConfig(device="cuda", runtime="torch", dtype="float16", channels_last=True),
+        bench=BenchConfig(device="cuda", runtime="torch", dtype="float16", channels_last=True),
+    ),
 ]
 
 
@@ -63,6 +72,9 @@ def test_round_trip(options: JobOptions) -> None:
         (pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 0])]), "input shape"),
         (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either runs or duration"),
         (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="tvm")), "unknown runtime 'tvm'"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(compile=True)), "`compile` goes with `runtime`=torch"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="torch", dtype="int8")), "`dtype`=int8 is not valid"),
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
         (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "auto options go with target 'auto'"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),

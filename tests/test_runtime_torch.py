@@ -17,6 +17,8 @@ from test_cli import ok, run, tree
 from convert import AutoConfig, BenchConfig, ConvertConfig, FactorizedConv, cli, plan_for_speed
 from convert.auto import latency
 from convert.job import JobOptions
+from convert.report.markdown import auto_markdown
+from convert.report.text import auto_where
 from convert.runtime.torch_bench import benchmark_torch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
@@ -30,8 +32,8 @@ def test_plan_on_the_torch_runtime_is_cached_under_its_settings(tmp_path: Path) 
     first = plan_for_speed(model, x, config)
     report = first.report
     assert report.runtime == "torch" and report.torch is not None and not report.torch.compile
-    assert report.where() == "cpu (PyTorch, eager, float32)" and report.measured > 0
-    assert "on cpu (PyTorch, eager, float32)" in report.to_markdown()
+    assert auto_where(report) == "cpu (PyTorch, eager, float32)" and report.measured > 0
+    assert "on cpu (PyTorch, eager, float32)" in auto_markdown(report)
     again = plan_for_speed(model, x, config)
     assert again.report.measured == 0 and [r.chosen for r in again.report.layers] == [r.chosen for r in report.layers]
     # another runtime, or another setting of this one, is another measurement: nothing is read across

@@ -12,6 +12,7 @@ from torch import nn
 
 from convert import BenchConfig, ConvertConfig, ConvertError, benchmark_onnx, benchmark_torch, convert_model
 from convert.artifacts import save_result
+from convert.report.text import benchmark_rows, describe_benchmark
 from convert.runtime.torch_bench import load_timed_models, prepare_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -48,7 +49,9 @@ def test_benchmark_two_modules_eager() -> None:
     for s, base, lat in zip(result.speedup, result.models[0].latency, result.models[1].latency, strict=True):
         assert s.speedup == pytest.approx(base.p50 / lat.p50) and s.mac_ratio == 4.0
     assert steps[-1] == ("timing batch 3", 1.0) and all(0 <= f <= 1 for _, f in steps)
-    assert result.describe().startswith(f"PyTorch {torch.__version__} eager, float32 on cpu (device cpu was asked for)")
+    assert describe_benchmark(result).startswith(
+        f"PyTorch {torch.__version__} eager, float32 on cpu (device cpu was asked for)"
+    )
     assert "| light | 3 |" in result.to_markdown() and result.table().title == "PyTorch latency (ms)"
     assert torch.get_num_threads() == 1  # the process's setting, restored
 
@@ -56,7 +59,7 @@ def test_benchmark_two_modules_eager() -> None:
 def test_a_slower_model_says_so_in_the_table() -> None:
     dense, light = two_models()
     result = benchmark_torch([light, dense], X, FAST, names=["light", "dense"])  # the heavy one second
-    rows = {(row[0], row[1]): row for row in result.rows()}
+    rows = {(row[0], row[1]): row for row in benchmark_rows(result)}
     for s in result.speedup:
         cell = rows[(s.model, str(s.batch))][10]
         assert cell.endswith("(slower)") == (s.speedup < 1), cell
@@ -72,7 +75,7 @@ def test_dtype_and_channels_last_apply_to_copies() -> None:
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())  # the model is untouched
     result = benchmark_torch([model], X, dataclasses.replace(FAST, dtype="bfloat16", channels_last=True))
     assert (result.torch.dtype, result.torch.channels_last) == ("bfloat16", True)
-    assert "eager, bfloat16, channels-last" in result.describe()
+    assert "eager, bfloat16, channels-last" in describe_benchmark(result)
     flat = benchmark_torch([nn.Conv1d(3, 4, 3)], torch.randn(1, 3, 8), dataclasses.replace(FAST, channels_last=True))
     assert any("channels-last applies to 4-D and 5-D tensors: 1 input(s)" in note for note in flat.notes)
 
@@ -86,7 +89,9 @@ def test_compiled_models_are_timed_compiled() -> None:
     config = dataclasses.replace(FAST, compile=True, batch_sizes=(1, 2))
     result = benchmark_torch(two_models(), X, config)
     assert counters["stats"]["unique_graphs"] - before >= 2 * 2
-    assert result.torch.compile and result.describe().startswith(f"PyTorch {torch.__version__} compiled, float32")
+    assert result.torch.compile and describe_benchmark(result).startswith(
+        f"PyTorch {torch.__version__} compiled, float32"
+    )
     assert all(m.compile_seconds is not None and m.compile_seconds > 0 for m in result.models)
     assert all(lat.p50 > 0 for m in result.models for lat in m.latency)
 

@@ -93,7 +93,7 @@ class Report:
     # mode on the example input (trace_notes says why)
     train_output_rel_error: float | None = None
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
-    benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
+    benchmark: Benchmark | None = None  # latency on the benchmark's runtime, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
 

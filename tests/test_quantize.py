@@ -368,16 +368,14 @@ def test_the_planner_times_int8_and_keeps_the_target_over_the_float_original(tmp
         entry = json.loads(path.read_text())
         if "model" in entry["what"]:
             timed[entry["what"]["model"]] = entry["ms"]
-    # the float original (the target's baseline), the original in each format, the fastest plan in the one chosen
-    assert set(timed) == {"original.onnx", "original.qdq-u8s8.onnx", "original.qop-u8s8.onnx",
-                          f"fastest.{report.quantize}.onnx"}  # fmt: skip
-    assert (
-        report.baseline_ms == timed["original.onnx"] and report.fastest_ms == timed[f"fastest.{report.quantize}.onnx"]
-    )
+    # the float original (the target's baseline) and in each format (model0), the fastest plan in the one chosen
+    assert set(timed) == {"model0.onnx", "model0.qdq-u8s8.onnx", "model0.qop-u8s8.onnx",
+                          f"model1.{report.quantize}.onnx"}  # fmt: skip
+    assert report.baseline_ms == timed["model0.onnx"] and report.fastest_ms == timed[f"model1.{report.quantize}.onnx"]
     assert (
         report.quantized_ms
-        == timed[f"original.{report.quantize}.onnx"]
-        == min(timed["original.qdq-u8s8.onnx"], timed["original.qop-u8s8.onnx"])
+        == timed[f"model0.{report.quantize}.onnx"]
+        == min(timed["model0.qdq-u8s8.onnx"], timed["model0.qop-u8s8.onnx"])
     )
     assert report.predicted_speedup == pytest.approx(report.baseline_ms / report.predicted_ms)
     layers = [json.loads(p.read_text())["what"] for p in (tmp_path / "cache").glob("*.json")]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from convert.report.text import (
     BENCH_COLUMNS,
     LAYER_COLUMNS,
+    auto_where,
     benchmark_rows,
     describe_benchmark,
     format_ms,
@@ -110,7 +111,7 @@ def auto_markdown(auto: AutoReport) -> str:
     lines = [
         "## Latency-aware plan (--to auto)",
         "",
-        f"- target {auto.target_speedup:g}x on {auto.device}: predicted {auto.predicted_speedup:.2f}x "
+        f"- target {auto.target_speedup:g}x on {auto_where(auto)}: predicted {auto.predicted_speedup:.2f}x "
         f"({auto.baseline_ms:.3g} ms -> {auto.predicted_ms:.3g} ms; the fastest plan measured "
         f"{auto.fastest_ms:.3g} ms; predicted = {auto.fixed_ms:.3g} ms + {auto.scale:.3g} x the layers' own ms)",
         f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir})",

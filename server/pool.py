@@ -48,7 +48,7 @@ from server.worker.protocol import (
     decode,
 )
 
-__all__ = ["QueueFull", "RunningJob", "WorkerPool", "list_artifacts", "remove_job_files"]
+__all__ = ["QueueFull", "RunningJob", "WorkerPool", "list_artifacts"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class WorkerPool:
                     continue  # cancelled (or deleted) meanwhile
                 try:
                     job = RunningJob(job_id, self._runner.launch(self._jobs_dir / job_id))
-                except Exception as e:  # noqa: BLE001 - the runner's failure fails this job, never the dispatcher
+                except Exception as e:  # the runner's failure fails this job, never the dispatcher
                     logger.exception("job %s: the runner could not start it", job_id)
                     self._finish_or_keep(job_id, _failure(f"the server could not start a worker ({one_line(e)})"))
                     continue
@@ -247,7 +247,7 @@ class WorkerPool:
         limit.start()
         try:
             relayed = self._relay(job)
-        except Exception as e:  # noqa: BLE001 - a bug or a full disk here must not leave the job RUNNING
+        except Exception as e:  # a bug or a full disk here must not leave the job RUNNING
             logger.exception("job %s: following its worker failed", job.job_id)
             relayed = _Relayed(error=f"the server failed while following the job ({one_line(e)})")
             with contextlib.suppress(Exception):
@@ -262,7 +262,7 @@ class WorkerPool:
             ended = f"the worker ended in a way the server could not read ({one_line(e)})"
         try:
             self._record_outcome(job, relayed, ended)
-        except Exception as e:  # noqa: BLE001 - a bug in recording: the job still gets a final state
+        except Exception as e:  # a bug in recording: the job still gets a final state
             logger.exception("job %s: recording its outcome failed", job.job_id)
             self._finish_or_keep(job.job_id, _failure(f"the server failed while recording the job ({one_line(e)})"))
         finally:
@@ -405,12 +405,6 @@ def list_artifacts(folder: Path) -> list[dict[str, Any]]:
                 size += len(block)
         artifacts.append({"name": entry.name, "size_bytes": size, "sha256": digest.hexdigest()})
     return artifacts
-
-
-def remove_job_files(jobs_dir: Path, artifacts_dir: Path, job_id: str) -> None:
-    """Everything a job has on disk: its folder and its artifacts."""
-    for folder in (jobs_dir / job_id, artifacts_dir / job_id):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _take_results(out: Path, results: Path) -> None:

@@ -550,7 +550,7 @@ def test_unknown_and_malformed_job_ids(client: ConvertClient, shared) -> None:
     assert error.value.code == grpc.StatusCode.NOT_FOUND and "no artifact" in str(error.value)
     assert (
         raw_download(shared.address, done, "report.json")
-        == (shared_data(shared) / "jobs" / done / "out" / "report.json").read_bytes()
+        == (shared_data(shared) / "artifacts" / done / "report.json").read_bytes()
     )
 
 

@@ -44,9 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--health-port",
         type=int,
-        default=DEFAULT_HEALTH_PORT,
-        help=f"grpc.health.v1 alone, which no client can exhaust: probe this one (default: {DEFAULT_HEALTH_PORT}; "
-        "0 picks a free one; the main port serves it too)",
+        help=f"grpc.health.v1 alone, which no client can exhaust: probe this one (default: --port + 1, so "
+        f"{DEFAULT_HEALTH_PORT}; 0 picks a free one; the main port serves it too)",
     )
     p.add_argument(
         "--data-dir",

@@ -40,7 +40,7 @@ DEFAULT_MAX_UPLOADS = 8  # Submit streams at once
 DEFAULT_MAX_PER_CLIENT = 8  # Watch streams, and uploads, at once from one client host
 DEFAULT_UPLOAD_IDLE = 30.0  # seconds without a chunk after which an upload is ended
 DEFAULT_WATCH_MAX_AGE = 600.0  # seconds after which a Watch stream ends (the client watches again)
-DEFAULT_HEALTH_PORT = 50052  # grpc.health.v1 alone, on a server of its own that no client can exhaust
+DEFAULT_HEALTH_PORT = DEFAULT_PORT + 1  # grpc.health.v1 alone, on a server of its own that no client can exhaust
 DEFAULT_MIN_FREE_MB = 512  # disk space a Submit must leave free, after its declared sizes
 DEFAULT_TIME_LIMIT = 3600.0  # seconds one job may run before its worker is killed
 DEFAULT_GRACE = 10.0  # seconds SIGTERM waits for running jobs and RPCs before killing them
@@ -71,7 +71,7 @@ class ServerConfig:
     worker_memory_mb: int | None = None
     reflection: bool = False  # serve grpc.reflection.v1alpha (lets grpcurl discover the API)
     grace: float = DEFAULT_GRACE  # seconds, on SIGTERM
-    health_port: int = DEFAULT_HEALTH_PORT  # the health check's own port; 0 picks a free one
+    health_port: int | None = None  # the health check's own port; 0 picks a free one; None: port + 1 (0 for 0)
     max_watches: int = DEFAULT_MAX_WATCHES
     max_uploads: int = DEFAULT_MAX_UPLOADS
     max_per_client: int = DEFAULT_MAX_PER_CLIENT  # watches, and uploads, from one client host
@@ -120,6 +120,8 @@ class ServerConfig:
             raise ConvertError(f"--worker-memory-mb {self.worker_memory_mb} is too small: use 256 or more")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConvertError("TLS needs both --tls-cert and --tls-key")
+        if self.health_port is None:
+            object.__setattr__(self, "health_port", self.port + 1 if self.port else 0)
         for name in ("port", "health_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ConvertError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid: use 0 to 65535")

@@ -21,6 +21,7 @@ __all__ = ["CallLimits", "IdleWatchdog", "TooMany", "client_host"]
 
 logger = logging.getLogger(__name__)
 
+_PLURAL = {"watch": "watches", "upload": "uploads"}
 _CHECK_EVERY = 0.5  # seconds between two looks of the watchdog at the uploads it follows
 
 
@@ -61,10 +62,10 @@ class CallLimits:
         """
         with self._lock:
             if self._open[kind] >= self._totals[kind]:
-                raise TooMany(f"the server has {self._open[kind]} {kind}s open, its limit: {_what_to_do(kind)}")
+                raise TooMany(f"the server has {self._open[kind]} {_PLURAL[kind]} open, its limit: {_what_to_do(kind)}")
             if self._by_client[kind, client] >= self._per_client:
                 raise TooMany(
-                    f"this client ({client}) has {self._per_client} {kind}s open, the limit per client: "
+                    f"this client ({client}) has {self._per_client} {_PLURAL[kind]} open, the limit per client: "
                     f"{_what_to_do(kind)}"
                 )
             self._open[kind] += 1

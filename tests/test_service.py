@@ -251,7 +251,8 @@ def test_a_crash_or_memory_hog_fails_its_job_not_the_server(client: ConvertClien
 
 def test_time_limit_queue_bound_and_rpc_bound(tmp_path: Path) -> None:
     serve = (*CONVERT, "serve")  # `convert serve` is `python -m server`
-    limits = ["--job-time-limit", "8", "--max-queued", "1", "--max-concurrent-rpcs", "3"]
+    limits = ["--job-time-limit", "8", "--max-queued", "1", "--max-concurrent-rpcs", "5", "--max-watches", "3"]
+    limits += ["--max-uploads", "1"]
     with running_server(tmp_path / "data", *limits, *FACTORIES, program=serve) as server:
         with ConvertClient(server.address) as client:
             job_id = client.submit(SLOW)
@@ -264,9 +265,13 @@ def test_time_limit_queue_bound_and_rpc_bound(tmp_path: Path) -> None:
                 stub = pb_grpc.ConverterStub(channel)
                 watches = [stub.Watch(pb.WatchRequest(job_id=job_id)) for _ in range(3)]
                 assert all(next(watch).state == pb.RUNNING for watch in watches)  # 3 calls held open
-                with pytest.raises(ServiceError) as error:
-                    client.list()
-                assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                with pytest.raises(grpc.RpcError) as error:
+                    next(stub.Watch(pb.WatchRequest(job_id=job_id)))
+                assert (
+                    error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    and "3 watches open" in error.value.details()
+                )
+                assert client.list()  # the other calls keep their share
                 for watch in watches:
                     watch.cancel()
             deadline = time.monotonic() + 10

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from convert.artifacts import output_files
 from convert.auto.planner import AutoConfig
+from convert.cli import jobs
 from convert.distill.config import (
     AMP_MODES,
     BATCHNORM_MODES,
@@ -51,7 +52,7 @@ EXIT_INTERNAL = 1
 EXIT_PARITY = 3  # ONNX Runtime does not match PyTorch: the files are kept in OUTDIR.failed-parity/
 EXIT_DISTILL_NAN = 4  # the distillation loss was not finite: OUTDIR has the last good weights
 EXIT_INTERRUPTED = 130  # Ctrl-C
-SUBCOMMANDS = ("inspect", "bench")
+SUBCOMMANDS = ("inspect", "bench", "jobs")
 
 # Piped output keeps a readable table width instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 160)
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert": (_convert_parser, _run_convert),
         "inspect": (_inspect_parser, _run_inspect),
         "bench": (_bench_parser, _run_bench),
+        "jobs": (jobs.parser, jobs.run),  # a server's jobs (convert/cli/jobs.py)
     }[command]
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")

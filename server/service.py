@@ -29,7 +29,7 @@ from server.servicer import ConverterServicer
 from server.store import JobStore
 from server.uploads import MAX_CHUNK
 
-__all__ = ["INTERRUPTED", "SERVICE_NAME", "Service", "run_server", "serve"]
+__all__ = ["INTERRUPTED", "SERVICE_NAME", "Service", "run_server", "serve", "warnings_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +174,8 @@ def serve(config: ServerConfig, announce=print) -> None:
     os.umask(0o077)  # the data folder, the records and every job's files: the server's user's only
     service = Service(config).start()
     announce(service.describe())
-    if config.auth_token and not config.tls_cert and not is_loopback(config.host):
-        announce("warning: the token travels in plaintext (no --tls-cert): anyone on the path can read and reuse it")
-    if config.allow_untrusted_code and service.sandbox is None:
-        announce("warning: uploaded code runs unsandboxed, as the server's user (--trust-uploaded-code)")
+    for line in warnings_of(config, sandboxed=service.sandbox is not None):
+        announce(f"warning: {line}")
 
     def shutdown(signum, _frame) -> None:
         announce(f"{signal.Signals(signum).name}: shutting down (running jobs get {config.grace:g} s)")
@@ -186,6 +184,18 @@ def serve(config: ServerConfig, announce=print) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     service.wait()
+
+
+def warnings_of(config: ServerConfig, sandboxed: bool) -> list[str]:
+    """What the operator should know about how the server is exposed, one line each."""
+    lines = []
+    if config.auth_token and not config.tls_cert and not is_loopback(config.host):
+        lines.append("the token travels in plaintext (no --tls-cert): anyone on the path can read and reuse it")
+    if config.auth_token is None and not is_loopback(config.host):
+        lines.append(f"no auth on {config.host} (--insecure-no-auth): anyone who reaches the port can use the server")
+    if config.allow_untrusted_code and not sandboxed:
+        lines.append("uploaded code runs unsandboxed, as the server's user (--trust-uploaded-code)")
+    return lines
 
 
 def _secrets(config: ServerConfig) -> list:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import psutil
 import pytest
 import service_models
 import torch
 from safetensors.torch import save_file
-from servers import CONVERT, FACTORIES, TOKEN, health, running_server, server_env
+from servers import CONVERT, FACTORIES, TOKEN, gone, health, running_server, server_env, wait_for, wait_for_file
 
 from convert import ConvertConfig
 from convert.distill.config import DistillConfig
@@ -65,25 +64,6 @@ def weights(tmp_path: Path) -> Path:
     return path
 
 
-def wait_for(client: ConvertClient, job_id: str, *states: int, timeout: float = 60) -> pb.Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(job_id)
-        if job.state in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} is {pb.JobState.Name(job.state)}, not {states}: {job.message}")
-
-
-def wait_for_file(path: Path, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return path.read_text()
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never appeared")
-
-
 def flat(value, prefix: str = "") -> dict:
     """Nested dicts and lists as one dict {"a.0.b": leaf} (for pytest.approx, which takes no nesting)."""
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
@@ -94,13 +74,6 @@ def flat(value, prefix: str = "") -> dict:
 
 def without_timings(report: dict) -> dict:
     return {key: value for key, value in report.items() if key != "seconds"}
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # --- round trip ---------------------------------------------------------------------------------------------------

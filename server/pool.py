@@ -69,6 +69,15 @@ class RunningJob:
     execution: Execution
     stop_reason: str | None = None  # "cancelled" | "time limit" | "shutdown" once the server stops the worker
     ended: bool = False  # the worker has ended: a stop that comes later changes nothing
+    limit: threading.Timer | None = None  # stops the worker at the time limit
+
+    def time_limit(self, seconds: float, stop: Callable[[RunningJob, str], None]) -> None:
+        """(Re)start the clock of the time limit."""
+        if self.limit is not None:
+            self.limit.cancel()
+        self.limit = threading.Timer(seconds, stop, (self, "time limit"))
+        self.limit.daemon = True
+        self.limit.start()
 
 
 @dataclasses.dataclass
@@ -242,9 +251,7 @@ class WorkerPool:
 
     def _supervise(self, job: RunningJob) -> None:
         """Relay the job's events until its worker ends, reap the worker, and record the outcome, whatever fails."""
-        limit = threading.Timer(self._config.job_time_limit, self._stop, (job, "time limit"))
-        limit.daemon = True
-        limit.start()
+        job.time_limit(self._config.job_time_limit, self._stop)  # for the worker's start; again once it has the job
         try:
             relayed = self._relay(job)
         except Exception as e:  # a bug or a full disk here must not leave the job RUNNING
@@ -253,7 +260,7 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 job.execution.kill()
         finally:
-            limit.cancel()
+            job.limit.cancel()
         with self._cond:
             job.ended = True
         try:
@@ -283,6 +290,7 @@ class WorkerPool:
                     continue
                 if isinstance(event, Ready):
                     relayed.took_job = True
+                    job.time_limit(self._config.job_time_limit, self._stop)  # the job's own time starts now
                 elif isinstance(event, StageProgress):
                     with contextlib.suppress(sqlite3.Error):  # progress is not worth failing a job for
                         self._store.update(job.job_id, stage=event.stage, progress=event.progress)

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from convert.cli.args import Parser
 from convert.errors import ConvertError
 
 __all__ = ["parser", "run"]
@@ -16,7 +17,7 @@ _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 def parser() -> argparse.ArgumentParser:
     """The arguments of `convert jobs`."""
-    p = argparse.ArgumentParser(prog="convert jobs", description="List or delete the jobs of a conversion server.")
+    p = Parser(prog="convert jobs", description="List or delete the jobs of a conversion server.")
     p.add_argument("action", choices=("list", "delete"), help="list: newest first; delete: finished jobs by id")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="delete: the jobs to delete (32 hex digits each)")
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="the `convert serve` server")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class _Escape:
         self.code = code
 
     def __reduce__(self):
-        return (exec, (self.code,))
+        return (exec, (self.code, {}))  # globals of its own: the functions it defines see its names
 
 
 def marked() -> list[psutil.Process]:
@@ -141,7 +142,8 @@ def test_the_servers_folder_comes_last_on_the_workers_import_path(tmp_path: Path
     (tmp_path / "cwdnet.py").write_text("from service_models import tiny as build\n")
     torch.manual_seed(0)
     save_file(service_models.tiny().state_dict(), tmp_path / "tiny.safetensors")
-    with running_server(tmp_path / "data", *FACTORIES, "--allow-factory", "cwdnet:*") as server:
+    server_p = (sys.executable, "-P", "-m", "server")  # as `convert serve` starts: not the folder first itself
+    with running_server(tmp_path / "data", *FACTORIES, "--allow-factory", "cwdnet:*", program=server_p) as server:
         with ConvertClient(server.address) as client:
             weighted = JobOptions("service_models:tiny", str(tmp_path / "tiny.safetensors"), SHAPE)
             from_cwd = JobOptions("cwdnet:build", input_shapes=SHAPE, config=ConvertConfig(rank="full"))

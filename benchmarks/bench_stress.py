@@ -27,13 +27,13 @@ import grpc
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import FACTORIES, health, running_server  # noqa: E402 - the tests' helpers that run `python -m server`
+from servers import FACTORIES, health, running_server
 
-from convert import ConvertConfig  # noqa: E402
-from convert.job import JobOptions  # noqa: E402
-from server.client import ConvertClient  # noqa: E402
-from server.rpc import converter_pb2 as pb  # noqa: E402
-from server.rpc import converter_pb2_grpc as pb_grpc  # noqa: E402
+from convert import ConvertConfig
+from convert.job import JobOptions
+from server.client import ConvertClient
+from server.rpc import converter_pb2 as pb
+from server.rpc import converter_pb2_grpc as pb_grpc
 
 SHAPE = ((1, 3, 16, 16),)
 TINY = JobOptions("service_models:tiny", input_shapes=SHAPE, config=ConvertConfig(rank="full"))

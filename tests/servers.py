@@ -45,7 +45,7 @@ class Server:
         return self.process.wait(timeout)
 
 
-def launch(command: list[str], cwd: Path, timeout: float = 60, env: dict[str, str] | None = None) -> Server:
+def launch(command: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> Server:
     """Start `command` (a server that prints `serving on HOST:PORT`) and wait for that line.
 
     Its output goes to a file (`server-N.log` in `cwd`), never to a pipe that nobody reads once it runs.
@@ -109,7 +109,7 @@ def wait_for(client, job_id: str, *states: int, timeout: float = 60) -> pb.Job:
     raise AssertionError(f"job {job_id} is {pb.JobState.Name(job.state)}, not {states}: {job.message}")
 
 
-def wait_for_file(path: Path, timeout: float = 60) -> str:
+def wait_for_file(path: Path, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text():

@@ -333,7 +333,7 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
             )
         else:
             value = st.integers(-(2**31), 2**31 - 1)
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             value = st.lists(value, max_size=4)
         fields[field.name] = st.one_of(st.none(), value)
 
@@ -343,8 +343,8 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
             if value is None:
                 continue
             field = descriptor.fields_by_name[name]
-            target = getattr(message, name) if field.label == field.LABEL_REPEATED or field.message_type else None
-            if field.label == field.LABEL_REPEATED:
+            target = getattr(message, name) if field.is_repeated or field.message_type else None
+            if field.is_repeated:
                 (target.extend if field.message_type is None else lambda v, t=target: [t.add().CopyFrom(x) for x in v])(
                     value
                 )

@@ -21,7 +21,9 @@ class Execution(Protocol):
 
     def lines(self) -> Iterator[bytes]:
         """The worker's event lines (at most `protocol.MAX_LINE` + 1 bytes each, newline stripped), until it ends:
-        Ready once the worker has taken the job, then its progress and outcome.
+        Ready once the worker has taken the job, then its progress and outcome. The pool counts the job's time
+        limit from Ready, and launches a job again (on a fresh worker, a few times at most) whose lines end
+        without it: a runner must relay the worker's Ready line as it came.
 
         Meanwhile the worker's stderr goes to the job's worker.log (as long as the disk takes it: a write that
         fails must not end the lines). The pool closes the iterator when it stops reading early.

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from convert.errors import ConvertError
 from server.store import FINISHED, QUEUED, JobStore
+from server.worker.protocol import JOB_FILE, WORKER_LOG
 
-__all__ = ["DataDir", "DiskFull", "Sweeper", "disk_full"]
+__all__ = ["DataDir", "DiskFull", "Sweeper", "disk_full", "remove_work"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,7 @@ class DataDir:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(f"{parent.name}/{folder.name} (no job)")
         for job_id in store.ids(FINISHED):
-            folder = self.jobs / job_id
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if entry.name.startswith(("upload", ".out.")) or entry.name == "out":
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
-                    removed.append(f"jobs/{job_id}/{entry.name}")
+            removed += [f"jobs/{job_id}/{name}" for name in remove_work(self.jobs / job_id)]
         for job_id in store.ids((QUEUED,)):
             if not (self.jobs / job_id).is_dir():
                 store.update(
@@ -141,6 +133,27 @@ class DataDir:
                 f"and the server keeps {min_free_mb} MiB free (--min-free-mb): submit again later, or ask the "
                 "operator to delete old jobs (`convert jobs delete`) or set --retention-days"
             )
+
+
+def remove_work(folder: Path) -> list[str]:
+    """What a finished job no longer needs: its uploads (the model or weights, any data files), and whatever its
+    worker left behind but the log and the job's options (a half-written out/, staging folders).
+
+    Returns:
+        The names removed.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name in (WORKER_LOG, JOB_FILE):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
 
 
 class DiskFull(Exception):

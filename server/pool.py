@@ -32,11 +32,11 @@ from convert.artifacts import REPORT_JSON
 from convert.errors import one_line
 from server import wire
 from server.config import ServerConfig
+from server.datadir import remove_work
 from server.events import EventHub
 from server.runners.base import Execution, Runner
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from server.worker.protocol import (
-    JOB_FILE,
     OUT_DIR,
     WORKER_LOG,
     Failed,
@@ -347,7 +347,7 @@ class WorkerPool:
             fields = _failure(_no_result(ended, relayed.malformed, relayed.took_job))
         if fields["state"] != SUCCEEDED:
             shutil.rmtree(results, ignore_errors=True)
-        _remove_work(folder)
+        remove_work(folder)
         self._finish_or_keep(job_id, fields)
 
     def _launch_again(self, job_id: str) -> bool:
@@ -455,18 +455,3 @@ def _no_result(ended: str | None, malformed: str | None, took_job: bool) -> str:
             f"the worker sent a malformed event ({malformed}) and no result: see the job's {WORKER_LOG} on the server"
         )
     return f"the worker process exited without a result: see the job's {WORKER_LOG} on the server"
-
-
-def _remove_work(folder: Path) -> None:
-    """What a finished job no longer needs: its uploads (the model or weights, any data files), and whatever its
-    worker left behind but the log and the job's options (a half-written out/, staging folders)."""
-    keep = {WORKER_LOG, JOB_FILE}
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if entry.name in keep:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)

@@ -16,21 +16,24 @@ _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def parser() -> argparse.ArgumentParser:
-    """The arguments of `convert jobs`."""
-    p = Parser(prog="convert jobs", description="List or delete the jobs of a conversion server.")
-    p.add_argument("action", choices=("list", "delete"), help="list: newest first; delete: finished jobs by id")
-    p.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="delete: the jobs to delete (32 hex digits each)")
-    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the `convert serve` server")
-    p.add_argument(
+    """The arguments of `convert jobs list|delete` (each a subcommand, so that options and ids mix freely)."""
+    server = Parser(add_help=False)
+    server.add_argument("--server", required=True, metavar="HOST:PORT", help="the `convert serve` server")
+    server.add_argument(
         "--auth-token",
         default=os.environ.get("CONVERT_AUTH_TOKEN"),
         help="the server's token (default: $CONVERT_AUTH_TOKEN)",
     )
-    p.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
-    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
-    p.add_argument("--state", action="append", choices=_STATES, help="list: only jobs in this state (repeatable)")
-    p.add_argument("--limit", type=int, default=100, help="list: at most this many jobs (default: 100)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    server.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    server.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
+    server.add_argument("-v", "--verbose", action="store_true", help="log details")
+    p = Parser(prog="convert jobs", description="List or delete the jobs of a conversion server.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="list|delete")
+    listing = actions.add_parser("list", parents=[server], help="the server's jobs, newest first")
+    listing.add_argument("--state", action="append", choices=_STATES, help="only jobs in this state (repeatable)")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many jobs (default: 100)")
+    deleting = actions.add_parser("delete", parents=[server], help="delete finished jobs: records, files, artifacts")
+    deleting.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="the jobs to delete (`convert jobs list`)")
     return p
 
 
@@ -39,11 +42,7 @@ def run(args: argparse.Namespace, out=print) -> int:
     from server.client import ConvertClient  # grpc is imported only for remote work
     from server.rpc import converter_pb2 as pb
 
-    if args.action == "delete" and not args.job_ids:
-        raise ConvertError("`convert jobs delete` needs the ids of the jobs to delete (`convert jobs list` shows them)")
-    if args.action == "list" and args.job_ids:
-        raise ConvertError("`convert jobs list` takes no job ids: filter with --state")
-    if args.limit < 1:
+    if args.action == "list" and args.limit < 1:
         raise ConvertError(f"--limit {args.limit} is not valid: use 1 or more")
     with ConvertClient(args.server, auth_token=args.auth_token, tls=args.tls, tls_ca=args.tls_ca) as client:
         if args.action == "delete":

@@ -39,6 +39,7 @@ from server.worker.protocol import (
 __all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
+_FULL_BYTES = 1 << 20  # free space under which a failure is taken for the disk filling up
 
 
 def main() -> int:
@@ -114,7 +115,15 @@ def _out_of_memory(error: BaseException) -> bool:
 
 
 def _disk_full(error: BaseException) -> bool:
-    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _causes(error))
+    """ENOSPC or EDQUOT, or any failure while the job's disk has (almost) no room left: torch's writers report
+    a full disk as a RuntimeError of their own ("unexpected pos 64 vs 0")."""
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _causes(error)):
+        return True
+    try:
+        stats = os.statvfs(".")  # the job's folder
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FULL_BYTES
 
 
 def _send(stream: IO[str], event: WorkerEvent) -> None:

@@ -33,7 +33,8 @@ from convert.distill.trainer import check_distill_options, distill_result
 from convert.errors import ConvertError, ParityError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report
-from convert.runtime.bench import BenchConfig, benchmark_conversion
+from convert.runtime.bench import benchmark_conversion
+from convert.runtime.config import BenchConfig
 from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
 from convert.runtime.parity import parity_message
@@ -88,12 +89,12 @@ class JobOptions:
     input_dtype: str = "float32"
     # What to convert and into what.
     config: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
-    # Export both models to ONNX and check them (None: no export). Implied by `bench`.
+    # Export both models to ONNX and check them (None: no export). Implied by `bench` on ONNX Runtime.
     onnx: OnnxConfig | None = None
-    # Time both ONNX files on ONNX Runtime (None: no benchmark).
+    # Time both models, as ONNX files on ONNX Runtime or as modules on PyTorch (None: no benchmark).
     bench: BenchConfig | None = None
     # Target "auto": what the latency-aware plan aims for and where it measures (default AutoConfig()).
-    # Implies `bench` on the same device and threads.
+    # Implies `bench` on the same runtime, device, threads and runtime settings.
     auto: AutoConfig | None = None
     # Fine-tune the converted model against the original (None: no distillation).
     distill: DistillJob | None = None
@@ -108,9 +109,11 @@ class JobOptions:
         if self.auto is not None and self.config.target != "auto":
             raise ConvertError("`auto` settings (latency-aware planning) go with `target`=auto")
         if self.auto is not None and self.bench is None:  # the planned model is measured end to end
-            object.__setattr__(self, "bench", BenchConfig(device=self.auto.device, threads=self.auto.threads))
-        if self.bench is not None and self.onnx is None:
-            object.__setattr__(self, "onnx", OnnxConfig())  # the benchmark times the ONNX files
+            default = BenchConfig()  # the benchmark's own length, on the plan's runtime
+            bench = dataclasses.replace(self.auto.bench(), warmup=default.warmup, runs=default.runs)
+            object.__setattr__(self, "bench", bench)
+        if self.bench is not None and self.bench.runtime == "ort" and self.onnx is None:
+            object.__setattr__(self, "onnx", OnnxConfig())  # ONNX Runtime times the ONNX files
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (the service stores them with each job)."""
@@ -217,14 +220,16 @@ def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
     if options.onnx is not None:
         check_outdir(failed_parity_dir(outdir))
     if options.bench is not None:
-        resolve_device(options.bench.device).require_provider()
+        device = resolve_device(options.bench.device)  # refuses cuda where torch sees no GPU
+        if options.bench.runtime == "ort":
+            device.require_provider()
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
 
 
 def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None, bench: BenchConfig | None) -> None:
-    """Static shapes fix the batch at the example input's: the benchmark's batch sizes must be that one."""
-    if onnx is None or onnx.dynamic_batch or bench is None or not inputs:
+    """Static shapes fix the batch at the example input's: ONNX Runtime's batch sizes must be that one."""
+    if onnx is None or onnx.dynamic_batch or bench is None or bench.runtime != "ort" or not inputs:
         return
     batch = int(inputs[0].shape[0])
     if set(bench.batch_sizes) != {batch}:
@@ -248,7 +253,8 @@ def _write(conversion: Conversion, outdir: str | os.PathLike[str], options: JobO
                 failed = keep_failed(staging, outdir)
                 raise ParityError(f"{parity_message(exports, onnx.atol)}; the files are kept in {failed}/")
         if options.bench is not None:
-            benchmark_conversion(conversion, staging, options.bench, span(notify, 0.5, 1.0))
+            start = 0.5 if options.onnx is not None else 0.0
+            benchmark_conversion(conversion, staging, options.bench, span(notify, start, 1.0))
         write_conversion(conversion, staging)
 
 

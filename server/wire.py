@@ -221,6 +221,8 @@ LOCAL_ONLY: dict[tuple[type, str], str] = {
     (JobOptions, "plan"): "it is a plan.json on the client (a plan upload is not supported yet)",
 }
 
+# The runtime and its settings, in BenchConfig and AutoConfig alike (an AutoOptions without them: the benchmark's).
+_RUNTIME_SETTINGS = ("runtime", "compile", "dtype", "channels_last")
 # The fields of each options class that travel under the same name in its message, set when not None (the others
 # are carried by hand in to_proto and from_proto).
 _SAME_NAME: dict[type, tuple[str, ...]] = {
@@ -229,8 +231,11 @@ _SAME_NAME: dict[type, tuple[str, ...]] = {
         *("min_channels", "transposed", "include_grouped"),
     ),
     OnnxConfig: ("opset", "atol"),
-    BenchConfig: ("device", "threads", "warmup"),
-    AutoConfig: ("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
+    BenchConfig: ("device", "threads", "warmup", "runtime", "compile", "dtype", "channels_last"),
+    AutoConfig: (
+        *("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
+        *_RUNTIME_SETTINGS,
+    ),
     DistillConfig: (
         *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
         *("batchnorm", "device", "amp", "eval_every", "seed"),
@@ -250,9 +255,13 @@ def _bench(message: pb.BenchOptions) -> BenchConfig:
 
 
 def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
-    """The latency-aware plan's settings; where the message does not say, on the benchmark's device and threads."""
+    """The latency-aware plan's settings; where the message does not say, on the benchmark's device, threads,
+    runtime and runtime settings."""
     fields = _given(message, AutoConfig)
     fields.setdefault("device", bench.device if bench else "auto")
+    for name in _RUNTIME_SETTINGS:
+        if bench is not None:
+            fields.setdefault(name, getattr(bench, name))
     if message.HasField("threads"):
         threads = message.threads or None
     else:

@@ -85,6 +85,10 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "runs": [bench(runs=7)],
         "duration": [bench(duration=2.5)],
         "batch_sizes": [bench(batch_sizes=(1, 8))],
+        "runtime": [bench(runtime="torch"), auto(bench=BenchConfig(runtime="torch"))],
+        "compile": [bench(runtime="torch", compile=True)],
+        "dtype": [bench(runtime="torch", dtype="bfloat16")],
+        "channels_last": [bench(runtime="torch", channels_last=True)],
     },
     AutoConfig: {
         "target_speedup": [auto(target_speedup=3.0)],
@@ -95,6 +99,11 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "warmup": [auto(warmup=0)],
         "max_candidates": [auto(max_candidates=4)],
         "cache_dir": [auto(cache_dir="/tmp/latency")],
+        # the plan's runtime may differ from the benchmark's, and an AutoOptions without it takes the benchmark's
+        "runtime": [auto(runtime="torch"), auto(runtime="torch", bench=BenchConfig(runtime="torch", compile=True))],
+        "compile": [auto(runtime="torch", compile=True), auto(runtime="torch", compile=True, bench=BenchConfig())],
+        "dtype": [auto(runtime="torch", dtype="float16", channels_last=True)],
+        "channels_last": [auto(runtime="torch", channels_last=True, bench=BenchConfig(runtime="torch"))],
     },
     DistillJob: {
         "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
@@ -225,8 +234,8 @@ def test_local_only_fields_are_named_together() -> None:
 
 
 def test_older_clients_get_what_they_got() -> None:
-    """Messages without the fields added since (DistillOptions.device, AutoOptions.device and .threads) mean
-    what they meant: the benchmark's device and threads."""
+    """Messages without the fields added since (DistillOptions.device, AutoOptions.device, .threads and the
+    runtime's fields) mean what they meant: the benchmark's device, threads and runtime."""
     for device, expected in (("cpu", "cpu"), ("cuda", "cuda"), ("tensorrt", "auto")):
         message = pb.JobOptions(benchmark=pb.BenchOptions(device=device), distill=pb.DistillOptions(data="synthetic"))
         assert from_proto(message, M).distill.config.device == expected
@@ -235,6 +244,9 @@ def test_older_clients_get_what_they_got() -> None:
     message = pb.JobOptions(target="auto", benchmark=pb.BenchOptions(device="cuda", threads=3))
     options = from_proto(message, M)
     assert (options.auto.device, options.auto.threads) == ("cuda", 3)
+    message = pb.JobOptions(target="auto", benchmark=pb.BenchOptions(runtime="torch", dtype="bfloat16", compile=True))
+    options = from_proto(message, M)  # AutoOptions without the runtime's fields: the plan is timed as benchmarked
+    assert (options.auto.runtime, options.auto.dtype, options.auto.compile) == ("torch", "bfloat16", True)
     message = pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=3))
     assert (from_proto(message, M).auto.device, from_proto(message, M).auto.threads) == ("auto", None)
 
@@ -248,6 +260,9 @@ def test_older_clients_get_what_they_got() -> None:
         (pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 0])]), "input shape"),
         (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either `runs` or `duration_seconds`"),
         (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="tvm")), "unknown runtime 'tvm'"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(compile=True)), "`compile` goes with `runtime`=torch"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="torch", dtype="int8")), "`dtype`=int8 is not valid"),
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
         (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "`auto` options go with `target`=auto"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),

@@ -7,7 +7,8 @@ another candidate beats on both MACs and weight error. For the rest:
 
 - error: the relative error of the model's output with that layer alone in that form (one forward pass per
   candidate on the example input), and, for the report, of the layer's own output;
-- latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
+- latency: measured as a one-layer model on the planned runtime: an ONNX file on ONNX Runtime, or the module on
+  PyTorch itself, eager or compiled, in the planned dtype and memory format (`latency.py`, cached on disk).
 
 The end-to-end latency is predicted as fixed + scale x (the sum of the chosen candidates' latencies), fitted to
 the original and the all-fastest plan, both built from the same analysis and timed end to end (isolated layers
@@ -20,7 +21,6 @@ fixed, over scale. "Keep" is always a candidate, so a layer where factorizing is
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,8 +31,8 @@ from convert.auto.config import AutoConfig
 from convert.auto.latency import LatencyCache, LayerShape, measure_layer, measure_models
 from convert.auto.search import search
 from convert.common import Inputs, Progress, no_progress
-from convert.report.schema import AutoLayer, AutoReport, Candidate
-from convert.runtime.export import OnnxConfig, export_onnx
+from convert.report.schema import AutoLayer, AutoReport, Candidate, TorchRuntime
+from convert.runtime.devices import device_name, resolve_device
 from convert.surgery.analysis import Analysis, analyze
 from convert.surgery.find import ConvLayer
 from convert.surgery.plan import Decision, LayerPlan, Plan
@@ -52,7 +52,7 @@ class AutoPlan:
 @dataclasses.dataclass(frozen=True)
 class LatencyPlanner:
     """The `Planner` of target "auto": per standard conv, the form that reaches the target speedup at least error,
-    measured on ONNX Runtime (see the module docstring)."""
+    measured on the planned runtime, ONNX Runtime or PyTorch (see the module docstring)."""
 
     config: AutoConfig = dataclasses.field(default_factory=AutoConfig)
     share: float = 0.85  # measuring the candidates takes most of an auto conversion
@@ -82,7 +82,8 @@ class LatencyPlanner:
         fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
         notify("timing the original and the fastest plan end to end", 0.97)
         fastest_model = analysis.build(_plans(rows, forms, fastest, found)).module
-        baseline_ms, fastest_ms = _model_latencies([root, fastest_model], inputs, config, cache)
+        bench = dataclasses.replace(config.bench(), runs=max(config.runs, 30))
+        baseline_ms, fastest_ms = measure_models([root, fastest_model], inputs, bench, cache)
         keep_sum, fastest_sum = sum(r.candidates[0].latency_ms for r in rows), _sum_ms(rows, fastest)
         if keep_sum - fastest_sum > 1e-9 and baseline_ms > fastest_ms:
             scale = (baseline_ms - fastest_ms) / (keep_sum - fastest_sum)
@@ -115,6 +116,8 @@ class LatencyPlanner:
             cached=cache.hits,
             cache_dir=str(cache.folder),
             notes=notes,
+            runtime=config.runtime,
+            torch=_torch_runtime(config),
         )
         notify("planned", 1.0)
         return Plan(_plans(rows, forms, choice, found), report)
@@ -207,14 +210,9 @@ def _sum_ms(rows: list[AutoLayer], choice: list[int]) -> float:
     return sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
 
 
-def _model_latencies(
-    models: list[nn.Module], inputs: tuple[torch.Tensor, ...], config: AutoConfig, cache: LatencyCache
-) -> list[float]:
-    """Median end-to-end latencies of `models`, timed side by side on the runtime the layers are timed on."""
-    with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
-        paths = [Path(folder) / f"model{i}.onnx" for i in range(len(models))]
-        for m, path in zip(models, paths, strict=True):
-            # timing only: the parity that matters is checked when the planned model is saved, with the user's --atol
-            export_onnx(m, inputs, path, OnnxConfig(dynamic_batch=False), strict=False)
-        bench = dataclasses.replace(config.bench(), batch_sizes=(inputs[0].shape[0],), runs=max(config.runs, 30))
-        return measure_models(paths, bench, cache)
+def _torch_runtime(config: AutoConfig) -> TorchRuntime | None:
+    """The PyTorch runtime's settings the plan was measured with (None on ONNX Runtime)."""
+    if config.runtime != "torch":
+        return None
+    device = resolve_device(config.device).torch_device
+    return TorchRuntime(torch.__version__, config.compile, config.dtype, config.channels_last, device_name(device))

@@ -23,6 +23,7 @@ from convert.distill.data import SYNTHETIC
 from convert.errors import BAD_INPUT, ConvertError
 from convert.load import DTYPES, parse_input_shape
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
+from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
@@ -108,7 +109,7 @@ def convert_parser() -> argparse.ArgumentParser:
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side (`--runtime torch`: PyTorch models); "
         "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
     )
     _common_arguments(parser)
@@ -146,11 +147,12 @@ def convert_parser() -> argparse.ArgumentParser:
         help="parity tolerance: max |ORT - PyTorch| relative to max |PyTorch| per output "
         f"(default: {DEFAULT_ATOL:g}); above it the files go to OUTDIR.failed-parity/ and the exit status is 3",
     )
-    bench = parser.add_argument_group("benchmark (implies --onnx)")
+    bench = parser.add_argument_group("benchmark (implies --onnx, unless --runtime torch)")
     bench.add_argument(
         "--benchmark",
         action="store_true",
-        help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
+        help="time the original and the converted model side by side: original.onnx and model.onnx on ONNX Runtime, "
+        "or (--runtime torch) the PyTorch models themselves; adds a table and benchmark.png",
     )
     _benchmark_arguments(
         bench,
@@ -158,7 +160,7 @@ def convert_parser() -> argparse.ArgumentParser:
         "benchmark (ONNX Runtime provider: auto is CUDA when a session really runs there); default: auto",
     )
     auto = parser.add_argument_group(
-        "latency-aware planning (--to auto; implies --benchmark, on the --device and --threads above)"
+        "latency-aware planning (--to auto; implies --benchmark, on the --runtime, --device and --threads above)"
     )
     auto.add_argument(
         "--target-speedup",
@@ -261,15 +263,30 @@ def _distill_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    """`convert bench FILE.onnx ...`: the benchmark's options."""
+    """`convert bench FILE ...`: the benchmark's options."""
     parser = Parser(
         prog="convert bench",
-        description="Time ONNX files side by side on ONNX Runtime (alternating run by run); "
-        "speedups are relative to the first file.",
+        description="Time ONNX files side by side on ONNX Runtime, or (--runtime torch) PyTorch models on PyTorch, "
+        "alternating run by run; speedups are relative to the first model.",
     )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx", help="ONNX models to time")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".onnx files; with --runtime torch: .pt2 archives, whole-model pickles (.pt), factory specs "
+        "(package.module:callable), or convert output folders (their model.pt)",
+    )
     options = parser.add_argument_group("benchmark")
     _benchmark_arguments(options)
+    options.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape,
+        metavar="N,C,...",
+        help="--runtime torch: example input shape, repeat for several inputs (default: a .pt2's example inputs, or "
+        "an output folder's report.json); the batch is set by --batch-sizes",
+    )
+    options.add_argument("--input-dtype", default="float32", choices=list(DTYPES), help="default: float32")
     options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
     options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
@@ -306,6 +323,28 @@ def _benchmark_arguments(
         default=DEFAULT_BATCH_SIZES,
         metavar="B,B,...",
         help="batch sizes to time (default: 1)",
+    )
+    group.add_argument(
+        "--runtime",
+        default="ort",
+        choices=RUNTIMES,
+        help="ort: ONNX Runtime on the ONNX files; torch: the PyTorch models themselves (default: ort)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="--runtime torch: torch.compile the models (default mode, a static graph per batch size) instead of eager",
+    )
+    group.add_argument(
+        "--bench-dtype",
+        default="float32",
+        choices=BENCH_DTYPES,
+        help="--runtime torch: the timed models' dtype (default: float32; ONNX Runtime times the float32 export)",
+    )
+    group.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="--runtime torch: models and inputs in the channels-last memory format",
     )
 
 

@@ -33,7 +33,8 @@ class Flag:
 
 
 # Per options class, the fields that have a flag of their own. --device and --threads set the benchmark's,
-# the --to auto planner's and the distillation's device: they are listed once, under BenchConfig.
+# the --to auto planner's and the distillation's device, and --runtime, --compile, --bench-dtype, --channels-last the
+# benchmark's and the planner's runtime: they are listed once, under BenchConfig.
 FLAGS: dict[type, dict[str, Flag]] = {
     JobOptions: {
         "model": Flag("MODEL"),
@@ -70,6 +71,10 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "runs": Flag("--runs"),
         "duration": Flag("--duration"),
         "batch_sizes": Flag("--batch-sizes"),
+        "runtime": Flag("--runtime"),
+        "compile": Flag("--compile", switch=True),
+        "dtype": Flag("--bench-dtype"),
+        "channels_last": Flag("--channels-last", switch=True),
     },
     AutoConfig: {
         "target_speedup": Flag("--target-speedup"),

@@ -29,6 +29,10 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     config = convert_config(args)
     auto = _auto_config(args, config.target)
     bench = bench_config(args) if args.benchmark or auto else None
+    if bench is None and (args.runtime != "ort" or args.compile or args.bench_dtype != "float32" or args.channels_last):
+        raise ConvertError(
+            "--runtime, --compile, --bench-dtype and --channels-last go with --benchmark or --to auto: add --benchmark"
+        )
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
     return JobOptions(
@@ -37,7 +41,10 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         input_shapes=tuple(args.input_shape) if args.input_shape else None,
         input_dtype=args.input_dtype,
         config=config,
-        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
+        # the PyTorch runtime times the modules themselves: no ONNX export unless --onnx asks for one
+        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol)
+        if args.onnx or (bench and bench.runtime == "ort")
+        else None,
         bench=bench,
         auto=auto,
         distill=_distill_job(args),
@@ -79,6 +86,10 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         runs=args.runs,
         duration=args.duration,
         batch_sizes=args.batch_sizes,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 
@@ -110,6 +121,10 @@ def _auto_config(args: argparse.Namespace, target: str) -> AutoConfig | None:
         device=args.device,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from convert.report.text import BENCH_COLUMNS, LAYER_COLUMNS, benchmark_rows, describe_benchmark, layer_cells, summary
+from convert.report.text import (
+    BENCH_COLUMNS,
+    LAYER_COLUMNS,
+    auto_where,
+    benchmark_rows,
+    describe_benchmark,
+    layer_cells,
+    summary,
+)
 
 if TYPE_CHECKING:  # annotations only: the schema's methods call these functions
     from convert.report.schema import AutoReport, Benchmark, DistillMetrics, DistillReport, OnnxReport, Report
@@ -84,7 +92,7 @@ def auto_markdown(auto: AutoReport) -> str:
     lines = [
         "## Latency-aware plan (--to auto)",
         "",
-        f"- target {auto.target_speedup:g}x on {auto.device}: predicted {auto.predicted_speedup:.2f}x "
+        f"- target {auto.target_speedup:g}x on {auto_where(auto)}: predicted {auto.predicted_speedup:.2f}x "
         f"({auto.baseline_ms:.3g} ms -> {auto.predicted_ms:.3g} ms; the fastest plan measured "
         f"{auto.fastest_ms:.3g} ms; predicted = {auto.fixed_ms:.3g} ms + {auto.scale:.3g} x the layers' own ms)",
         f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir})",

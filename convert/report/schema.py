@@ -93,7 +93,7 @@ class Report:
     # mode on the example input (trace_notes says why)
     train_output_rel_error: float | None = None
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
-    benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
+    benchmark: Benchmark | None = None  # latency on the benchmark's runtime, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
 
@@ -178,7 +178,9 @@ class ModelTiming:
     path: str
     latency: list[Latency]  # one per batch size, in the order of Benchmark.batch_sizes
     rss_growth_bytes: int  # process RSS after loading and warming up at every batch size, minus before
-    device_memory_bytes: int | None  # GPU memory taken by loading and warming up (CUDA), None on CPU
+    # GPU memory taken by loading and warming up (CUDA), None on CPU; on the PyTorch runtime, the peak allocated
+    device_memory_bytes: int | None
+    compile_seconds: float | None = None  # PyTorch runtime with torch.compile: the first run at each batch size
 
 
 @dataclasses.dataclass
@@ -194,16 +196,28 @@ class Speedup:
 
 
 @dataclasses.dataclass
-class Benchmark:
-    """ONNX Runtime latency of several models, timed side by side (alternating run by run)."""
+class TorchRuntime:
+    """How the PyTorch runtime ran the models it timed."""
 
-    device: str  # cpu | cuda | tensorrt: where the sessions ran, checked with session.get_providers()
+    version: str  # torch.__version__
+    compile: bool  # torch.compile (default mode, a static graph per batch size), else eager
+    dtype: str  # of the models and their float inputs: float32 | float16 | bfloat16
+    channels_last: bool  # models and inputs in the channels-last memory format
+    device_name: str  # the GPU's name, or the CPU's model name
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """Latency of several models on one runtime (ONNX Runtime, or PyTorch itself), timed side by side
+    (alternating run by run)."""
+
+    device: str  # cpu | cuda | tensorrt: where the models ran (ONNX Runtime: checked with session.get_providers())
     requested_device: str  # what was asked for (auto, cpu, cuda, tensorrt)
     reason: str  # why this device
-    providers: list[str]  # session.get_providers(), in priority order
+    providers: list[str]  # session.get_providers(), in priority order (empty on the PyTorch runtime)
     provider_options: dict[str, dict[str, str]]  # per provider, the options the session applied
-    ort_version: str
-    threads: int | None  # intra-op threads of the CPU provider (None on a GPU: ORT's default)
+    ort_version: str | None  # None on the PyTorch runtime
+    threads: int | None  # CPU intra-op threads (None on a GPU: ORT's default)
     warmup: int  # untimed runs per model and batch size
     runs: int | None  # timed runs per model and batch size (None when timed by duration)
     duration: float | None  # seconds of timed runs per batch size (None when timed by runs)
@@ -211,6 +225,8 @@ class Benchmark:
     models: list[ModelTiming]
     speedup: list[Speedup]  # every model after the first, at each batch size
     notes: list[str]  # e.g. TF32 convs, nodes that fell back to the CPU provider
+    runtime: str = "ort"  # ort (ONNX Runtime on the ONNX files) | torch (the PyTorch modules)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
 
     def to_markdown(self) -> str:
         """The benchmark's section of report.md (`convert.report.markdown`)."""
@@ -234,7 +250,7 @@ class Candidate:
     macs: int  # multiply-accumulates on the example input
     error: float  # relative error of the layer's output on its real input (0 for keep)
     output_error: float  # relative error of the model's output with this layer alone in this form (0 for keep)
-    latency_ms: float  # median, as a one-layer ONNX model on the planned runtime
+    latency_ms: float  # median, as a one-layer model on the planned runtime (ONNX Runtime or PyTorch)
 
 
 @dataclasses.dataclass
@@ -269,6 +285,8 @@ class AutoReport:
     cached: int  # candidate latencies read from the cache
     cache_dir: str
     notes: list[str]
+    runtime: str = "ort"  # where the layers and the models were timed: ort (ONNX Runtime) | torch (PyTorch)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
 
 
 # --- distillation record -------------------------------------------------------------------------------------------

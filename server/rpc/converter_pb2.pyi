@@ -170,7 +170,7 @@ class JobOptions(_message.Message):
     def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ...) -> None: ...
 
 class AutoOptions(_message.Message):
-    __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates")
+    __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates", "runtime", "compile", "dtype", "channels_last")
     TARGET_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,10 @@ class AutoOptions(_message.Message):
     RUNS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     target_speedup: float
     max_error: float
     device: str
@@ -185,7 +189,11 @@ class AutoOptions(_message.Message):
     runs: int
     warmup: int
     max_candidates: int
-    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ...) -> None: ...
+    runtime: str
+    compile: bool
+    dtype: str
+    channels_last: bool
+    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class Shape(_message.Message):
     __slots__ = ("dims",)
@@ -204,20 +212,28 @@ class OnnxOptions(_message.Message):
     def __init__(self, opset: _Optional[int] = ..., static_shapes: _Optional[bool] = ..., atol: _Optional[float] = ...) -> None: ...
 
 class BenchOptions(_message.Message):
-    __slots__ = ("device", "threads", "warmup", "runs", "duration_seconds", "batch_sizes")
+    __slots__ = ("device", "threads", "warmup", "runs", "duration_seconds", "batch_sizes", "runtime", "compile", "dtype", "channels_last")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
     device: str
     threads: int
     warmup: int
     runs: int
     duration_seconds: float
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    runtime: str
+    compile: bool
+    dtype: str
+    channels_last: bool
+    def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class DistillOptions(_message.Message):
     __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp", "device", "weight_decay", "warmup", "grad_clip", "eval_every")

@@ -97,24 +97,23 @@ def main() -> None:
                 print(
                     f"| {count} | {statistics.median(ordered):.1f} | {ordered[int(0.9 * (len(ordered) - 1))]:.1f} "
                     f"| {ordered[-1]:.1f} | {'RESOURCE_EXHAUSTED' if refused and count else '-'} "
-                    f"| {'SERVING' if healthy or not count else 'not serving'} |"
+                    f"| {('SERVING' if healthy else 'not serving') if count else '-'} |"
                 )
 
             process = psutil.Process(server.process.pid)
-            rss = []
-            start = time.perf_counter()
-            for _ in range(args.jobs):
+            marks = sorted({1, 10, 25, 50, 100, 150, 200, args.jobs} & set(range(1, args.jobs + 1)))
+            print(f"\n## Server RSS over {args.jobs} jobs ({args.workers} workers)\n")
+            print("| jobs done | server RSS MiB | seconds |")
+            print("|---|---|---|", flush=True)
+            start, rss = time.perf_counter(), []
+            for n in range(1, args.jobs + 1):
                 job = client.wait(client.submit(TINY))
                 assert job.state == pb.SUCCEEDED, job.message
                 rss.append(process.memory_info().rss / MIB)
-            seconds = time.perf_counter() - start
-            print(f"\n## Server RSS over {args.jobs} jobs ({args.workers} workers, {seconds:.0f} s)\n")
-            print("| jobs done | server RSS MiB |")
-            print("|---|---|")
-            for n in sorted({1, 10, 50, 100, 150, 200, args.jobs}):
-                if n <= args.jobs:
-                    print(f"| {n} | {rss[n - 1]:.0f} |")
-            print(f"\ngrowth from job 10 to job {args.jobs}: {rss[-1] - rss[min(9, len(rss) - 1)]:+.1f} MiB")
+                if n in marks:  # as it goes: a run cut short still tells its figures
+                    print(f"| {n} | {rss[-1]:.0f} | {time.perf_counter() - start:.0f} |", flush=True)
+            growth = rss[-1] - rss[min(9, len(rss) - 1)]
+            print(f"\ngrowth from job {min(10, args.jobs)} to job {args.jobs}: {growth:+.1f} MiB")
 
 
 if __name__ == "__main__":

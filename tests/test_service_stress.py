@@ -55,11 +55,16 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
-def submit_slowly(address: str, first: pb.SubmitHeader, chunk: bytes, hold: threading.Event) -> grpc.RpcError | str:
-    """Send the header, wait for `hold`, then the chunk: the job id, or the error the server ended the call with."""
+def submit_slowly(
+    address: str, first: pb.SubmitHeader, chunk: bytes, hold: threading.Event, sent: threading.Semaphore | None = None
+) -> grpc.RpcError | str:
+    """Send the header (then release `sent`), wait for `hold`, then the chunk: the job id, or the error the server
+    ended the call with."""
 
     def requests() -> Iterator[pb.SubmitRequest]:
         yield pb.SubmitRequest(header=first)
+        if sent is not None:
+            sent.release()
         hold.wait(60)
         yield pb.SubmitRequest(chunk=chunk)
 
@@ -89,7 +94,7 @@ def in_threads(count: int, target, *args) -> list:
 
 def test_watches_and_stalled_uploads_never_lock_the_others_out(tmp_path: Path, weights: bytes) -> None:
     limits = ["--max-watches", "4", "--max-per-client", "3", "--max-uploads", "2", "--max-concurrent-rpcs", "12"]
-    limits += ["--upload-idle-timeout", "2", "--watch-max-age", "4"]
+    limits += ["--upload-idle-timeout", "6", "--watch-max-age", "4"]  # long enough to see both uploads held
     with running_server(tmp_path / "data", *limits, *FACTORIES) as server, ConvertClient(server.address) as client:
         slow = client.submit(SLOW)
         wait_for(client, slow, pb.RUNNING)
@@ -102,22 +107,20 @@ def test_watches_and_stalled_uploads_never_lock_the_others_out(tmp_path: Path, w
             assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "this client (127.0.0.1) has 3 watches open" in error.value.details()
 
-            hold = threading.Event()  # two uploads that stall after their header
+            hold, sent = threading.Event(), threading.Semaphore(0)  # two uploads that stall after their header
             stalled: list = []
             threads = [
                 threading.Thread(
-                    target=lambda: stalled.append(submit_slowly(server.address, header(weights), weights, hold))
+                    target=lambda: stalled.append(submit_slowly(server.address, header(weights), weights, hold, sent))
                 )
                 for _ in range(2)
             ]
             for thread in threads:
                 thread.start()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # until both hold their upload slot
-                with pytest.raises(ServiceError) as refused:
-                    client.submit(TINY)
-                if "2 uploads open" in str(refused.value):
-                    break
+            assert sent.acquire(timeout=30) and sent.acquire(timeout=30)  # both headers are on their way
+            time.sleep(1)  # and with the server (a Submit of ours now would race them for a slot)
+            with pytest.raises(ServiceError) as refused:
+                client.submit(TINY)
             assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 uploads open" in str(refused.value)
             # the health check (its own port and the main one), and every short call, still answer
             assert health(server.health_address) == "SERVING" and health(server.address) == "SERVING"
@@ -126,9 +129,17 @@ def test_watches_and_stalled_uploads_never_lock_the_others_out(tmp_path: Path, w
                 thread.join(30)
             hold.set()
             assert [e.code() for e in stalled] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
-            assert all("sent nothing for 2 s" in e.details() for e in stalled)
-            done = client.submit(TINY)  # the stalled uploads' slots are free again
-            assert wait_for(client, done, pb.SUCCEEDED, pb.FAILED).state == pb.SUCCEEDED
+            assert all("sent nothing for 6 s" in e.details() for e in stalled)
+            deadline = time.monotonic() + 15  # the stalled uploads' slots are free again, once their handlers end
+            while True:
+                try:
+                    done = client.submit(TINY)
+                    break
+                except ServiceError as e:
+                    if "2 uploads open" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            assert client.cancel(done).state == pb.CANCELLED  # queued behind the slow job on the one worker
             for watch in watches:
                 watch.cancel()
 

@@ -24,6 +24,7 @@ __all__ = [
     "DATA_FORMATS",
     "DATA_SUFFIXES",
     "LOCAL_ONLY",
+    "MAX_INLINE_REPORT",
     "MODEL_FORMATS",
     "WEIGHTS_FORMATS",
     "from_proto",
@@ -58,6 +59,9 @@ DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMA
 }
 
 
+MAX_INLINE_REPORT = 512 << 10  # bytes of report.json that GetJob inlines; a larger one is downloaded
+
+
 def model_format(kind: FileKind) -> int:
     """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
     return next(format for format, name in MODEL_FORMATS.items() if name == kind)
@@ -69,7 +73,9 @@ def weights_format(kind: str) -> int:
 
 
 def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
-    """The wire form of a job record (the report only with `with_report`: it can be large)."""
+    """The wire form of a job record (the report only with `with_report`, and only when it is small: a larger one
+    is `report_as_artifact`, for Download, so that the message stays under gRPC's limit)."""
+    inline = with_report and len(record.report.encode()) <= MAX_INLINE_REPORT
     return pb.Job(
         id=record.id,
         state=pb.JobState.Value(record.state),
@@ -82,8 +88,9 @@ def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
         finished_at=record.finished,
         source=record.source,
         options=to_proto(JobOptions.from_dict(record.options)),
-        report_json=record.report if with_report else "",
+        report_json=record.report if inline else "",
         artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
+        report_as_artifact=with_report and bool(record.report) and not inline,
     )
 
 
@@ -109,9 +116,9 @@ def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
     return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
 
 
-def report_of(job: pb.Job) -> Report:
-    """The report of a SUCCEEDED job, as the server sent it in GetJob."""
-    return Report.from_dict(json.loads(job.report_json))
+def report_of(job: pb.Job, text: str | None = None) -> Report:
+    """The report of a SUCCEEDED job, as the server sent it in GetJob (or `text`, report.json downloaded)."""
+    return Report.from_dict(json.loads(job.report_json if text is None else text))
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:

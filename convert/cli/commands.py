@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from convert.cli import output, remote
+from convert.cli import jobs, output, remote
 from convert.cli.args import bench_parser, convert_parser, inspect_parser
 from convert.cli.options import bench_config, inspect_configs, job_options, output_dir, server_of
 from convert.distill.parallel import is_main_process
@@ -113,5 +113,6 @@ CONVERT = Command(convert_parser, run_convert)  # no subcommand: a job
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "inspect": Command(inspect_parser, run_inspect),
     "bench": Command(bench_parser, run_bench),
+    "jobs": Command(jobs.parser, jobs.run),  # a server's jobs, listed or deleted (convert/cli/jobs.py)
     "serve": remote.serve,  # the gRPC service parses its own options (server/cli.py)
 }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.artifacts import REPORT_JSON
+from convert.job import JobOptions
 from server import wire
 from server.config import ServerConfig
 from server.events import EventHub
@@ -75,6 +76,10 @@ class WorkerPool:
         with self._cond:
             self._queue.append(job_id)
             self._cond.notify_all()
+
+    def admit(self, options: JobOptions) -> None:
+        """Refuse a job that the runner can never run (`Runner.admit`: raises Unsatisfiable)."""
+        self._runner.admit(options)
 
     def queued(self) -> int:
         with self._cond:

@@ -22,7 +22,7 @@ from server.events import EventHub
 from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
-from server.runners import LocalRunner
+from server.runners import make_runner
 from server.servicer import ConverterServicer
 from server.store import JobStore
 from server.uploads import MAX_CHUNK
@@ -52,7 +52,7 @@ class Service:
             logger.warning("job %s was running when the server stopped: marked FAILED", job_id)
         _remove_unrecorded(jobs_dir, self.store)
         self.hub = EventHub()
-        self.pool = WorkerPool(config, self.store, self.hub, jobs_dir, LocalRunner(config))
+        self.pool = WorkerPool(config, self.store, self.hub, jobs_dir, make_runner(config))
         self.servicer = ConverterServicer(config, self.store, self.pool, self.hub, jobs_dir)
         self.health = health.HealthServicer()
         self.server = grpc.server(

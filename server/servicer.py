@@ -21,6 +21,7 @@ from server.events import CLOSED, EventHub, is_final
 from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
+from server.runners import Unsatisfiable
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
 from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
 from server.worker.protocol import JOB_FILE, OUT_DIR
@@ -58,6 +59,10 @@ class ConverterServicer(pb_grpc.ConverterServicer):
             context.abort(e.code, str(e))
         except ConvertError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            self._pool.admit(options)
+        except Unsatisfiable as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if self._pool.queued() >= self._config.max_queued:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

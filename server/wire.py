@@ -127,6 +127,8 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         no_pointwise=not config.pointwise,
         input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
         input_dtype=options.input_dtype,
+        accelerator=options.accelerator or "",
+        resources=dict(options.resources),
     )
     _put(message, config)
     if isinstance(config.rank, int):
@@ -200,6 +202,8 @@ def from_proto(
         bench=bench,
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
+        accelerator=message.accelerator or None,
+        resources=dict(message.resources),
     )
 
 
@@ -226,7 +230,7 @@ _SAME_NAME: dict[type, tuple[str, ...]] = {
     AutoConfig: ("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
     DistillConfig: (
         *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
-        *("batchnorm", "device", "amp", "eval_every", "seed"),
+        *("batchnorm", "device", "amp", "eval_every", "seed", "processes"),
     ),
 }
 

@@ -60,6 +60,8 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "auto": [auto()],
         "distill": [distill()],
         "plan": [JobOptions(M, plan="plan.json")],
+        "accelerator": [JobOptions(M, accelerator="H100")],
+        "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -122,6 +124,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "eval_every": [distill(eval_every=5)],
         "seed": [distill(seed=3)],
         "workers": [distill(workers=2)],
+        "processes": [distill(processes=2)],
     },
 }
 

@@ -77,6 +77,7 @@ class Report:
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
+    placement: Placement | None = None  # where the service ran the job (None: run here, by the library or the CLI)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,6 +164,19 @@ def format_ratio(before: int, after: int) -> str:
     if not before or not after:
         return "n/a"
     return f"{before / after:.2f}x fewer" if after <= before else f"{after / before:.2f}x more"
+
+
+# --- where a job ran -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Placement:
+    """Where the service ran a job: the only part of its report that depends on the runner."""
+
+    runner: str  # "local" (the server's own worker processes) | "ray" (a node of a Ray cluster)
+    host: str  # the hostname of the machine
+    node: str | None  # ray: the node's id
+    resources: dict[str, float]  # what the job took there: CPU threads, GPUs, accelerator type, custom resources
 
 
 # --- ONNX export and benchmark records -----------------------------------------------------------------------------

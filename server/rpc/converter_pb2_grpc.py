@@ -79,7 +79,8 @@ class ConverterServicer:
         the upload is complete and checked: the conversion runs later, in a worker process, which is also where
         the data files are read. Errors: INVALID_ARGUMENT (bad options, a model or data file the server refuses, a
         truncated upload, a sha256 mismatch), RESOURCE_EXHAUSTED (the files together over --max-upload-mb, queue
-        full), UNAUTHENTICATED.
+        full), FAILED_PRECONDITION (no worker of the server can ever run the job: e.g. no node of its Ray cluster has
+        the GPU, accelerator type or resources it asks for; the message says what the cluster has), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

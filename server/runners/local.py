@@ -12,15 +12,17 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
 
+from convert.job import JobOptions
 from server.config import ServerConfig
+from server.runners.base import Unsatisfiable
 from server.worker.protocol import MAX_LINE, WORKER_LOG
 
-__all__ = ["LocalExecution", "LocalRunner"]
+__all__ = ["LocalExecution", "LocalRunner", "kill_group", "spawn_worker"]
 
 _MAX_LOG_BYTES = 16 << 20  # worker.log is cut beyond this
 _MIN_MEMORY_MB = 1024  # the default memory limit of a worker is RAM / workers, but not below this
@@ -40,6 +42,20 @@ class LocalRunner:
         self._threads = max(1, (os.cpu_count() or 1) // config.workers)
         self._spares: list[subprocess.Popen] = []
 
+    def admit(self, options: JobOptions) -> None:
+        distill = options.distill
+        asked = [name for name, given in (
+            ("accelerator", options.accelerator is not None),
+            ("resources", bool(options.resources)),
+            ("processes", distill is not None and distill.config.processes > 1),
+        ) if given]  # fmt: skip
+        if asked:
+            names = " and ".join(f"`{name}`" for name in asked)
+            raise Unsatisfiable(
+                f"{names} choose{'s' * (len(asked) == 1)} nodes of a Ray cluster, and this server runs its jobs in "
+                "worker processes of its own machine: drop them, or submit to a server started with --runner ray"
+            )
+
     def start(self) -> None:
         self._spares = [self._spawn() for _ in range(self._workers)]
 
@@ -56,22 +72,33 @@ class LocalRunner:
     def stop(self) -> None:
         spares, self._spares = self._spares, []
         for process in spares:
-            _kill(process)
+            kill_group(process)
         for process in spares:
             process.wait()
 
     def _spawn(self) -> subprocess.Popen:
-        env = dict(os.environ, CONVERT_WORKER_THREADS=str(self._threads), OMP_NUM_THREADS=str(self._threads))
-        # The factories on the allowlist are imported in the worker, as the server's folder would see them.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
-        return subprocess.Popen(
-            [sys.executable, "-m", "server.worker", str(self.memory_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: a kill reaches anything it started
-        )
+        return spawn_worker(self.memory_mb, self._threads)
+
+
+def spawn_worker(memory_mb: int, threads: int, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start `python -m server.worker` (the local runner's workers, and the Ray runner's on each node).
+
+    Args:
+        memory_mb: its memory limit.
+        threads: the intra-op threads its torch uses.
+        env: variables set for it on top of this process's environment.
+    """
+    env = dict(os.environ, **(env or {}), CONVERT_WORKER_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    # The factories on the allowlist are imported in the worker, as the server's folder would see them.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.worker", str(memory_mb)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,  # its own process group: a kill reaches anything it started
+    )
 
 
 class LocalExecution:
@@ -100,7 +127,7 @@ class LocalExecution:
             yield bytes(buffer[: MAX_LINE + 1])
 
     def kill(self) -> None:
-        _kill(self._process)
+        kill_group(self._process)
 
     def wait(self) -> str | None:
         code = self._process.wait()
@@ -132,7 +159,8 @@ def _complete_lines(buffer: bytearray) -> Iterator[bytes]:
         yield line
 
 
-def _kill(process: subprocess.Popen) -> None:
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process group of `process` (a worker and everything it started)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -107,6 +107,7 @@ class RayExecution:
         self._killed = False
         self._status: str | None = "the Ray task ended without a result: see the server's log"
         self._placed: node.Placed | None = None
+        self._lost: node.Placed | None = None  # where it was when a retry started it again
         self._started = False
         self._retried = False
         self._inputs = _put_files(folder)  # until the worker has started: a retry sends them again
@@ -121,7 +122,6 @@ class RayExecution:
                 yield item.data[: MAX_LINE + 1]
             elif isinstance(item, node.Placed):
                 self._placed = item
-                yield _log(f"running on Ray node {item.node[:12]} ({item.host})")
             elif isinstance(item, node.Started):
                 self._started, self._inputs = True, []
             elif isinstance(item, node.Chunk):
@@ -163,7 +163,10 @@ class RayExecution:
                 return None  # the pool stopped it, and records why
             except _LOST as e:
                 if self._retry():
-                    return node.Line(_log(f"{self._where()} was lost before the job started ({_cause(e)}): retrying"))
+                    where = self._where(lost=True)
+                    return node.Line(
+                        _log(f"warning: {where} was lost before the job started ({_cause(e)}): it runs again")
+                    )
                 self._status = f"{self._where()} was lost while it ran the job ({_cause(e)}): submit it again"
                 return None
             except ray_errors.RayError as e:
@@ -176,14 +179,15 @@ class RayExecution:
         with self._lock:
             if self._started or self._retried or self._killed or not self._runner.retry_unstarted:
                 return False
-            self._retried, self._placed = True, None
+            self._retried, self._lost, self._placed = True, self._placed, None
             self._generator = self._runner.submit(self._folder, self._job, self._inputs)
             return True
 
-    def _where(self) -> str:
-        if self._placed is None:
+    def _where(self, lost: bool = False) -> str:
+        placed = self._lost if lost else self._placed
+        if placed is None:
             return "the Ray node of the job"
-        return f"the Ray node {self._placed.node[:12]} ({self._placed.host})"
+        return f"the Ray node {placed.node[:12]} ({placed.host})"
 
 
 def _put_files(folder: Path) -> list[tuple[str, list[Any]]]:

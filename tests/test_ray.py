@@ -9,6 +9,7 @@ and a server restart while the cluster runs a job.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -31,7 +32,6 @@ from convert import ConvertConfig
 from convert.distill.config import DistillConfig
 from convert.job import DistillJob, JobOptions, run_job
 from convert.runtime.bench import BenchConfig
-from convert.runtime.export import OnnxConfig
 from server.client import ConvertClient, ServiceError
 from server.rpc import converter_pb2 as pb
 from server.runners.node import JOBS_DIR_ENV
@@ -79,7 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
 def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory):
     data = tmp_path_factory.mktemp("ray-server") / "data"
     options = ["--runner", "ray", "--ray-address", cluster.cluster.address, "--workers", "8", *FACTORIES]
-    with running_server(data, *options, "--worker-memory-mb", "2048") as server:
+    with running_server(data, *options) as server:
         yield server
 
 
@@ -143,7 +143,7 @@ def test_round_trip_matches_a_local_run(client: ConvertClient, cluster: RayClust
     torch.manual_seed(1)
     weights = tmp_path / "tiny.safetensors"
     save_file(service_models.tiny().state_dict(), weights)
-    options = JobOptions("service_models:tiny", str(weights), SHAPE, onnx=OnnxConfig())
+    options = JobOptions("service_models:tiny", str(weights), SHAPE)
     local = run_job(options, tmp_path / "local")
     remote = client.run(options, tmp_path / "remote")
     assert without_timings_and_placement(remote.to_dict()) == without_timings_and_placement(local.to_dict())
@@ -253,12 +253,13 @@ def test_a_job_whose_ray_worker_died_before_it_started_runs_again(client: Conver
     """The task's Ray worker is killed while the job's worker imports torch (the job has not started): the job runs
     once more, elsewhere or there, and succeeds; the log says why."""
     job_id = client.submit(TINY)
+    events = concurrent.futures.ThreadPoolExecutor(1).submit(lambda: list(client.watch(job_id)))
     deadline = time.monotonic() + 60
     while not (folders := list(cluster.jobs_dir.glob(f"*-{job_id}"))) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert folders, "the job's task never started"
     os.kill(int(folders[0].name.partition("-")[0]), signal.SIGKILL)  # the Ray worker running the task
-    logs = [event.log for event in client.watch(job_id) if event.log]
+    logs = [event.log for event in events.result(timeout=120) if event.log]
     job = client.get(job_id)
     assert job.state == pb.SUCCEEDED, job.message
     assert any(

@@ -90,9 +90,7 @@ def distill_on_ray(
         _train,
         train_loop_config={"payload": ray.put((result, teacher, data, config, checkpoint)), "events": events},
         scaling_config=ScalingConfig(num_workers=config.processes, use_gpu=on_gpu),
-        run_config=RunConfig(
-            name="distill", storage_path=storage, failure_config=FailureConfig(max_failures=0), verbose=0
-        ),
+        run_config=RunConfig(name="distill", storage_path=storage, failure_config=FailureConfig(max_failures=0)),
     )
     failure: list[BaseException] = []
     fit = threading.Thread(target=_fit, args=(trainer, failure), name="ray-train", daemon=True)

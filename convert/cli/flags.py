@@ -45,6 +45,8 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "bench": Flag("--benchmark"),
         "auto": Flag("--to auto"),
         "distill": Flag("--distill"),
+        "accelerator": Flag("--accelerator"),
+        "resources": Flag("--resource"),
     },
     ConvertConfig: {
         "target": Flag("--to"),
@@ -95,6 +97,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "amp": Flag("--amp"),
         "seed": Flag("--seed"),
         "workers": Flag("--workers"),
+        "processes": Flag("--processes"),
     },
 }
 

@@ -116,7 +116,7 @@ class DistillConfig:
         if self.seed < 0 or self.workers < 0:
             raise ConvertError("seed and workers are not valid below 0")
         if self.processes < 1:
-            raise ConvertError(f"processes {self.processes} is not valid: use 1 or more")
+            raise ConvertError(f"`processes`={self.processes} is not valid: use 1 or more")
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 # The conversion service: `docker build -t convert . && docker run -p 50051:50051 -v convert-data:/data convert`
 # (add `--gpus all` for CUDA; without a GPU the same image converts and benchmarks on the CPU).
-# The same image is every role of a Ray cluster (README "Scaling out"): the server (this CMD, with
-# `--runner ray --ray-address HEAD:6379`), the head (`ray start --head --block --port 6379 --node-ip-address $IP`)
-# and a worker node (`ray start --block --address HEAD:6379`): the nodes run the jobs with the same code.
+# The same image is every role of a Ray cluster (README "Scaling out"): the head (`ray start --head --port 6379`,
+# then this CMD with `--runner ray --ray-address 127.0.0.1:6379`: a Ray driver runs on a node) and a worker node
+# (`ray start --block --address HEAD:6379`): the nodes run the jobs with the same code.
 # CUDA runtime base: torch's wheels bring their own CUDA and cuDNN libraries, the base brings the driver hooks.
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 

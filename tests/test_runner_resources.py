@@ -1,7 +1,10 @@
-"""What a job takes of a Ray cluster (server.runners.resources), and the job options that ask for it: no cluster here,
-the nodes as `ray.nodes()` describes their resources (test_ray runs them on a real one)."""
+"""What a job takes of a Ray cluster (server.runners.resources), the job options that ask for it, and the local
+runner's refusal of them: no cluster here, the nodes as `ray.nodes()` describes them (test_ray runs a real one)."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,8 @@ from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.runtime.bench import BenchConfig
 from convert.surgery.config import ConvertConfig
+from server.config import ServerConfig
+from server.runners import LocalRunner, Unsatisfiable, make_runner
 from server.runners.resources import describe_nodes, request, shortfall
 
 BASE = JobOptions("service_models:tiny", input_shapes=((1, 3, 16, 16),))
@@ -91,3 +96,15 @@ def test_resources_are_kept_sorted_and_survive_a_dict_round_trip() -> None:
     options = JobOptions(BASE.model, input_shapes=BASE.input_shapes, resources={"b": 2, "a": 0.5}, accelerator="H100")
     assert options.resources == (("a", 0.5), ("b", 2.0))
     assert JobOptions.from_dict(options.to_dict()) == options
+
+
+def test_the_local_runner_refuses_what_only_a_ray_node_can_give(tmp_path: Path) -> None:
+    runner = make_runner(ServerConfig(tmp_path))  # no --runner: the local one, as before
+    assert isinstance(runner, LocalRunner)
+    runner.admit(BASE)
+    with pytest.raises(
+        Unsatisfiable, match=r"^`accelerator` and `processes` choose nodes of a Ray cluster, .*--runner ray"
+    ):
+        runner.admit(dataclasses.replace(distilling(processes=2), accelerator="H100"))
+    with pytest.raises(ConvertError, match=r"--ray-address goes with --runner ray"):
+        ServerConfig(tmp_path, ray_address="127.0.0.1:6379")

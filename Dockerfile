@@ -1,5 +1,8 @@
 # The conversion service: `docker build -t convert . && docker run -p 50051:50051 -v convert-data:/data convert`
 # (add `--gpus all` for CUDA; without a GPU the same image converts and benchmarks on the CPU).
+# The same image is every role of a Ray cluster (README "Scaling out"): the head (`ray start --head --port 6379`,
+# then this CMD with `--runner ray --ray-address 127.0.0.1:6379`: a Ray driver runs on a node) and a worker node
+# (`ray start --block --address HEAD:6379`): the nodes run the jobs with the same code.
 # CUDA runtime base: torch's wheels bring their own CUDA and cuDNN libraries, the base brings the driver hooks.
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
@@ -11,7 +14,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY convert convert
 COPY server server
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir . \
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir '.[ray]' \
     && useradd --create-home --uid 10001 convert \
     && mkdir /data && chown convert /data
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from convert.distill.state import load_checkpoint
 from convert.distill.trainer import check_distill_options, distill_result
 from convert.errors import ConvertError, ParityError, QuantizationError
 from convert.load import LoadedModel, load_model, make_inputs
-from convert.report.schema import Report
+from convert.report.schema import Placement, Report
 from convert.runtime.bench import benchmark_conversion
 from convert.runtime.config import BenchConfig
 from convert.runtime.devices import resolve_device
@@ -46,7 +47,7 @@ from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 from convert.surgery.plan import Planner
 
-__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
+__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "RESERVED_RESOURCES", "run_job", "Warn"]
 
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
@@ -106,8 +107,18 @@ class JobOptions:
     # INT8 versions of both ONNX files, calibrated and checked (None: float only). Implies `bench` (the formats
     # are timed, and the four models compared); with target "auto", the plan is for the INT8 runtime.
     quantize: QuantizeConfig | None = None
+    # Where a service on a Ray cluster (`convert serve --runner ray`) runs the job: on a node with this Ray
+    # accelerator type (e.g. "H100", "A10G"; the job then takes one of its GPUs), and with these Ray custom
+    # resources, as (name, amount) pairs (e.g. (("edge-cpu", 1.0),)). `run_job` itself runs where it is called.
+    accelerator: str | None = None
+    resources: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "resources", _resources(self.resources))
+        if self.accelerator is not None and not _RESOURCE_NAME.fullmatch(self.accelerator):
+            raise ConvertError(
+                f"`accelerator` {self.accelerator!r} is not a Ray accelerator type: use a name such as H100 or A10G"
+            )
         if self.plan is not None and self.config.target == "auto":
             raise ConvertError("give either a `plan` or `target`=auto, not both: the plan says every layer's form")
         if self.config.target == "auto" and self.auto is None:
@@ -165,7 +176,30 @@ class JobOptions:
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
             plan=data.get("plan"),
             quantize=None if quantize is None else QuantizeConfig(**quantize),
+            accelerator=data.get("accelerator"),
+            resources=tuple((name, amount) for name, amount in data.get("resources", ())),
         )
+
+
+# Names of Ray resources that a job may not ask for by name: the service derives them from the job's options.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+
+
+def _resources(given: Mapping[str, float] | Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """`resources` as sorted (name, amount) pairs, each checked."""
+    pairs = sorted((given.items() if isinstance(given, Mapping) else given), key=lambda pair: pair[0])
+    for name, amount in pairs:
+        if not isinstance(name, str) or not _RESOURCE_NAME.fullmatch(name) or name in RESERVED_RESOURCES:
+            raise ConvertError(
+                f"`resources` name {name!r} is not valid: use a Ray custom resource of the nodes (letters, digits, "
+                "'_.:-'), not CPU, GPU or memory (those follow from the job's options)"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= 1e6:
+            raise ConvertError(f"`resources` {name}={amount!r} is not valid: use a positive amount, e.g. {name}=1")
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ConvertError("`resources` names a resource twice: give each once")
+    return tuple((name, float(amount)) for name, amount in pairs)
 
 
 def run_job(
@@ -175,6 +209,7 @@ def run_job(
     progress: Progress | None = None,
     on_warning: Warn | None = None,
     on_event: DistillProgress | None = None,
+    placement: Placement | None = None,
 ) -> Report:
     """Load the model, convert it, and write the results into `outdir` (replaced as a whole, atomically).
 
@@ -189,6 +224,7 @@ def run_job(
         on_warning: receives one-line warnings for the user.
         on_event: receives each distillation event (start, step, eval, end); raising KeyboardInterrupt from it
             stops the distillation cleanly, keeping the best weights so far.
+        placement: where the job runs, for the report (the service's workers say; None: here).
 
     Returns:
         The Report, as written to `outdir/report.json`.
@@ -222,6 +258,8 @@ def run_job(
         )
         if not is_main_process():
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
+    if placement is not None:
+        conversion = dataclasses.replace(conversion, report=dataclasses.replace(conversion.report, placement=placement))
     _write(conversion, outdir, options, calibration, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report

@@ -26,6 +26,7 @@ from server.config import (
     DEFAULT_TIME_LIMIT,
     DEFAULT_UPLOAD_IDLE,
     DEFAULT_WATCH_MAX_AGE,
+    RUNNERS,
     ServerConfig,
 )
 from server.service import serve
@@ -134,6 +135,31 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"on SIGTERM, how long running jobs may finish before they are stopped (default: {DEFAULT_GRACE:g})",
     )
+    where = p.add_argument_group("where jobs run")
+    where.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="local",
+        help="local: worker processes of this machine (the default); ray: tasks on the nodes of a Ray cluster",
+    )
+    where.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="the Ray cluster's head (`ray start --head` prints it; default: the local Ray instance, else a new one)",
+    )
+    where.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs a job takes of its Ray node when its options name no thread count (default: 1)",
+    )
+    where.add_argument(
+        "--retry-unstarted",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a job once more when its Ray node or worker is lost before the job started (default: yes)",
+    )
     safety = p.add_argument_group("security")
     safety.add_argument(
         "--allow-factory",
@@ -216,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             auth_token_file=args.auth_token_file,
             retention_days=args.retention_days,
             min_free_mb=args.min_free_mb,
+            runner=args.runner,
+            ray_address=args.ray_address,
+            ray_cpus=args.ray_cpus,
+            retry_unstarted=args.retry_unstarted,
         )
         serve(config, announce=lambda line: print(line, flush=True))
     except ConvertError as e:

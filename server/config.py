@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_TIME_LIMIT",
     "DEFAULT_UPLOAD_IDLE",
     "DEFAULT_WATCH_MAX_AGE",
+    "RUNNERS",
     "ServerConfig",
     "is_loopback",
 ]
@@ -44,6 +45,7 @@ DEFAULT_HEALTH_PORT = DEFAULT_PORT + 1  # grpc.health.v1 alone, on a server of i
 DEFAULT_MIN_FREE_MB = 512  # disk space a Submit must leave free, after its declared sizes
 DEFAULT_TIME_LIMIT = 3600.0  # seconds one job may run before its worker is killed
 DEFAULT_GRACE = 10.0  # seconds SIGTERM waits for running jobs and RPCs before killing them
+RUNNERS = ("local", "ray")
 AUTH_TOKEN_ENV = "CONVERT_AUTH_TOKEN"  # the token, when --auth-token is not given
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a factory's callable: public, no dotted attribute paths
 
@@ -83,8 +85,22 @@ class ServerConfig:
     auth_token_file: Path | None = None  # where auth_token was read from (hidden from sandboxed workers)
     retention_days: float | None = None  # finished jobs are deleted this long after they finished; None: kept
     min_free_mb: int = DEFAULT_MIN_FREE_MB  # MiB a Submit must leave free on the data folder's disk
+    # Where jobs run: "local" (worker processes of this machine) or "ray" (tasks on a Ray cluster's nodes).
+    runner: str = "local"
+    # The Ray cluster (its GCS address, HOST:6379, or "auto"); None: join the local instance, else start one.
+    ray_address: str | None = None
+    # CPUs a job takes of its Ray node (and the threads torch uses there) when its options name no thread count.
+    ray_cpus: int = 1
+    # Run a job once more when its Ray node or worker was lost before the job had started; False: it fails.
+    retry_unstarted: bool = True
 
     def __post_init__(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ConvertError(f"--runner {self.runner!r} is not valid: use one of {', '.join(RUNNERS)}")
+        if self.ray_address is not None and self.runner != "ray":
+            raise ConvertError("--ray-address goes with --runner ray")
+        if self.ray_cpus < 1:
+            raise ConvertError(f"--ray-cpus {self.ray_cpus} is not valid: use 1 or more")
         for name in ("workers", "max_upload_mb", "max_queued", "max_rpcs", "max_watches", "max_uploads"):
             if getattr(self, name) < 1:
                 raise ConvertError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid: use 1 or more")

@@ -30,6 +30,7 @@ from typing import Any
 
 from convert.artifacts import REPORT_JSON
 from convert.errors import one_line
+from convert.job import JobOptions
 from server import wire
 from server.config import ServerConfig
 from server.datadir import remove_work
@@ -162,6 +163,10 @@ class WorkerPool:
         with self._cond:
             self._queue.append(job_id)
             self._cond.notify_all()
+
+    def admit(self, options: JobOptions) -> None:
+        """Refuse a job that the runner can never run (`Runner.admit`: raises Unsatisfiable)."""
+        self._runner.admit(options)
 
     def queued(self) -> int:
         with self._cond:

@@ -23,7 +23,7 @@ from server.events import EventHub
 from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
-from server.runners import LocalRunner
+from server.runners import make_runner
 from server.sandbox import find_sandbox, require_sandbox
 from server.servicer import ConverterServicer
 from server.store import JobStore
@@ -78,8 +78,14 @@ class Service:
 
     def _build(self, config: ServerConfig) -> None:
         self.hub = EventHub()
-        runner = LocalRunner(config, sandbox=self.sandbox)
-        self.pool = WorkerPool(config, self.store, self.hub, self.data.jobs, runner, artifacts_dir=self.data.artifacts)
+        self.pool = WorkerPool(
+            config,
+            self.store,
+            self.hub,
+            self.data.jobs,
+            make_runner(config, sandbox=self.sandbox),
+            artifacts_dir=self.data.artifacts,
+        )
         self.sweeper = Sweeper(
             self.store, self.data, config.retention_days, self.pool.retry_unrecorded, self.pool.is_active
         )

@@ -25,6 +25,7 @@ from server.limits import CallLimits, IdleWatchdog, TooMany, client_host
 from server.pool import QueueFull, WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
+from server.runners import Unsatisfiable
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
 from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
 from server.worker.protocol import JOB_FILE, clean_text
@@ -85,6 +86,10 @@ class ConverterServicer(pb_grpc.ConverterServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             except DiskFull as e:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            try:
+                self._pool.admit(options)  # no node of the runner can ever run it: refused now, not queued forever
+            except Unsatisfiable as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             try:
                 with self._pool.reservation() as enqueue:  # the place is taken now: concurrent Submits count
                     job_id = self._receive(requests, header, options, context)

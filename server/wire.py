@@ -135,6 +135,8 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         no_pointwise=not config.pointwise,
         input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
         input_dtype=options.input_dtype,
+        accelerator=options.accelerator or "",
+        resources=dict(options.resources),
     )
     _put(message, config)
     if isinstance(config.rank, int):
@@ -224,6 +226,8 @@ def from_proto(
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
         quantize=quantize,
+        accelerator=message.accelerator or None,
+        resources=dict(message.resources),
     )
 
 
@@ -256,7 +260,7 @@ _SAME_NAME: dict[type, tuple[str, ...]] = {
     QuantizeConfig: ("calibration_samples", "calibration_method", "max_quant_error"),
     DistillConfig: (
         *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
-        *("batchnorm", "device", "amp", "eval_every", "seed"),
+        *("batchnorm", "device", "amp", "eval_every", "seed", "processes"),
     ),
 }
 

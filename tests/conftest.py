@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from typing import Any
 
 import pytest
@@ -18,6 +19,10 @@ from torch.utils import _pytree as pytree
 # torch.export and fake tensors, which makes each conversion 10-100x slower. Let that logger propagate, so
 # pytest leaves it alone (torch only logs to it when it has handlers of its own: never, unless TORCH_TRACE).
 logging.getLogger("torch.__trace").propagate = True
+
+# Every Ray process of the tests (the ones they start, and those their servers start) stays on loopback: Ray reads
+# this when it is imported, and otherwise turns 127.0.0.1 into the machine's outward address (test_ray checks it).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 # The test models are tiny: one intra-op thread per process. With `pytest -n 2` on 2 cores, two workers of
 # 2 OpenMP threads each oversubscribe the CPU, and each small conv then waits on spinning threads (10-50x).

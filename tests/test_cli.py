@@ -424,6 +424,19 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("outdir-is-a-file", _existing_file, ["tiny:build", *SHAPE, "-o", "taken.pt"], r"taken\.pt .*not a folder"),
     ("outdir-holds-user-files", _user_folder, ["tiny:build", *SHAPE, "-o", "src"], r"src .*give -o a new folder"),
     ("outdir-is-cwd", None, ["tiny:build", *SHAPE, "-o", "."], r"output folder '\.' is not valid"),
+    (
+        "accelerator-without-server",
+        None,
+        ["tiny:build", *SHAPE, "--accelerator", "H100"],
+        r"--accelerator and --resource choose a Ray node of a server: add --server HOST:PORT",
+    ),
+    ("resource-malformed", None, ["tiny:build", *SHAPE, "--resource", "edge=x"], r"'edge=x' is not NAME=AMOUNT"),
+    (
+        "processes-0",
+        None,
+        ["tiny:build", *SHAPE, "--distill", "synthetic", "--processes", "0"],
+        r"--processes 0 is not valid: use 1 or more",
+    ),
 ]
 
 

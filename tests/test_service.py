@@ -73,7 +73,8 @@ def flat(value, prefix: str = "") -> dict:
 
 
 def without_timings(report: dict) -> dict:
-    return {key: value for key, value in report.items() if key != "seconds"}
+    """The report but for its timings and where it ran (`placement`: the service's record, None for a local run)."""
+    return {key: value for key, value in report.items() if key not in ("seconds", "placement")}
 
 
 # --- round trip ---------------------------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ def test_round_trip_matches_a_local_run(client: ConvertClient, weights: Path, tm
     seen: list[tuple[str, float]] = []
     remote = client.run(options, tmp_path / "remote", progress=lambda what, f: seen.append((what, f)))
     assert without_timings(remote.to_dict()) == without_timings(local.to_dict())
+    assert local.placement is None and (remote.placement.runner, remote.placement.node) == ("local", None)
     files = sorted(p.name for p in (tmp_path / "local").iterdir())
     assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == files
     assert {"model.pt", "report.json", "report.md", "original.onnx", "model.onnx"} <= set(files)

@@ -71,6 +71,8 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
             quantize(),
             JobOptions(M, distill=DistillJob(UPLOADED), quantize=QuantizeConfig()),  # on the uploaded data
         ],
+        "accelerator": [JobOptions(M, accelerator="H100")],
+        "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -150,6 +152,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "eval_every": [distill(eval_every=5)],
         "seed": [distill(seed=3)],
         "workers": [distill(workers=2)],
+        "processes": [distill(processes=2)],
     },
 }
 

@@ -203,6 +203,19 @@ def convert_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CONVERT_AUTH_TOKEN"),
         help="the server's token (default: $CONVERT_AUTH_TOKEN)",
     )
+    service.add_argument(
+        "--accelerator",
+        metavar="TYPE",
+        help="on a server on a Ray cluster: run on a node with this Ray accelerator type (e.g. H100), on one GPU",
+    )
+    service.add_argument(
+        "--resource",
+        dest="resources",
+        action="append",
+        type=_resource,
+        metavar="NAME=AMOUNT",
+        help="on a server on a Ray cluster: run on a node with this Ray custom resource, taking AMOUNT; repeatable",
+    )
     service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
@@ -301,6 +314,13 @@ def _distill_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--amp", choices=AMP_MODES, help="autocast on CUDA: auto is bf16 where supported, else fp16")
     group.add_argument("--seed", type=int, metavar="S", help="batch order and synthetic inputs (default: 0)")
     group.add_argument("--workers", type=int, metavar="N", help="DataLoader processes decoding images (default: 0)")
+    group.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="training processes sharing every batch (DDP), as Ray Train workers on the Ray cluster of RAY_ADDRESS "
+        "or of the --server (default: 1; under torchrun leave it out)",
+    )
     group.add_argument(
         "--image-mean",
         type=_floats,
@@ -428,6 +448,14 @@ def _formats(text: str) -> tuple[str, ...]:
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"formats {text!r} are not valid: use names of {', '.join(FORMATS)}")
     return names
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, equals, amount = text.partition("=")
+    try:
+        return name, float(amount) if equals else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=AMOUNT (e.g. edge-cpu=1)") from None
 
 
 def _floats(text: str) -> tuple[float, ...]:

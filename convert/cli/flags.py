@@ -58,6 +58,8 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "auto": Flag("--to auto"),
         "distill": Flag("--distill"),
         "quantize": Flag("--quantize int8"),
+        "accelerator": Flag("--accelerator"),
+        "resources": Flag("--resource"),
     },
     ConvertConfig: {
         "target": Flag("--to"),
@@ -112,6 +114,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "amp": Flag("--amp"),
         "seed": Flag("--seed"),
         "workers": Flag("--workers"),
+        "processes": Flag("--processes"),
     },
     QuantizeConfig: {
         "calibration": Flag("--calibrate"),

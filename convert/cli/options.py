@@ -27,6 +27,9 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     Raises:
         ConvertError: an option is given without the one it goes with, or the library refuses a value.
     """
+    if args.server is None and (args.accelerator is not None or args.resources):
+        # Here the job runs where it is called: only a server's runner places it on a node.
+        raise ConvertError("--accelerator and --resource choose a Ray node of a server: add --server HOST:PORT")
     config = convert_config(args)
     auto = _auto_config(args, config.target)
     quantize = _quantize_config(args)
@@ -52,6 +55,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         distill=_distill_job(args),
         plan=args.plan,
         quantize=quantize,
+        accelerator=args.accelerator,
+        resources=tuple(args.resources or ()),
     )
 
 

@@ -91,6 +91,10 @@ class DistillConfig:
     seed: int = 0
     # DataLoader worker processes (decoding images); 0: in the training process.
     workers: int = 0
+    # Training processes, each taking its share of every batch (DDP): more than 1 trains with Ray Train on the Ray
+    # cluster this process can reach (`convert serve --runner ray` gives its jobs one), a GPU each on CUDA. Under
+    # torchrun leave it at 1: torchrun's processes train.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -111,6 +115,8 @@ class DistillConfig:
                 raise ConvertError(f"{name} {getattr(self, name)!r} is not valid: use one of {', '.join(allowed)}")
         if self.seed < 0 or self.workers < 0:
             raise ConvertError("seed and workers are not valid below 0")
+        if self.processes < 1:
+            raise ConvertError(f"`processes`={self.processes} is not valid: use 1 or more")
 
 
 @dataclasses.dataclass

@@ -23,7 +23,20 @@ from torch.utils.data import Dataset, Sampler, Subset
 
 from convert.distill.datasets import Sample, stream_seed
 
-__all__ = ["Processes", "StepBatches", "deterministic", "is_main_process", "process_group", "stop_on_sigint"]
+__all__ = [
+    "Processes",
+    "StepBatches",
+    "deterministic",
+    "is_launched",
+    "is_main_process",
+    "process_group",
+    "stop_on_sigint",
+]
+
+
+def is_launched() -> bool:
+    """Whether this process is one of several that a launcher started (torchrun, or a Ray Train worker)."""
+    return dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_main_process() -> bool:

@@ -34,7 +34,15 @@ from convert.distill.data import DistillData
 from convert.distill.datasets import Batch, Sample, collate, to_device
 from convert.distill.features import FeatureHooks, feature_sites
 from convert.distill.losses import Scales, feature_loss, float_leaves, output_loss, output_loss_kinds
-from convert.distill.parallel import Processes, StepBatches, deterministic, process_group, stop_on_sigint
+from convert.distill.parallel import (
+    Processes,
+    StepBatches,
+    deterministic,
+    is_launched,
+    process_group,
+    stop_on_sigint,
+)
+from convert.distill.raytrain import distill_on_ray
 from convert.distill.state import RunState, Snapshot, load_checkpoint
 from convert.distill.summary import Ending, RunFacts, Seconds, distill_report
 from convert.errors import ConvertError
@@ -61,7 +69,9 @@ def distill_result(
     raised by `progress` stops at the end of the step and keeps the best weights so far; a second Ctrl-C
     interrupts at once (the KeyboardInterrupt propagates). A loss that is not finite stops the run and keeps
     the last weights whose loss was finite. Under torchrun (WORLD_SIZE > 1) it joins the process group
-    (gloo on the CPU, NCCL on CUDA) and trains with DDP.
+    (gloo on the CPU, NCCL on CUDA) and trains with DDP; with `config.processes` > 1 elsewhere, Ray Train starts
+    that many processes on the Ray cluster this process can reach, each of which does the same
+    (`convert.distill.raytrain`).
 
     Args:
         result: from `convert_model`; its report names the converted layers.
@@ -82,6 +92,8 @@ def distill_result(
     notify = progress or (lambda _event: None)
     saved = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     total, device, amp = _plan(config, data)
+    if config.processes > 1 and not is_launched():  # Ray Train starts the processes, each of which comes here
+        return distill_on_ray(result, teacher, data, config, notify, saved)
     with (
         process_group(device) as processes,
         deterministic(processes.device),
@@ -89,6 +101,11 @@ def distill_result(
         stop_on_sigint() as sigint,
     ):
         world = processes.world
+        if config.processes > 1 and world != config.processes:
+            raise ConvertError(
+                f"`processes`={config.processes}, but the launch started {world}: leave `processes` at 1 under "
+                "torchrun (its processes train), or give the number it starts"
+            )
         if config.batch_size % world or data.val_size < world:
             raise ConvertError(
                 f"{world} processes need a batch size divisible by {world} (not {config.batch_size}) and at "

@@ -100,6 +100,7 @@ class Report:
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
     quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
+    placement: Placement | None = None  # where the service ran the job (None: run here, by the library or the CLI)
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's content: plain dicts, lists and numbers."""
@@ -121,6 +122,19 @@ class Report:
     def table(self) -> Table:
         """The per-layer table for the terminal (`convert.report.terminal`)."""
         return report_table(self)
+
+
+# --- where a job ran -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Placement:
+    """Where the service ran a job: the only part of its report that depends on the runner."""
+
+    runner: str  # "local" (the server's own worker processes) | "ray" (a node of a Ray cluster)
+    host: str  # the hostname of the machine
+    node: str | None  # ray: the node's id
+    resources: dict[str, float]  # what the job took there: CPU threads, GPUs, accelerator type, custom resources
 
 
 # --- ONNX export and benchmark records -----------------------------------------------------------------------------

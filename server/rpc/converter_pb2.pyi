@@ -132,7 +132,14 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     FULL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +158,8 @@ class JobOptions(_message.Message):
     TRANSPOSED_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_GROUPED_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -169,7 +178,9 @@ class JobOptions(_message.Message):
     transposed: str
     include_grouped: bool
     quantize: QuantizeOptions
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ...) -> None: ...
+    accelerator: str
+    resources: _containers.ScalarMap[str, float]
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
     __slots__ = ("calibration", "calibration_samples", "calibration_method", "formats", "max_quant_error")
@@ -254,7 +265,7 @@ class BenchOptions(_message.Message):
     def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
 
 class DistillOptions(_message.Message):
-    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp", "device", "weight_decay", "warmup", "grad_clip", "eval_every")
+    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp", "device", "weight_decay", "warmup", "grad_clip", "eval_every", "processes")
     DATA_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +282,7 @@ class DistillOptions(_message.Message):
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     GRAD_CLIP_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     data: str
     steps: int
     epochs: float
@@ -287,7 +299,8 @@ class DistillOptions(_message.Message):
     warmup: float
     grad_clip: float
     eval_every: int
-    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ..., loss: _Optional[str] = ..., temperature: _Optional[float] = ..., batchnorm: _Optional[str] = ..., amp: _Optional[str] = ..., device: _Optional[str] = ..., weight_decay: _Optional[float] = ..., warmup: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_every: _Optional[int] = ...) -> None: ...
+    processes: int
+    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ..., loss: _Optional[str] = ..., temperature: _Optional[float] = ..., batchnorm: _Optional[str] = ..., amp: _Optional[str] = ..., device: _Optional[str] = ..., weight_decay: _Optional[float] = ..., warmup: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_every: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "stage", "progress", "message", "failure", "created_at", "started_at", "finished_at", "source", "options", "report_json", "artifacts", "report_as_artifact")

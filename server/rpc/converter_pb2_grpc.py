@@ -85,7 +85,9 @@ class ConverterServicer:
         the data files are read. Errors: INVALID_ARGUMENT (bad options, a model or data file the server refuses, a
         truncated upload, a sha256 mismatch, an option over the server's caps), RESOURCE_EXHAUSTED (the files
         together over --max-upload-mb, queue full, the server's disk full, too many uploads at once),
-        DEADLINE_EXCEEDED (no chunk for --upload-idle-timeout seconds), UNAUTHENTICATED.
+        DEADLINE_EXCEEDED (no chunk for --upload-idle-timeout seconds), FAILED_PRECONDITION (no worker of the server
+        can ever run the job: e.g. no node of its Ray cluster has the GPU, accelerator type or resources it asks for;
+        the message says what the cluster has), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

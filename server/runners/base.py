@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Execution", "Runner"]
+from convert.job import JobOptions
+
+__all__ = ["Execution", "Runner", "Unsatisfiable"]
+
+
+class Unsatisfiable(Exception):
+    """A job that no worker of this runner can ever run (the service answers FAILED_PRECONDITION): the message says
+    what the job asks for, what the runner has, and what to change."""
 
 
 class Execution(Protocol):
@@ -42,7 +49,16 @@ class Execution(Protocol):
 
 class Runner(Protocol):
     """Starts workers for jobs. `start` and `launch` are called by one thread of the pool (its dispatcher), which
-    lives until every execution has ended; `stop` by any thread, once `launch` is no longer called."""
+    lives until every execution has ended; `stop` by any thread, once `launch` is no longer called; `admit` by the
+    RPC threads, at Submit."""
+
+    def admit(self, options: JobOptions) -> None:
+        """Refuse, before its upload, a job that this runner can never run (any thread may call it).
+
+        Raises:
+            Unsatisfiable: naming what the job asks for and what the runner has.
+        """
+        ...
 
     def start(self) -> None:
         """Get ready for the first job (e.g. start workers ahead, so that a job does not wait for torch to import)."""

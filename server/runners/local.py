@@ -17,16 +17,18 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
 
+from convert.job import JobOptions
 from server.config import AUTH_TOKEN_ENV, ServerConfig
+from server.runners.base import Unsatisfiable
 from server.sandbox import INSIDE_JOB, Sandbox
 from server.worker.protocol import FACTORY_PATH_ENV, MAX_LINE, WORKER_LOG
 
-__all__ = ["LocalExecution", "LocalRunner", "default_memory_mb"]
+__all__ = ["LocalExecution", "LocalRunner", "default_memory_mb", "kill_group", "spawn_worker"]
 
 _MAX_LOG_BYTES = 16 << 20  # worker.log is cut beyond this
 _MIN_MEMORY_MB = 1024  # the default memory limit of a worker, but not below this
@@ -65,6 +67,20 @@ class LocalRunner:
         self._factories = os.getcwd()  # allowlisted factories are imported from the server's folder, last
         self._spares: list[_Spare] = []
 
+    def admit(self, options: JobOptions) -> None:
+        distill = options.distill
+        asked = [name for name, given in (
+            ("accelerator", options.accelerator is not None),
+            ("resources", bool(options.resources)),
+            ("processes", distill is not None and distill.config.processes > 1),
+        ) if given]  # fmt: skip
+        if asked:
+            names = " and ".join(f"`{name}`" for name in asked)
+            raise Unsatisfiable(
+                f"{names} choose{'s' * (len(asked) == 1)} nodes of a Ray cluster, and this server runs its jobs in "
+                "worker processes of its own machine: drop them, or submit to a server started with --runner ray"
+            )
+
     def start(self) -> None:
         self._spares = [self._spawn() for _ in range(self._workers)]
 
@@ -78,13 +94,13 @@ class LocalRunner:
             spare.process.stdin.write(f"{seen_as}\n".encode())
             spare.process.stdin.close()
         except OSError:  # the worker died meanwhile: it never sends Ready, and the pool launches the job again
-            _kill(spare.process)
+            kill_group(spare.process)
         return LocalExecution(spare.process, folder, self.memory_mb, sandboxed=spare.workdir is not None)
 
     def stop(self) -> None:
         spares, self._spares = self._spares, []
         for spare in spares:
-            _kill(spare.process)
+            kill_group(spare.process)
         for spare in spares:
             spare.process.wait()
             if spare.workdir is not None:
@@ -113,27 +129,53 @@ class LocalRunner:
         return INSIDE_JOB
 
     def _spawn(self) -> _Spare:
-        env = {name: value for name, value in os.environ.items() if name != AUTH_TOKEN_ENV}
-        env |= {"CONVERT_WORKER_THREADS": str(self._threads), "OMP_NUM_THREADS": str(self._threads)}
-        env[FACTORY_PATH_ENV] = self._factories
-        # -P: the current folder is not put first on the import path (a safetensors.py there would run instead)
-        command = [sys.executable, "-P", "-m", "server.worker", str(self.memory_mb)]
-        workdir = None
-        if self._sandbox is not None:
-            workdir = self._spares_dir / uuid.uuid4().hex
-            workdir.mkdir(parents=True)
-            self._sandbox.prepare(workdir)
-            ours = {"CONVERT_WORKER_THREADS", "OMP_NUM_THREADS", FACTORY_PATH_ENV}
-            command = self._sandbox.command(command, workdir, {name: env[name] for name in ours})
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: a kill reaches anything it started
+        if self._sandbox is None:
+            return _Spare(spawn_worker(self.memory_mb, self._threads, factories=self._factories), None)
+        workdir = self._spares_dir / uuid.uuid4().hex
+        workdir.mkdir(parents=True)
+        self._sandbox.prepare(workdir)
+        return _Spare(
+            spawn_worker(self.memory_mb, self._threads, factories=self._factories, sandbox=(self._sandbox, workdir)),
+            workdir,
         )
-        return _Spare(process, workdir)
+
+
+def spawn_worker(
+    memory_mb: int,
+    threads: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    factories: str | None = None,
+    sandbox: tuple[Sandbox, Path] | None = None,
+) -> subprocess.Popen:
+    """Start `python -m server.worker` (the local runner's workers, and the Ray runner's on each node).
+
+    Args:
+        memory_mb: its memory limit.
+        threads: the intra-op threads its torch uses.
+        env: variables set for it on top of this process's environment (never the server's token).
+        factories: the folder allowlisted factories are imported from (last on its path); None: the current one.
+        sandbox: run it in this sandbox, with this folder as its job folder.
+    """
+    ours = {
+        "CONVERT_WORKER_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        FACTORY_PATH_ENV: factories or os.getcwd(),
+    }
+    full = {name: value for name, value in os.environ.items() if name != AUTH_TOKEN_ENV} | dict(env or {}) | ours
+    # -P: the current folder is not put first on the import path (a safetensors.py there would run instead)
+    command = [sys.executable, "-P", "-m", "server.worker", str(memory_mb)]
+    if sandbox is not None:
+        box, workdir = sandbox
+        command = box.command(command, workdir, ours)
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=full,
+        start_new_session=True,  # its own process group: a kill reaches anything it started
+    )
 
 
 class LocalExecution:
@@ -161,7 +203,7 @@ class LocalExecution:
             yield bytes(buffer[: MAX_LINE + 1])
 
     def kill(self) -> None:
-        _kill(self._process)
+        kill_group(self._process)
 
     def wait(self) -> str | None:
         code = self._process.wait()
@@ -225,7 +267,8 @@ def _complete_lines(buffer: bytearray) -> Iterator[bytes]:
         yield line
 
 
-def _kill(process: subprocess.Popen) -> None:
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process group of `process` (a worker and everything it started)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import traceback
 import warnings
@@ -26,6 +27,7 @@ from server.worker.protocol import (
     FACTORY_PATH_ENV,
     JOB_FILE,
     OUT_DIR,
+    PLACEMENT_FILE,
     WORKER_LOG,
     Failed,
     LogLine,
@@ -57,6 +59,7 @@ def main() -> int:
 
     from convert.errors import one_line, outcome_of
     from convert.job import JobOptions, run_job
+    from convert.report.schema import Placement
 
     threads = os.environ.get("CONVERT_WORKER_THREADS")
     if threads:
@@ -73,11 +76,16 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, handlers=[_EventLog(events)])
     try:
         options = JobOptions.from_dict(json.loads((folder / JOB_FILE).read_text()))
+        if (folder / PLACEMENT_FILE).exists():  # a Ray node's, written by the runner before the job came
+            placement = Placement(**json.loads((folder / PLACEMENT_FILE).read_text()))
+        else:
+            placement = Placement("local", socket.gethostname(), None, {"CPU": float(torch.get_num_threads())})
         run_job(
             options,
             folder / OUT_DIR,
             progress=lambda stage, fraction: _send(events, StageProgress(stage, min(max(fraction, 0.0), 1.0))),
             on_warning=lambda message: _send(events, LogLine(f"warning: {message}")),
+            placement=placement,
         )
     except Exception as e:  # noqa: BLE001 - a bug, or the model's own code failing: this job fails, not the server
         if _out_of_memory(e):

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_LINE",
     "MAX_TEXT",
     "OUT_DIR",
+    "PLACEMENT_FILE",
     "WORKER_LOG",
     "Failed",
     "LogLine",
@@ -47,6 +48,7 @@ __all__ = [
 JOB_FILE = "job.json"  # in the job's folder: JobOptions.to_dict(), written by the server
 OUT_DIR = "out"  # in the job's folder: the artifacts, written atomically by run_job
 WORKER_LOG = "worker.log"  # in the job's folder: the worker's stderr
+PLACEMENT_FILE = "placement.json"  # in the job's folder on a Ray node: where it runs (a report.Placement's fields)
 MAX_LINE = 1 << 20  # bytes of one event line; a longer one is malformed
 MAX_STAGE = 200  # characters of a stage name kept
 MAX_TEXT = 4000  # characters of a log line or a failure message kept

@@ -17,6 +17,7 @@ __all__ = [
     "ConvertError",
     "Outcome",
     "ParityError",
+    "QuantizationError",
     "one_line",
     "outcome_of",
 ]
@@ -28,6 +29,11 @@ class ConvertError(ValueError):
 
 class ParityError(ConvertError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance (or it fails to run)."""
+
+
+class QuantizationError(ParityError):
+    """No INT8 format of the model comes within `max_quant_error` of the float model: a failed check like a parity
+    failure (exit status 3, the files kept for inspection)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from convert.files import FileKind
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
 from convert.report.schema import Report
+from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 from server.store import JobRecord
 from server.worker.protocol import LogLine, StageProgress
@@ -155,12 +156,24 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.auto.SetInParent()
         _put(message.auto, options.auto)
         message.auto.threads = options.auto.threads or 0  # 0: the physical cores (unset: the benchmark's)
+        message.auto.quantize.extend(options.auto.quantize)
     if options.distill is not None:
         distill = options.distill
         message.distill.SetInParent()
         message.distill.data = SYNTHETIC if distill.data == (SYNTHETIC,) else ""
         _put(message.distill, distill.config)
         message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped
+    if options.quantize is not None:
+        quantize = options.quantize
+        if quantize.calibration not in (None, (SYNTHETIC,)):
+            raise ConvertError(
+                "`calibration` files are not uploaded to a server: leave it unset to calibrate on the distillation's "
+                "inputs (uploaded), or use synthetic"
+            )
+        message.quantize.SetInParent()
+        message.quantize.calibration = SYNTHETIC if quantize.calibration else ""
+        _put(message.quantize, quantize)
+        message.quantize.formats.extend(quantize.formats)
     return message
 
 
@@ -195,6 +208,9 @@ def from_proto(
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
+    quantize = _quantize(message.quantize) if message.HasField("quantize") else None
+    if auto is not None and message.auto.quantize:
+        auto = dataclasses.replace(auto, quantize=tuple(message.auto.quantize))
     if (data or val) and not message.HasField("distill"):
         raise ConvertError("data files go with distillation: set the distill options, or send no data files")
     return JobOptions(
@@ -207,6 +223,7 @@ def from_proto(
         bench=bench,
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
+        quantize=quantize,
     )
 
 
@@ -236,6 +253,7 @@ _SAME_NAME: dict[type, tuple[str, ...]] = {
         *("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
         *_RUNTIME_SETTINGS,
     ),
+    QuantizeConfig: ("calibration_samples", "calibration_method", "max_quant_error"),
     DistillConfig: (
         *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
         *("batchnorm", "device", "amp", "eval_every", "seed"),
@@ -267,6 +285,20 @@ def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
     else:
         threads = bench.threads if bench else None
     return AutoConfig(threads=threads, **fields)
+
+
+def _quantize(message: pb.QuantizeOptions) -> QuantizeConfig:
+    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the distillation's."""
+    if message.calibration not in ("", SYNTHETIC):
+        raise ConvertError(
+            f"calibration data {message.calibration!r} is not available on the service: leave it empty to calibrate "
+            "on the distillation's uploaded inputs, or use 'synthetic'"
+        )
+    return QuantizeConfig(
+        calibration=(SYNTHETIC,) if message.calibration else None,
+        formats=tuple(message.formats) or QuantizeConfig.formats,
+        **_given(message, QuantizeConfig),
+    )
 
 
 def _distill(

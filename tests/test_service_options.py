@@ -12,6 +12,7 @@ import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.job import DistillJob, JobOptions
+from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 from server.wire import LOCAL_ONLY, from_proto, to_proto
 
@@ -43,6 +44,12 @@ def job(**fields) -> JobOptions:
     return JobOptions(M, distill=DistillJob(**{"data": SYNTHETIC, **fields}))
 
 
+def quantize(auto: AutoConfig | None = None, **fields) -> JobOptions:
+    """INT8 on synthetic calibration inputs, or (with `distill`) on the distillation's."""
+    config = ConvertConfig(target="auto") if auto else ConvertConfig()
+    return JobOptions(M, config=config, auto=auto, quantize=QuantizeConfig(**{"calibration": SYNTHETIC, **fields}))
+
+
 UPLOADED = ("upload-data-1.pt", "upload-data-2.npz")  # as the server stores uploaded data files
 
 # Non-default values of every field of every options class, each in a JobOptions where it is valid. The model, its
@@ -60,6 +67,10 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "auto": [auto()],
         "distill": [distill()],
         "plan": [JobOptions(M, plan="plan.json")],
+        "quantize": [
+            quantize(),
+            JobOptions(M, distill=DistillJob(UPLOADED), quantize=QuantizeConfig()),  # on the uploaded data
+        ],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -104,6 +115,14 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "compile": [auto(runtime="torch", compile=True), auto(runtime="torch", compile=True, bench=BenchConfig())],
         "dtype": [auto(runtime="torch", dtype="float16", channels_last=True)],
         "channels_last": [auto(runtime="torch", channels_last=True, bench=BenchConfig(runtime="torch"))],
+        "quantize": [quantize(AutoConfig()), quantize(AutoConfig(quantize=("qdq-u8s8",)))],  # all, or some formats
+    },
+    QuantizeConfig: {
+        "calibration": [quantize()],
+        "calibration_samples": [quantize(calibration_samples=32)],
+        "calibration_method": [quantize(calibration_method="entropy")],
+        "formats": [quantize(formats=("qdq-u8s8", "qop-u8s8"))],
+        "max_quant_error": [quantize(max_quant_error=0.02)],
     },
     DistillJob: {
         "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
@@ -185,7 +204,9 @@ def round_trip(options: JobOptions) -> JobOptions:
 
 
 def test_the_walk_finds_every_options_class() -> None:
-    assert set(walk()) == {JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig}
+    assert set(walk()) == {
+        *(JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig, QuantizeConfig)
+    }
 
 
 @pytest.mark.parametrize(("cls", "field"), FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
@@ -271,6 +292,8 @@ def test_older_clients_get_what_they_got() -> None:
         (pb.JobOptions(distill=pb.DistillOptions(steps=10)), "distillation needs training inputs"),
         (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", device="tpu")), "device 'tpu' is not valid"),
         (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", warmup=1.0)), "warmup 1.0 is not valid"),
+        (pb.JobOptions(quantize=pb.QuantizeOptions(calibration="images/")), "not available on the service"),
+        (pb.JobOptions(quantize=pb.QuantizeOptions(calibration="synthetic", formats=["fp4"])), "`formats` fp4"),
     ],
 )
 def test_refused(message: pb.JobOptions, expected: str) -> None:
@@ -293,3 +316,8 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:
     with pytest.raises(ConvertError, match=expected):
         from_proto(message, "m", **uploaded)
+
+
+def test_calibration_files_are_refused_not_dropped() -> None:
+    with pytest.raises(ConvertError, match="^`calibration` files are not uploaded to a server"):
+        to_proto(JobOptions(M, quantize=QuantizeConfig(calibration=("inputs.npy",))))

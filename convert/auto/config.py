@@ -6,6 +6,7 @@ import dataclasses
 
 from convert.errors import ConvertError
 from convert.runtime.config import BenchConfig
+from convert.runtime.quantize import QuantizeConfig
 
 __all__ = ["AutoConfig"]
 
@@ -27,6 +28,10 @@ class AutoConfig:
     compile: bool = False  # runtime torch: torch.compile
     dtype: str = "float32"  # runtime torch: float32 | float16 | bfloat16
     channels_last: bool = False  # runtime torch: channels-last memory format
+    # Plan for INT8 (`convert.runtime.quantize.FORMATS` names; a job's `quantize` sets them): the original is timed
+    # quantized in each format, the candidates as one-layer models quantized in the fastest, and the end-to-end fit
+    # on quantized files. The target speedup stays over the float original. Empty: plan for float.
+    quantize: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.target_speedup >= 1.0:
@@ -36,6 +41,10 @@ class AutoConfig:
         if self.max_candidates < 2:
             raise ConvertError("max_candidates must be at least 2")
         self.bench()  # validates device, threads, warm-up, runs and the runtime's settings
+        if self.quantize:
+            QuantizeConfig(formats=self.quantize)  # validates the format names
+            if self.runtime != "ort":
+                raise ConvertError("an INT8 plan (`quantize`) is for ONNX Runtime: use `runtime`=ort")
 
     def bench(self) -> BenchConfig:
         """Where and how the candidates are timed (the end-to-end benchmark of the planned model too)."""

@@ -33,6 +33,7 @@ from convert.runtime.bench import benchmark_onnx
 from convert.runtime.config import BenchConfig
 from convert.runtime.devices import device_name, resolve_device
 from convert.runtime.export import OnnxConfig, export_onnx
+from convert.runtime.quantize import Int8Format, quantize_for_timing
 from convert.runtime.sessions import CUDA_OPTIONS, default_threads
 from convert.runtime.torch_bench import benchmark_torch
 from convert.surgery.factorize import Factors
@@ -89,21 +90,22 @@ def measure_layer(
     config: BenchConfig,
     cache: LatencyCache,
     progress: Callable[[str, float], None] | None = None,
+    quantize: Int8Format | None = None,
 ) -> list[float]:
     """Median latency (ms) of the layer under each plan (None: the conv as it is), from the cache or measured on
-    `config`'s runtime.
+    `config`'s runtime; on ONNX Runtime as one-layer models quantized in `quantize` when given, else in float.
 
     Raises:
         ConvertError: when the device cannot run here.
     """
     config = _resolved(config, batch=layer.input_shape[0])
-    runtime = _runtime(config)
+    runtime = _runtime(config, quantize)
     keys = [_key(layer, plan, runtime) for plan in plans]
     found = [cache.get(key) for key in keys]
     missing = [i for i, ms in enumerate(found) if ms is None]
     cache.hits += len(plans) - len(missing)
     if missing:
-        timing = _time_layer(layer, [plans[i] for i in missing], config, progress)
+        timing = _time_layer(layer, [plans[i] for i in missing], config, progress, quantize)
         for i, model in zip(missing, timing.models, strict=True):
             found[i] = model.latency[0].p50
             cache.put(keys[i], model.latency[0].p50, {"layer": _describe(layer), "plan": _plan(plans[i]), **runtime})
@@ -116,33 +118,48 @@ def _time_layer(
     plans: Sequence[LayerPlan | None],
     config: BenchConfig,
     progress: Callable[[str, float], None] | None,
+    quantize: Int8Format | None,
 ) -> Benchmark:
-    """The layer under each plan, timed side by side on `config`'s runtime."""
+    """The layer under each plan, timed side by side on `config`'s runtime (quantized in `quantize` when given)."""
     if config.runtime == "torch":
         modules = [layer_module(layer, plan) for plan in plans]
         return benchmark_torch(modules, torch.randn(layer.input_shape), config, progress=progress)
     with tempfile.TemporaryDirectory(prefix="convert-latency-") as folder:
-        paths = [_layer_onnx(layer, plan, Path(folder) / f"candidate{i}.onnx") for i, plan in enumerate(plans)]
+        paths = [
+            _layer_onnx(layer, plan, Path(folder) / f"candidate{i}.onnx", quantize) for i, plan in enumerate(plans)
+        ]
         return benchmark_onnx(paths, config, progress=progress)
 
 
 def measure_models(
-    models: Sequence[nn.Module], inputs: tuple[torch.Tensor, ...], config: BenchConfig, cache: LatencyCache
+    models: Sequence[nn.Module],
+    inputs: tuple[torch.Tensor, ...],
+    config: BenchConfig,
+    cache: LatencyCache,
+    formats: Sequence[Int8Format | None] | None = None,
 ) -> list[float]:
     """Median end-to-end latency (ms) of each model at the inputs' batch, from the cache or measured side by side on
-    `config`'s runtime (on ONNX Runtime: exported with static shapes). The key is the model's content (the ONNX
-    file's graph and weights; on PyTorch, the modules' structure, graph code and weights) and the runtime, so a
-    second plan of the same model times nothing and plans the same."""
+    `config`'s runtime (on ONNX Runtime: exported with static shapes, and quantized in `formats[i]` where given).
+    The key is the model's content (the ONNX file's graph and weights, an INT8 file's format and ranges included;
+    on PyTorch, the modules' structure, graph code and weights) and the runtime, so a second plan of the same model
+    times nothing and plans the same."""
     config = _resolved(config, batch=int(inputs[0].shape[0]))
-    runtime = _runtime(config)
+    runtime = _runtime(config, None)
+    formats = list(formats or [None] * len(models))
     with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
         if config.runtime == "torch":
             keys = [_module_key(model, inputs, runtime) for model in models]
         else:
-            paths = [Path(folder) / f"model{i}.onnx" for i in range(len(models))]
-            for model, path in zip(models, paths, strict=True):
-                # timing only: the parity that matters is checked when the planned model is saved, with the user's atol
-                export_onnx(model, inputs, path, OnnxConfig(dynamic_batch=False), strict=False)
+            exported: dict[int, Path] = {}  # each model exported once, whatever formats it is timed in
+            paths = []
+            for model, fmt in zip(models, formats, strict=True):
+                if id(model) not in exported:
+                    exported[id(model)] = Path(folder) / f"model{len(exported)}.onnx"
+                    # timing only: the parity that matters is checked when the planned model is saved, with the
+                    # user's atol
+                    export_onnx(model, inputs, exported[id(model)], OnnxConfig(dynamic_batch=False), strict=False)
+                path = exported[id(model)]
+                paths.append(path if fmt is None else quantize_for_timing(path, _int8_path(path, fmt), fmt))
             keys = [_file_key(path, runtime) for path in paths]
         found = [cache.get(key) for key in keys]
         missing = [i for i, ms in enumerate(found) if ms is None]
@@ -154,9 +171,14 @@ def measure_models(
                 timing = benchmark_onnx([paths[i] for i in missing], config)
             for i, model in zip(missing, timing.models, strict=True):
                 found[i] = model.latency[0].p50
-                cache.put(keys[i], found[i], {"model": f"model{i}", **runtime})
+                name = f"model{i}" if config.runtime == "torch" else paths[i].name
+                cache.put(keys[i], found[i], {"model": name, **runtime})
             cache.measured += len(missing)
     return [float(ms) for ms in found]
+
+
+def _int8_path(path: Path, fmt: Int8Format) -> Path:
+    return path.with_name(f"{path.stem}.{fmt.name}.onnx")
 
 
 def _resolved(config: BenchConfig, batch: int) -> BenchConfig:
@@ -190,8 +212,11 @@ def _module_key(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: dic
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _runtime(config: BenchConfig) -> dict:
-    """Everything about the runtime that a latency depends on (`config.device` resolved)."""
+def _runtime(config: BenchConfig, quantize: Int8Format | None) -> dict:
+    """Everything about the runtime that a latency depends on (`config.device` resolved), the INT8 format of the
+    one-layer models too when there is one (keys of float measurements are as they were before INT8 planning)."""
+    if quantize is not None:
+        return {**_runtime(config, None), "quantize": dataclasses.asdict(quantize)}
     if config.runtime == "torch":
         device = torch.device(config.device)
         return {
@@ -248,13 +273,15 @@ def layer_module(layer: LayerShape, plan: LayerPlan | None) -> nn.Module:
     return build_replacement(spec, Factors(first, pointwise, 0.0), conv.bias, False, False).eval()
 
 
-def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path) -> Path:
+def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path, quantize: Int8Format | None) -> Path:
     """A one-layer ONNX model with a static input shape (the TorchScript exporter: ~50x faster than dynamo
-    for a graph this small, and the graph is the same Conv nodes)."""
+    for a graph this small, and the graph is the same Conv nodes), quantized in `quantize` when given."""
     module = layer_module(layer, plan)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, (torch.randn(layer.input_shape),), str(path), dynamo=False, input_names=["x"], output_names=["y"]
         )
-    return path
+    if quantize is None:
+        return path
+    return quantize_for_timing(path, path.with_name(f"{path.stem}.{quantize.name}.onnx"), quantize)

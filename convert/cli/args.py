@@ -26,6 +26,13 @@ from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WAR
 from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
+from convert.runtime.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_QUANT_ERROR,
+    FORMATS,
+)
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
 __all__ = ["Parser", "bench_parser", "convert_parser", "inspect_parser"]
@@ -179,6 +186,11 @@ def convert_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where layer latencies are cached (default: $CONVERT_CACHE_DIR or ~/.cache/convert/latency)",
     )
+    _quantize_arguments(
+        parser.add_argument_group(
+            "INT8 quantization (writes OUTDIR/original.int8.onnx and OUTDIR/model.int8.onnx; implies --benchmark)"
+        )
+    )
     service = parser.add_argument_group("service (convert on a `convert serve` server instead of here)")
     service.add_argument(
         "--server",
@@ -195,6 +207,48 @@ def convert_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
     return parser
+
+
+def _quantize_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of --quantize; each defaults to None so that one given without --quantize is caught."""
+    group.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="quantize both ONNX files with ONNX Runtime (static, per-channel weights): every --quant-formats format "
+        "is checked against float on held-out inputs and timed on --device; the fastest that passes is kept; with "
+        "--to auto the plan is for the INT8 runtime",
+    )
+    group.add_argument(
+        "--calibrate",
+        action="append",
+        metavar="DATA",
+        help="inputs to calibrate on (and to hold out for the check), in the forms --distill takes "
+        f"(default: the --distill inputs; '{SYNTHETIC}' for a trial only)",
+    )
+    group.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help=f"inputs the activation ranges are measured on (default: {DEFAULT_CALIBRATION_SAMPLES})",
+    )
+    group.add_argument(
+        "--calibration-method", choices=list(CALIBRATION_METHODS), help="activation ranges (default: minmax)"
+    )
+    group.add_argument(
+        "--quant-formats",
+        type=_formats,
+        metavar="F,F,...",
+        help=f"candidate formats, of {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
+        "u8s7: 7-bit weights, for CPUs without VNNI)",
+    )
+    group.add_argument(
+        "--max-quant-error",
+        type=float,
+        metavar="E",
+        help="the check: largest relative output error of INT8 against float on held-out inputs "
+        f"(default: {DEFAULT_MAX_QUANT_ERROR:g}); when no format passes, the files go to OUTDIR.failed-parity/ "
+        "and the exit status is 3",
+    )
 
 
 def _distill_arguments(group: argparse._ArgumentGroup) -> None:
@@ -366,6 +420,14 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
     return sizes
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in FORMATS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"formats {text!r} are not valid: use names of {', '.join(FORMATS)}")
+    return names
 
 
 def _floats(text: str) -> tuple[float, ...]:

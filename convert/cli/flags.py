@@ -9,9 +9,20 @@ from convert.auto import AutoConfig
 from convert.distill import DistillConfig
 from convert.job import DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
+from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
 
-__all__ = ["AUTO_OPTIONS", "DISTILL_JOB_OPTIONS", "DISTILL_OPTIONS", "FLAGS", "PARAMETERS", "Flag", "flag", "to_cli"]
+__all__ = [
+    "AUTO_OPTIONS",
+    "DISTILL_JOB_OPTIONS",
+    "DISTILL_OPTIONS",
+    "FLAGS",
+    "PARAMETERS",
+    "QUANTIZE_OPTIONS",
+    "Flag",
+    "flag",
+    "to_cli",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +57,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "bench": Flag("--benchmark"),
         "auto": Flag("--to auto"),
         "distill": Flag("--distill"),
+        "quantize": Flag("--quantize int8"),
     },
     ConvertConfig: {
         "target": Flag("--to"),
@@ -101,6 +113,13 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "seed": Flag("--seed"),
         "workers": Flag("--workers"),
     },
+    QuantizeConfig: {
+        "calibration": Flag("--calibrate"),
+        "calibration_samples": Flag("--calibration-samples"),
+        "calibration_method": Flag("--calibration-method"),
+        "formats": Flag("--quant-formats"),
+        "max_quant_error": Flag("--max-quant-error"),
+    },
 }
 
 # Arguments of library functions (not options fields) that the CLI fills from a flag.
@@ -120,6 +139,7 @@ def _own(options: type) -> tuple[str, ...]:
 DISTILL_OPTIONS = _own(DistillConfig)
 DISTILL_JOB_OPTIONS = tuple(name for name in _own(DistillJob) if name != "data")  # `data` is --distill itself
 AUTO_OPTIONS = _own(AutoConfig)  # go with --to auto
+QUANTIZE_OPTIONS = _own(QuantizeConfig)  # go with --quantize int8
 
 _BY_NAME: dict[str, Flag] = {name: f for table in FLAGS.values() for name, f in table.items()} | PARAMETERS
 # `name`, optionally followed by =value (up to the next space); the punctuation that ends a clause is not the value's

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from convert.auto import AutoConfig
-from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS, flag
+from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS, QUANTIZE_OPTIONS, flag
 from convert.cli.remote import Server
 from convert.distill import DistillConfig
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
+from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
 
 # The refusals here are the command line's own (an option given without the one it goes with); every other check is
@@ -28,7 +29,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     """
     config = convert_config(args)
     auto = _auto_config(args, config.target)
-    bench = bench_config(args) if args.benchmark or auto else None
+    quantize = _quantize_config(args)
+    bench = bench_config(args) if args.benchmark or auto or quantize else None
     if bench is None and (args.runtime != "ort" or args.compile or args.bench_dtype != "float32" or args.channels_last):
         raise ConvertError(
             "--runtime, --compile, --bench-dtype and --channels-last go with --benchmark or --to auto: add --benchmark"
@@ -49,6 +51,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         auto=auto,
         distill=_distill_job(args),
         plan=args.plan,
+        quantize=quantize,
     )
 
 
@@ -143,6 +146,24 @@ def _distill_job(args: argparse.Namespace) -> DistillJob | None:
         image_std=args.image_std,
         resume=bool(args.resume),
     )
+
+
+# QuantizeConfig field -> the dest of its flag, where they differ
+_QUANTIZE_DESTS = {"calibration": "calibrate", "formats": "quant_formats"}
+
+
+def _quantize_config(args: argparse.Namespace) -> QuantizeConfig | None:
+    """The --quantize settings; None without --quantize (then none of its options may be given)."""
+    dests = {name: _QUANTIZE_DESTS.get(name, name) for name in QUANTIZE_OPTIONS}
+    if args.quantize is None:
+        given = [name for name, dest in dests.items() if getattr(args, dest) is not None]
+        if given:
+            raise ConvertError(f"{flag(given[0])} goes with --quantize int8: add --quantize int8")
+        return None
+    fields = {name: getattr(args, dest) for name, dest in dests.items() if getattr(args, dest) is not None}
+    if "calibration" in fields:
+        fields["calibration"] = tuple(fields["calibration"])
+    return QuantizeConfig(**fields)
 
 
 def _refuse_given(args: argparse.Namespace, names: tuple[str, ...], needed: str) -> None:

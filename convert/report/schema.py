@@ -27,6 +27,9 @@ __all__ = [
     "OnnxExport",
     "OnnxReport",
     "Parity",
+    "QuantCandidate",
+    "QuantizeReport",
+    "QuantizedModel",
     "Report",
     "Speedup",
     "Totals",
@@ -96,6 +99,7 @@ class Report:
     benchmark: Benchmark | None = None  # latency on the benchmark's runtime, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
+    quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's content: plain dicts, lists and numbers."""
@@ -287,6 +291,8 @@ class AutoReport:
     notes: list[str]
     runtime: str = "ort"  # where the layers and the models were timed: ort (ONNX Runtime) | torch (PyTorch)
     torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
+    quantize: str | None = None  # the INT8 format the latencies are of (None: float); baseline_ms stays float
+    quantized_ms: float | None = None  # the original in that format, end to end (the fit's "keep everything" point)
 
 
 # --- distillation record -------------------------------------------------------------------------------------------
@@ -338,6 +344,69 @@ class DistillReport:
     best_step: int  # the step whose weights were kept (0: the SVD init was not improved)
     curve: list[list[float]]  # [step, training loss], averaged over buckets of steps (at most CURVE_POINTS)
     val_curve: list[list[float]]  # [step, validation loss] at each validation
+    notes: list[str]
+
+
+# --- INT8 quantization record --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QuantCandidate:
+    """One INT8 format tried for a model: its speed on the benchmark's device and its accuracy check."""
+
+    format: str  # qdq-u8s8 | qdq-u8s7 | qdq-s8s8 | qop-u8s8 | ... (convert.runtime.quantize.FORMATS)
+    label: str  # e.g. "QDQ U8S8": graph format, activation and weight types
+    latency_ms: float  # median, at the timed batch size, side by side with the float model
+    speedup: float  # the float model's median / this one's
+    rel_error: float  # ||y_int8 - y_float|| / ||y_float|| over the held-out inputs (all output tensors)
+    top1_agreement: float | None  # with the float model (class-score outputs, N x classes, only)
+    passed: bool  # rel_error <= max_quant_error
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    """One float ONNX file and its INT8 version: the formats tried, the one kept, how far it is from float."""
+
+    path: str  # the INT8 file (relative to the output folder): original.int8.onnx | model.int8.onnx
+    source: str  # the float file it was made from: original.onnx | model.onnx
+    format: str  # the format kept: the fastest that passed (else, when none did, the most accurate)
+    passed: bool  # whether the kept format passed the accuracy check
+    float_ms: float  # the float model's median in the same timing as the candidates
+    file_bytes: int  # size of the INT8 file (and its external data)
+    float_bytes: int  # size of the float file
+    rel_error: float  # the kept format against its float model, on the held-out inputs
+    top1_agreement: float | None
+    # the float model and the kept format against the original float model on the same inputs (the conversion's
+    # error, then the conversion's and the quantization's together; 0 and 1 for the original itself)
+    float_vs_original: float
+    float_vs_original_top1: float | None
+    vs_original: float
+    vs_original_top1: float | None
+    float_ops: dict[str, int]  # op types ONNX Runtime has no INT8 form for (they run in float), with counts
+    candidates: list[QuantCandidate]
+    seconds: float  # preparing, calibrating, writing, checking and timing this model
+
+    @property
+    def chosen(self) -> QuantCandidate:
+        return next(c for c in self.candidates if c.format == self.format)
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """INT8 static quantization (ONNX Runtime, per-channel weights) of both models, after the conversion."""
+
+    calibration: str  # what the activation ranges were measured on
+    synthetic: bool  # random calibration inputs: the ranges, and the check, may not hold on real data
+    calibration_samples: int  # inputs calibrated on
+    calibration_method: str  # minmax | entropy | percentile
+    check: str  # the held-out inputs of the accuracy check
+    check_samples: int
+    max_quant_error: float  # the largest rel_error a format may have to pass
+    device: str  # where the candidates were timed (the benchmark's)
+    batch: int  # the batch size they were timed at
+    runs: int  # timed runs per candidate
+    original: QuantizedModel
+    converted: QuantizedModel
     notes: list[str]
 
 

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
+from convert.artifacts import CONVERTED_INT8_ONNX, CONVERTED_ONNX, ORIGINAL_INT8_ONNX, ORIGINAL_ONNX
 from convert.common import Progress
 from convert.conversion import Conversion
 from convert.errors import ConvertError
@@ -190,8 +190,9 @@ def benchmark_conversion(
     progress: Progress | None = None,
 ) -> Benchmark:
     """Time the original and the converted model side by side, and record it as `conversion.report.benchmark`:
-    on ONNX Runtime, their ONNX files in `folder` (from `export_conversion`); on the PyTorch runtime, the modules
-    themselves (`folder` is not read)."""
+    on ONNX Runtime, their ONNX files in `folder` (from `export_conversion`), with their INT8 files after each when
+    the conversion was quantized (`quantize_conversion`); on the PyTorch runtime, the modules themselves (`folder`
+    is not read). Speedups are over the original float model."""
     config = config or BenchConfig()
     totals = conversion.report.totals
     names, macs = ["original", "converted"], [totals.macs_before, totals.macs_after]
@@ -200,9 +201,12 @@ def benchmark_conversion(
         benchmark = benchmark_torch(models, conversion.inputs, config, names=names, macs=macs, progress=progress)
     else:
         folder = Path(folder)
-        benchmark = benchmark_onnx(
-            [folder / ORIGINAL_ONNX, folder / CONVERTED_ONNX], config, names=names, macs=macs, progress=progress
-        )
+        files = [ORIGINAL_ONNX, CONVERTED_ONNX]
+        if conversion.report.quantize is not None:  # no MAC ratio for INT8: a MAC is not the float one's cost
+            files = [ORIGINAL_ONNX, ORIGINAL_INT8_ONNX, CONVERTED_ONNX, CONVERTED_INT8_ONNX]
+            names = ["original", "original int8", "converted", "converted int8"]
+            macs = [totals.macs_before, None, totals.macs_after, None]
+        benchmark = benchmark_onnx([folder / name for name in files], config, names=names, macs=macs, progress=progress)
         for timing in benchmark.models:
             timing.path = Path(timing.path).name  # relative to the folder
     conversion.report.benchmark = benchmark

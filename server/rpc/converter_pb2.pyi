@@ -132,7 +132,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     FULL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class JobOptions(_message.Message):
     AUTO_FIELD_NUMBER: _ClassVar[int]
     TRANSPOSED_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_GROUPED_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -167,10 +168,25 @@ class JobOptions(_message.Message):
     auto: AutoOptions
     transposed: str
     include_grouped: bool
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ...) -> None: ...
+    quantize: QuantizeOptions
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ...) -> None: ...
+
+class QuantizeOptions(_message.Message):
+    __slots__ = ("calibration", "calibration_samples", "calibration_method", "formats", "max_quant_error")
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_METHOD_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUANT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    calibration: str
+    calibration_samples: int
+    calibration_method: str
+    formats: _containers.RepeatedScalarFieldContainer[str]
+    max_quant_error: float
+    def __init__(self, calibration: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., calibration_method: _Optional[str] = ..., formats: _Optional[_Iterable[str]] = ..., max_quant_error: _Optional[float] = ...) -> None: ...
 
 class AutoOptions(_message.Message):
-    __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates", "runtime", "compile", "dtype", "channels_last")
+    __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates", "runtime", "compile", "dtype", "channels_last", "quantize")
     TARGET_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +198,7 @@ class AutoOptions(_message.Message):
     COMPILE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     target_speedup: float
     max_error: float
     device: str
@@ -193,7 +210,8 @@ class AutoOptions(_message.Message):
     compile: bool
     dtype: str
     channels_last: bool
-    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ...) -> None: ...
+    quantize: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ..., quantize: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Shape(_message.Message):
     __slots__ = ("dims",)

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["ConvertError", "Outcome", "ParityError", "one_line", "outcome_of"]
+__all__ = [
+    "BAD_INPUT",
+    "DISTILL_NAN",
+    "INTERNAL",
+    "INTERRUPTED",
+    "PARITY",
+    "ConvertError",
+    "Outcome",
+    "ParityError",
+    "one_line",
+    "outcome_of",
+]
 
 
 class ConvertError(ValueError):

@@ -72,7 +72,7 @@ def test_rows_say_slower_and_fail_plainly(gpu_check) -> None:
 
     bench = Benchmark("cuda", "cuda", "", [], {}, None, None, 1, 1, None, [1, 32], [], [], [])
     bench.models = [timing("original", 1.0, 8.0), timing("separable r1", 1.5, 4.0), timing("auto", 0.9, 4.0)]
-    gpu_check._latency_rows(check, "eager", "m", bench)
+    gpu_check._latency_rows(check, "eager", "m", bench)  # noqa: SLF001 (the script's row logic, without a GPU)
     slow, fast = check.rows
     assert slow.status == "SLOWER" and "separable r1 is 1.50x SLOWER than the original" in slow.result
     assert "auto" not in slow.result.split("|")[-1] and fast.status == "ok" and "(2.00x)" in fast.result
@@ -83,10 +83,10 @@ def test_rows_say_slower_and_fail_plainly(gpu_check) -> None:
     report = AutoReport(
         1.5, None, "cuda", 2, 1, 0, 1, 1, 2, [layer("a", 0, 1.0, 2.0), layer("b", 1, 1.0, 0.5)], [], 0, 0, "", []
     )
-    assert gpu_check._kept(report) == (
+    assert gpu_check._kept(report) == (  # noqa: SLF001 (the script's row logic, without a GPU)
         "predicted 2.00x; kept 1/2 layers, 1 where every factorized form is slower, all kept",
         "ok",
     )
     report.layers[0].chosen = 1
-    result, status = gpu_check._kept(report)
+    result, status = gpu_check._kept(report)  # noqa: SLF001 (as above)
     assert status == "FAIL" and result.endswith("NOT kept: a")

@@ -72,8 +72,14 @@ def summary(report: Report) -> str:
         f" ({format_ratio(t.params_before, t.params_after)})"
         f" | MACs {format_count(t.macs_before)} -> {format_count(t.macs_after)}"
         f" ({format_ratio(t.macs_before, t.macs_after)})"
-        f" | output rel. error {report.output_rel_error:.3g}"
+        f" | output rel. error {report.output_rel_error:.3g} (eval){_train_error(report)}"
     )
+
+
+def _train_error(report: Report) -> str:
+    """The train-mode error after the eval one, when train mode was checked too."""
+    error = report.train_output_rel_error
+    return "" if error is None else f", {error:.3g} (train)"
 
 
 def layer_cells(row: LayerReport) -> list[str]:

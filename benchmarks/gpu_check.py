@@ -241,6 +241,9 @@ def build(check: Check, name: str, dtypes: list[str], store: dict[str, Variants]
             target_speedup=args.target_speedup,
             device=args.device,
             threads=args.threads,
+            runs=args.plan_runs,
+            warmup=args.warmup,
+            max_candidates=args.max_candidates,
             runtime="torch",
             dtype=dtype,
             channels_last=True,
@@ -361,7 +364,15 @@ def onnx_runtime(check: Check, name: str, variants: Variants) -> None:
         )
         return
     x = inputs(args, args.plan_batch)
-    config = AutoConfig(target_speedup=args.target_speedup, device=args.device, threads=args.threads, runtime="ort")
+    config = AutoConfig(
+        target_speedup=args.target_speedup,
+        device=args.device,
+        threads=args.threads,
+        runs=args.plan_runs,
+        warmup=args.warmup,
+        max_candidates=args.max_candidates,
+        runtime="ort",
+    )
     auto, report = _auto(variants.original, x, config)
     check.details["auto"][f"{name} ort"] = dataclasses.asdict(report)
     check.add("ort", f"{name} --to auto --runtime ort, batch {args.plan_batch}", *_kept(report))
@@ -404,8 +415,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plan-batch", type=int, help="the batch --to auto plans at (default: 32; cpu: 2)")
     parser.add_argument("--runs", type=int, help="timed runs per model and batch size (default: 50; cpu: 5)")
     parser.add_argument("--warmup", type=int, help="untimed runs first (default: 10; cpu: 1)")
+    parser.add_argument("--plan-runs", type=int, help="timed runs per --to auto candidate (default: 30; cpu: 3)")
+    parser.add_argument("--max-candidates", type=int, help="per layer, for --to auto (default: 10; cpu: 3)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the physical cores)")
-    parser.add_argument("--distill-steps", type=int, help="(default: 100; cpu: 24)")
+    parser.add_argument("--distill-steps", type=int, help="(default: 100; cpu: 20)")
     parser.add_argument("--settings", help="of " + ", ".join(SETTINGS) + " (default: all; cpu: eager-float32)")
     parser.add_argument(
         "--sections", help="of " + ", ".join(SECTIONS) + " (default: all; cpu: all but pytest, compiled)"
@@ -424,7 +437,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "plan_batch": 2 if cpu else 32,
         "runs": 5 if cpu else 50,
         "warmup": 1 if cpu else 10,
-        "distill_steps": 24 if cpu else 100,  # over twice the steps that loss_start and loss_end each average
+        "plan_runs": 3 if cpu else 30,
+        "max_candidates": 3 if cpu else 10,
+        "distill_steps": 20 if cpu else 100,  # twice the steps that loss_start and loss_end each average
         "settings": "eager-float32" if cpu else ",".join(SETTINGS),
         "sections": "exactness,eager,distill,ort" if cpu else ",".join(SECTIONS),
     }

@@ -145,11 +145,12 @@ def run_job(
     options: JobOptions,
     outdir: str | os.PathLike[str],
     *,
+    overwrite: bool = False,
     progress: Progress | None = None,
     on_warning: Warn | None = None,
     on_event: DistillProgress | None = None,
 ) -> Report:
-    """Load the model, convert it, and write the results into `outdir` (replaced as a whole, atomically).
+    """Load the model, convert it, and write the results into `outdir` (as a whole, atomically).
 
     The stages, in order: preflight (every refusal that needs no work) -> load -> convert (its planner: uniform,
     or latency-aware for target "auto") -> [distill] -> [export + parity] -> [benchmark] -> write.
@@ -157,6 +158,8 @@ def run_job(
     Args:
         options: the model source and every conversion, export and benchmark setting.
         outdir: the folder to write (see `convert.artifacts.FILES`).
+        overwrite: replace the results of an earlier run in `outdir` (implied by a distillation's `resume`,
+            which continues them); without it they are refused before any work.
         progress: called with (what is running, fraction of the whole job done).
         on_warning: receives one-line warnings for the user.
         on_event: receives each distillation event (start, step, eval, end); raising KeyboardInterrupt from it
@@ -166,11 +169,13 @@ def run_job(
         The Report, as written to `outdir/report.json`.
 
     Raises:
-        ConvertError: for a bad model, bad options or an unusable `outdir`, before anything is written.
+        ConvertError: for a bad model, bad options, an unusable `outdir` or earlier results there without
+            `overwrite`, before anything is written.
         ParityError: when ONNX Runtime does not match PyTorch (files kept in `OUTDIR.failed-parity/`).
     """
     notify = progress or no_progress
-    preflight(options, outdir)  # before the work, so a bad outdir or device costs nothing
+    overwrite = _may_replace(options, overwrite)
+    preflight(options, outdir, overwrite)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
     loaded = load_model(options.model, options.weights, on_warning=on_warning)
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
@@ -192,7 +197,7 @@ def run_job(
         )
         if not is_main_process():
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
-    _write(conversion, outdir, options, span(notify, convert_end, 1.0))
+    _write(conversion, outdir, overwrite, options, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
 
@@ -204,22 +209,27 @@ def _planner(options: JobOptions) -> Planner | None:
     return None if options.auto is None else LatencyPlanner(options.auto)
 
 
-def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
+def preflight(options: JobOptions, outdir: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Every refusal that is known from the options alone, before any work: the output folders, a plan that cannot
     be read, a device that cannot run here, batch sizes that static shapes rule out.
 
     Raises:
         ConvertError: naming the option to change.
     """
-    check_outdir(outdir)
+    check_outdir(outdir, _may_replace(options, overwrite))
     if options.plan is not None:
         read_plan(options.plan)
-    if options.onnx is not None:
-        check_outdir(failed_parity_dir(outdir))
+    if options.onnx is not None:  # an earlier failed run's files are there for a look, not to keep: replaced
+        check_outdir(failed_parity_dir(outdir), overwrite=True)
     if options.bench is not None:
         resolve_device(options.bench.device).require_provider()
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
+
+
+def _may_replace(options: JobOptions, overwrite: bool) -> bool:
+    """Whether earlier results in OUTDIR may be replaced: asked for, or a resumed distillation continuing them."""
+    return overwrite or (options.distill is not None and options.distill.resume)
 
 
 def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None, bench: BenchConfig | None) -> None:
@@ -235,9 +245,11 @@ def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None,
         )
 
 
-def _write(conversion: Conversion, outdir: str | os.PathLike[str], options: JobOptions, notify: Progress) -> None:
+def _write(
+    conversion: Conversion, outdir: str | os.PathLike[str], overwrite: bool, options: JobOptions, notify: Progress
+) -> None:
     """The export, parity check and benchmark stages, then the files, all into one folder renamed into place."""
-    with atomic_dir(outdir) as staging:
+    with atomic_dir(outdir, overwrite) as staging:
         if options.onnx is not None:
             onnx = export_conversion(
                 conversion, staging, options.onnx, span(notify, 0.0, 0.5 if options.bench else 1.0)

@@ -135,9 +135,9 @@ class ConvertClient:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
         return wire.report_of(job)
 
-    def download(self, job_id: str, outdir: str | os.PathLike) -> list[str]:
-        """Every artifact of a SUCCEEDED job into `outdir`, atomically (replaced as a whole, never half-written),
-        each checked against its size and sha256.
+    def download(self, job_id: str, outdir: str | os.PathLike, overwrite: bool = False) -> list[str]:
+        """Every artifact of a SUCCEEDED job into `outdir`, atomically (as a whole, never half-written; earlier
+        results there are replaced only with `overwrite`), each checked against its size and sha256.
 
         Returns:
             The names of the files written.
@@ -145,7 +145,7 @@ class ConvertClient:
         job = self.get(job_id)
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
-        with atomic_dir(outdir) as staging:
+        with atomic_dir(outdir, overwrite) as staging:
             for artifact in job.artifacts:
                 self._fetch(job_id, artifact, staging / artifact.name)
         return [artifact.name for artifact in job.artifacts]
@@ -169,6 +169,7 @@ class ConvertClient:
         options: JobOptions,
         outdir: str | os.PathLike,
         *,
+        overwrite: bool = False,
         progress: Progress | None = None,
         on_warning: Warn | None = None,
     ) -> Report:
@@ -180,7 +181,7 @@ class ConvertClient:
             ServiceError: the server refused the submission; JobFailed: the job failed or was cancelled
                 (ParityError when ONNX Runtime did not match PyTorch).
         """
-        check_outdir(outdir)  # before the upload, so a bad -o costs nothing
+        check_outdir(outdir, overwrite)  # before the upload, so a bad -o costs nothing
         job_id = self.submit(options)
         try:
             job = self.wait(job_id, progress, lambda line: on_warning and on_warning(line.removeprefix("warning: ")))
@@ -192,7 +193,7 @@ class ConvertClient:
             raise ParityError(f"{job.message} (on the server, job {job_id})")
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job)
-        self.download(job_id, outdir)
+        self.download(job_id, outdir, overwrite)
         return wire.report_of(job)
 
     def _fetch(self, job_id: str, artifact: pb.Artifact, path: Path) -> None:

@@ -268,10 +268,10 @@ def test_transposed_and_grouped_options(work: Path) -> None:
     assert type(load_output(work / "skip" / "model.pt").get_submodule("2")) is nn.ConvTranspose2d
 
 
-def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_default_outdir_and_rerun_needs_overwrite(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     # a regex with [brackets] (rich markup) shows verbatim in the table and the report
     result = ok(run(work, "tiny:build", *SHAPE, "--exclude", "^[/]?0$"))
-    out = work / "build-separable"  # ./<callable>-<target> for a factory
+    out = work / "tiny.build-separable"  # ./<module>.<callable>-<target> for a factory
     assert sorted(p.name for p in out.iterdir()) == [
         "model.pt",
         "model.safetensors",
@@ -279,7 +279,7 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
         "report.json",
         "report.md",
     ]
-    assert "wrote build-separable/" in result.stderr
+    assert "wrote tiny.build-separable/" in result.stderr
     assert "--exclude '^[/]?0$'" in result.stdout
     first = json.loads((out / "report.json").read_text())
     assert [(layer["name"], layer["status"]) for layer in first["layers"]] == [("0", "skipped"), ("2", "converted")]
@@ -289,12 +289,20 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
     reference.mkdir()
     assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
 
+    # a second run into the same folder is refused before any work: the earlier results stay as they were
     (out / "stale.txt").write_text("from an earlier run")
-    ok(run(work, "tiny:build", *SHAPE, "--rank", "2"))
+    assert_refused(
+        work,
+        ["tiny:build", *SHAPE, "--rank", "2"],
+        r"^error: tiny\.build-separable holds the results of an earlier run: pass --overwrite to replace them, "
+        r"or give another --output$",
+    )
+    # --overwrite replaces the folder as a whole
+    ok(run(work, "tiny:build", *SHAPE, "--rank", "2", "--overwrite"))
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
     second = json.loads((out / "report.json").read_text())
     assert second["options"]["rank"] == 2 and second["totals"]["converted"] == 2
-    assert sorted(p.name for p in work.iterdir()) == ["build-separable", "tiny.py"]  # no .tmp- / .old- left
+    assert sorted(p.name for p in work.iterdir()) == ["tiny.build-separable", "tiny.py"]  # no .tmp- / .old- left
 
 
 def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
@@ -516,7 +524,7 @@ def test_failed_save_keeps_earlier_results(
     earlier = tree(in_process)
     _break_saving(monkeypatch, error)
     capsys.readouterr()
-    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == code
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json", "--overwrite"]) == code
     assert message in capsys.readouterr().err
     assert tree(in_process) == earlier  # out/ as it was; no .out.tmp-* or .out.old-*
 
@@ -535,7 +543,7 @@ def test_failed_swap_puts_earlier_results_back(
 
     monkeypatch.setattr(convert.artifacts.os, "replace", replace)
     capsys.readouterr()
-    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == 2
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json", "--overwrite"]) == 2
     assert "cannot write out (PermissionError: [Errno 13] Permission denied" in capsys.readouterr().err
     assert tree(in_process) == earlier
 

@@ -124,7 +124,13 @@ def convert_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         metavar="OUTDIR",
-        help="folder for model.pt, report.json, report.md (default: next to the input, named after it and the target)",
+        help="folder for model.pt, report.json, report.md (default: next to a model file, named after it and the "
+        "target; here for a factory, named after its module and callable: torchvision.models.resnet18-separable)",
+    )
+    output.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in OUTDIR (refused without it; --resume continues them)",
     )
     output.add_argument("--json", action="store_true", help="print report.json on stdout, and nothing else")
     onnx = parser.add_argument_group("ONNX export (writes OUTDIR/original.onnx and OUTDIR/model.onnx)")

@@ -63,10 +63,19 @@ def run_convert(args: argparse.Namespace) -> int:
     server = server_of(args)
     with output.progress_bar() as progress:
         if server is not None:
-            report = remote.run_remote(server, options, outdir, progress=progress, on_warning=output.warn)
+            report = remote.run_remote(
+                server, options, outdir, overwrite=args.overwrite, progress=progress, on_warning=output.warn
+            )
         else:
             on_event = output.distill_printer(quiet=args.json, bar=progress is not None)
-            report = run_job(options, outdir, progress=progress, on_warning=output.warn, on_event=on_event)
+            report = run_job(
+                options,
+                outdir,
+                overwrite=args.overwrite,
+                progress=progress,
+                on_warning=output.warn,
+                on_event=on_event,
+            )
     if options.distill is not None and not is_main_process():
         return 0  # a torchrun worker: rank 0 writes OUTDIR and prints
     output.print_conversion(report, outdir, as_json=args.json)

@@ -102,6 +102,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
 PARAMETERS: dict[str, Flag] = {
     "example_inputs": Flag("--input-shape"),  # convert_model(model, example_inputs, ...)
     "outdir": Flag("--output"),  # run_job(options, outdir), save_result(result, outdir)
+    "overwrite": Flag("--overwrite", switch=True),  # run_job(..., overwrite=True), save_result(..., overwrite=True)
 }
 
 

@@ -83,13 +83,15 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def output_dir(args: argparse.Namespace, target: str) -> Path:
-    """-o, or a folder named after the model and the target: next to a model file, or here for a factory."""
+    """-o, or a folder named after the model and the target: next to a model file (`net-separable`), or here for
+    a factory, after its module and callable (`torchvision.models.resnet18-separable`), so projects do not collide.
+    """
     if args.output is not None:
         return args.output
     path = Path(args.model)
     if path.exists():
         return path.with_name(f"{path.stem}-{target}")
-    return Path(f"{args.model.rpartition(':')[2].rpartition('.')[2]}-{target}")
+    return Path(f"{args.model.replace(':', '.').replace('/', '.')}-{target}")
 
 
 def server_of(args: argparse.Namespace) -> Server | None:

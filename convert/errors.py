@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["ConvertError", "Outcome", "ParityError", "one_line", "outcome_of"]
+__all__ = ["ConvertError", "Outcome", "ParityError", "StrictError", "one_line", "outcome_of"]
 
 
 class ConvertError(ValueError):
@@ -17,6 +17,10 @@ class ConvertError(ValueError):
 
 class ParityError(ConvertError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance (or it fails to run)."""
+
+
+class StrictError(ConvertError):
+    """A warning raised as an error, because the caller asked for strictness (the CLI's --strict: exit status 1)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,7 @@ BAD_INPUT = Outcome(2, "BAD_INPUT", "error")
 PARITY = Outcome(3, "PARITY", "error")
 DISTILL_NAN = Outcome(4, "BAD_INPUT", "error")  # a distillation whose loss was not finite (results written)
 INTERRUPTED = Outcome(130, "WORKER", "interrupted")
+STRICT = Outcome(1, "BAD_INPUT", "error")  # a warning, made an error (nothing written): exit 1, as linters do
 INTERNAL = Outcome(1, "WORKER", "internal error")
 
 
@@ -39,6 +44,8 @@ def outcome_of(error: BaseException) -> Outcome:
     """The one mapping from an exception to its outcome, shared by the CLI and the service's workers."""
     if isinstance(error, ParityError):
         return PARITY
+    if isinstance(error, StrictError):
+        return STRICT
     if isinstance(error, ConvertError):
         return BAD_INPUT
     if isinstance(error, KeyboardInterrupt):

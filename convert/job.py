@@ -190,6 +190,7 @@ def run_job(
         exported=loaded.exported,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
+    _warn_if_nothing_converted(conversion.report, on_warning)
     if distill is not None:
         data, config, checkpoint = distill
         conversion = distill_result(
@@ -200,6 +201,23 @@ def run_job(
     _write(conversion, outdir, overwrite, options, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
+
+
+def _warn_if_nothing_converted(report: Report, on_warning: Warn | None) -> None:
+    """A run that changes nothing is told so: no standard conv at all, or every one skipped (with the first reason)."""
+    if report.totals.converted or on_warning is None:
+        return
+    if not report.layers:
+        on_warning(
+            "the model has no convolution (Conv1d/2d/3d, ConvTranspose, or F.conv* on its own weights): nothing was "
+            "converted, the output is the model as it was"
+        )
+        return
+    first = report.layers[0]
+    on_warning(
+        f"no conv was converted: all {len(report.layers)} were skipped (e.g. {first.name}: {first.reason}); "
+        "report.md gives each one's reason"
+    )
 
 
 def _planner(options: JobOptions) -> Planner | None:

@@ -175,7 +175,7 @@ class ConvertClient:
     ) -> Report:
         """What `convert.job.run_job` does, through the service: submit, follow, download into `outdir`.
 
-        On Ctrl-C (KeyboardInterrupt) while the job runs, the job is cancelled.
+        On Ctrl-C (KeyboardInterrupt) while the job runs, or an exception from `on_warning`, the job is cancelled.
 
         Raises:
             ServiceError: the server refused the submission; JobFailed: the job failed or was cancelled
@@ -185,7 +185,7 @@ class ConvertClient:
         job_id = self.submit(options)
         try:
             job = self.wait(job_id, progress, lambda line: on_warning and on_warning(line.removeprefix("warning: ")))
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or `on_warning` raising (--strict): the job is not left running
             with contextlib.suppress(ConvertError):
                 self.cancel(job_id)
             raise

@@ -315,12 +315,31 @@ def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
     assert tree(work) == before
 
 
-def test_model_without_standard_convs(work: Path) -> None:
-    report = json.loads(ok(run(work, "tiny:linear_only", "--input-shape", "2,16", "--json", "-o", "out")).stdout)
+def test_model_without_standard_convs_warns_and_strict_refuses(work: Path) -> None:
+    args = ["tiny:linear_only", "--input-shape", "2,16", "--json"]
+    result = ok(run(work, *args, "-o", "out"))
+    report = json.loads(result.stdout)
     assert report["totals"]["converted"] == 0 and report["layers"] == []
     assert report["totals"]["params_after"] == report["totals"]["params_before"]
     assert report["output_rel_error"] == 0
     assert (work / "out" / "model.pt").is_file()
+    assert result.stderr.startswith("warning: the model has no convolution (Conv1d/2d/3d, ConvTranspose")
+    # --strict: the same warning is an error, exit status 1, nothing written
+    before = tree(work)
+    strict = run(work, *args, "-o", "strict", "--strict")
+    assert strict.returncode == 1 and strict.stdout == ""
+    assert strict.stderr.splitlines() == [
+        "error: the model has no convolution (Conv1d/2d/3d, ConvTranspose, or F.conv* on its own weights): nothing "
+        "was converted, the output is the model as it was (a warning: --strict makes it an error)"
+    ]
+    assert tree(work) == before
+
+
+def test_every_conv_skipped_warns(work: Path) -> None:
+    result = ok(run(work, "tiny:build", *SHAPE, "--min-channels", "100", "-o", "out"))
+    assert "warning: no conv was converted: all 2 were skipped (e.g. 0: fewer than --min-channels 100" in (
+        result.stderr.replace("\n", " ")
+    )
 
 
 @pytest.mark.slow
@@ -432,6 +451,16 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("outdir-is-a-file", _existing_file, ["tiny:build", *SHAPE, "-o", "taken.pt"], r"taken\.pt .*not a folder"),
     ("outdir-holds-user-files", _user_folder, ["tiny:build", *SHAPE, "-o", "src"], r"src .*give -o a new folder"),
     ("outdir-is-cwd", None, ["tiny:build", *SHAPE, "-o", "."], r"output folder '\.' is not valid"),
+    (
+        "include-matches-nothing",
+        None,
+        ["tiny:build", *SHAPE, "--include", "layer1"],
+        r"--include 'layer1' matches no layer \(the 2 convs are 0, 2\): use a regex",
+    ),
+    ("exclude-matches-nothing", None, ["tiny:build", *SHAPE, "--exclude", "fc"], r"--exclude 'fc' matches no layer"),
+    ("include-not-a-regex", None, ["tiny:build", *SHAPE, "--include", "conv["], r"--include 'conv\[' is not a valid"),
+    ("inspect-not-a-regex", None, ["inspect", "tiny:build", *SHAPE, "--exclude", "(0"], r"--exclude '\(0' is not"),
+    ("inspect-matches-nothing", None, ["inspect", "tiny:build", *SHAPE, "--include", "x"], r"matches no layer"),
 ]
 
 

@@ -133,6 +133,11 @@ def convert_parser() -> argparse.ArgumentParser:
         help="replace the results of an earlier run in OUTDIR (refused without it; --resume continues them)",
     )
     output.add_argument("--json", action="store_true", help="print report.json on stdout, and nothing else")
+    output.add_argument(
+        "--strict",
+        action="store_true",
+        help="a warning stops the run (exit status 1, nothing written): e.g. a model with no conv to convert",
+    )
     onnx = parser.add_argument_group("ONNX export (writes OUTDIR/original.onnx and OUTDIR/model.onnx)")
     onnx.add_argument(
         "--onnx",

@@ -61,10 +61,11 @@ def run_convert(args: argparse.Namespace) -> int:
     options = job_options(args)
     outdir = output_dir(args, options.config.target)
     server = server_of(args)
+    on_warning = output.strict_warning if args.strict else output.warn
     with output.progress_bar() as progress:
         if server is not None:
             report = remote.run_remote(
-                server, options, outdir, overwrite=args.overwrite, progress=progress, on_warning=output.warn
+                server, options, outdir, overwrite=args.overwrite, progress=progress, on_warning=on_warning
             )
         else:
             on_event = output.distill_printer(quiet=args.json, bar=progress is not None)
@@ -73,7 +74,7 @@ def run_convert(args: argparse.Namespace) -> int:
                 outdir,
                 overwrite=args.overwrite,
                 progress=progress,
-                on_warning=output.warn,
+                on_warning=on_warning,
                 on_event=on_event,
             )
     if options.distill is not None and not is_main_process():

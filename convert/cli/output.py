@@ -18,7 +18,7 @@ from convert.cli.flags import to_cli
 from convert.common import Progress as ProgressCallback
 from convert.distill.config import DistillEvent, DistillProgress
 from convert.distill.parallel import is_main_process
-from convert.errors import INTERNAL, INTERRUPTED, outcome_of
+from convert.errors import INTERNAL, INTERRUPTED, StrictError, outcome_of
 from convert.report import Benchmark, DistillMetrics, DistillReport, LayerReport, Report
 from convert.report.terminal import benchmark_table, inspect_table, report_table
 
@@ -31,6 +31,7 @@ __all__ = [
     "progress_bar",
     "stderr",
     "stdout",
+    "strict_warning",
     "warn",
 ]
 
@@ -105,6 +106,15 @@ def print_failure(error: BaseException) -> int:
 def warn(message: str) -> None:
     """A one-line warning on stderr (the library's `on_warning`)."""
     stderr.print(f"[yellow]warning:[/yellow] {escape(to_cli(message))}", highlight=False, soft_wrap=True)
+
+
+def strict_warning(message: str) -> None:
+    """--strict's `on_warning`: the warning stops the run, as an error (exit status 1, nothing written).
+
+    Raises:
+        StrictError: always.
+    """
+    raise StrictError(f"{message} (a warning: --strict makes it an error)")
 
 
 @contextlib.contextmanager

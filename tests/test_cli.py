@@ -315,6 +315,19 @@ def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
     assert tree(work) == before
 
 
+def test_inspect_honours_rank_and_prints_json(work: Path) -> None:
+    args = ["inspect", "tiny:build", *SHAPE, "--json"]
+    default = json.loads(ok(run(work, *args)).stdout)
+    ranked = json.loads(ok(run(work, *args, "--rank", "2", "--to", "grouped", "--groups", "1")).stdout)
+    assert list(default) == ["separable"] and list(ranked) == ["separable", "grouped g1"]
+    assert [row["rank"] for row in default["separable"]] == [1, 1]
+    assert [row["rank"] for row in ranked["separable"]] == [2, 2]
+    assert [row["rank"] for row in ranked["grouped g1"]] == [2, 2]
+    first = ranked["separable"][0]
+    assert first["name"] == "0" and first["status"] == "converted" and first["macs_after"] < first["macs_before"]
+    assert ranked["separable"][0]["weight_rel_error"] < default["separable"][0]["weight_rel_error"]
+
+
 def test_model_without_standard_convs_warns_and_strict_refuses(work: Path) -> None:
     args = ["tiny:linear_only", "--input-shape", "2,16", "--json"]
     result = ok(run(work, *args, "-o", "out"))
@@ -461,6 +474,9 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("include-not-a-regex", None, ["tiny:build", *SHAPE, "--include", "conv["], r"--include 'conv\[' is not a valid"),
     ("inspect-not-a-regex", None, ["inspect", "tiny:build", *SHAPE, "--exclude", "(0"], r"--exclude '\(0' is not"),
     ("inspect-matches-nothing", None, ["inspect", "tiny:build", *SHAPE, "--include", "x"], r"matches no layer"),
+    ("inspect-auto", None, ["inspect", "tiny:build", *SHAPE, "--to", "auto"], r"--to auto times each layer.*run `"),
+    ("inspect-grouped-no-groups", None, ["inspect", "tiny:build", *SHAPE, "--to", "grouped"], r"set --groups"),
+    ("inspect-no-pointwise", None, ["inspect", "tiny:build", *SHAPE, "--no-pointwise"], r"add --groups G"),
 ]
 
 

@@ -327,6 +327,11 @@ def inspect_parser() -> argparse.ArgumentParser:
         description="Per standard conv: what separable (and grouped, with --groups) would save. Writes nothing.",
     )
     _common_arguments(parser)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the rows as JSON on stdout ({target: [row per conv]}, the fields of report.json's layers)",
+    )
     return parser
 
 

@@ -89,7 +89,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     inputs = example_inputs(loaded, args.input_shape, args.input_dtype)
     configs = inspect_configs(args)
     views = inspect_model(loaded.model, inputs, list(configs.values()))
-    output.print_inspection(list(configs), views, grouped=bool(args.groups))
+    output.print_inspection(list(configs), views, grouped=len(configs) > 1, as_json=args.json)
     return 0
 
 

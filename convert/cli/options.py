@@ -63,9 +63,23 @@ def convert_config(args: argparse.Namespace, **overrides: object) -> ConvertConf
 
 
 def inspect_configs(args: argparse.Namespace) -> dict[str, ConvertConfig]:
-    """What `convert inspect` compares, by column label: separable, and grouped when --groups is given."""
+    """What `convert inspect` compares, by column label: separable, and grouped with --groups (or --to grouped).
+
+    Every conversion option is honoured (--rank, --energy, --include, ...); the ones it cannot show are refused.
+
+    Raises:
+        ConvertError: --to auto (it measures latency: a job's work), or --no-pointwise without a grouped column.
+    """
+    if args.target == "auto":
+        raise ConvertError(
+            "convert inspect shows what separable and grouped would save from the weights alone; --to auto times "
+            "each layer on the runtime: run `convert MODEL --to auto ...` (its report has the plan)"
+        )
+    grouped = bool(args.groups) or args.target == "grouped"
+    if not args.pointwise and not grouped:
+        raise ConvertError("--no-pointwise goes with --to grouped: add --groups G")
     configs = {"separable": convert_config(args, target="separable", groups=None, pointwise=True)}
-    if args.groups:
+    if grouped:
         configs[f"grouped g{args.groups}"] = convert_config(args, target="grouped")
     return configs
 

@@ -69,8 +69,18 @@ def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
     _note(f"wrote {outdir}/ ({', '.join(output_files(report))})")
 
 
-def print_inspection(labels: Sequence[str], views: Sequence[Sequence[LayerReport]], grouped: bool) -> None:
-    """`convert inspect`'s table; without `grouped` (no --groups), a hint that it can show grouped too."""
+def print_inspection(
+    labels: Sequence[str], views: Sequence[Sequence[LayerReport]], grouped: bool, as_json: bool = False
+) -> None:
+    """`convert inspect`'s table (or its rows as JSON, by label); without `grouped`, a hint that it can show
+    grouped too."""
+    if as_json:
+        print(
+            json.dumps(
+                {label: [dataclasses.asdict(row) for row in view] for label, view in zip(labels, views, strict=True)}
+            )
+        )
+        return
     stdout.print(inspect_table(labels, views))
     if not grouped:
         stderr.print("add --groups G to see the grouped target too")

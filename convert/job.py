@@ -99,6 +99,8 @@ class JobOptions:
     distill: DistillJob | None = None
     # A plan.json of an earlier conversion: its forms at its layers, on this model's weights, instead of planning.
     plan: str | None = None
+    # Keyword arguments of the factory (e.g. {"num_classes": 10}): Python literals, for a factory spec only.
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.plan is not None and self.config.target == "auto":
@@ -138,6 +140,7 @@ class JobOptions:
             auto=None if auto is None else AutoConfig(**auto),
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
             plan=data.get("plan"),
+            model_args=dict(data.get("model_args") or {}),
         )
 
 
@@ -177,7 +180,7 @@ def run_job(
     overwrite = _may_replace(options, overwrite)
     preflight(options, outdir, overwrite)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
-    loaded = load_model(options.model, options.weights, on_warning=on_warning)
+    loaded = load_model(options.model, options.weights, on_warning=on_warning, model_args=options.model_args)
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from convert.errors import ConvertError
+from convert.load import resolve_spec
 from server import wire
 from server.config import ServerConfig
 from server.events import CLOSED, EventHub, is_final
@@ -51,7 +52,7 @@ class ConverterServicer(pb_grpc.ConverterServicer):
         try:
             check_header(header, self._config)
             if header.WhichOneof("source") == "factory":
-                self._config.check_factory(header.factory.spec)
+                self._config.check_factory(resolve_spec(header.factory.spec))  # timm:NAME -> timm.models:NAME
             data, val = data_file_names(header)
             options = wire.from_proto(header.options, model="", data=data, val=val)  # refused before the upload
         except UploadError as e:

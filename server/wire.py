@@ -3,6 +3,7 @@ job records and workers' events as Job and JobEvent messages, and a job's report
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import time
@@ -127,6 +128,7 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         no_pointwise=not config.pointwise,
         input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
         input_dtype=options.input_dtype,
+        model_args={name: repr(value) for name, value in options.model_args.items()},
     )
     _put(message, config)
     if isinstance(config.rank, int):
@@ -200,7 +202,18 @@ def from_proto(
         bench=bench,
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
+        model_args={name: _literal(name, text) for name, text in message.model_args.items()},
     )
+
+
+def _literal(name: str, text: str) -> object:
+    """A model argument's value from its text on the wire (a Python literal, as `repr` writes it)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ConvertError(
+            f'model argument {name}={text!r} is not a Python literal: send repr(value), e.g. "10" or "\'relu\'"'
+        ) from e
 
 
 # Fields that never travel: each with the reason. `to_proto` refuses one set to anything but its default, so that

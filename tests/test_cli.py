@@ -63,6 +63,9 @@ TINY = textwrap.dedent(
         return TwoInputs()
 
 
+    def sized(width, bias=True):
+        return nn.Sequential(nn.Conv2d(3, width, 3, bias=bias))
+
     def linear_only():
         return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
 
@@ -328,6 +331,22 @@ def test_inspect_honours_rank_and_prints_json(work: Path) -> None:
     assert ranked["separable"][0]["weight_rel_error"] < default["separable"][0]["weight_rel_error"]
 
 
+def test_factory_arguments_and_short_names(work: Path) -> None:
+    result = ok(run(work, "tiny:sized", "--model-arg", "width=5", "--model-arg", "bias=False", *SHAPE, "--json"))
+    report = json.loads(result.stdout)
+    assert report["layers"][0]["out_channels"] == 5 and report["totals"]["params_before"] == 5 * 3 * 9
+    assert (work / "tiny.sized-separable" / "model.pt").is_file()
+    resnet = json.loads(
+        ok(
+            run(work, "torchvision:resnet18", "--model-arg", "num_classes=10", "--input-shape", "1,3,32,32", "--json")
+        ).stdout
+    )
+    assert resnet["totals"]["params_before"] == sum(
+        p.numel() for p in __import__("torchvision").models.resnet18(num_classes=10).parameters()
+    )
+    assert (work / "torchvision.resnet18-separable" / "report.json").is_file()
+
+
 def test_model_without_standard_convs_warns_and_strict_refuses(work: Path) -> None:
     args = ["tiny:linear_only", "--input-shape", "2,16", "--json"]
     result = ok(run(work, *args, "-o", "out"))
@@ -464,6 +483,14 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("outdir-is-a-file", _existing_file, ["tiny:build", *SHAPE, "-o", "taken.pt"], r"taken\.pt .*not a folder"),
     ("outdir-holds-user-files", _user_folder, ["tiny:build", *SHAPE, "-o", "src"], r"src .*give -o a new folder"),
     ("outdir-is-cwd", None, ["tiny:build", *SHAPE, "-o", "."], r"output folder '\.' is not valid"),
+    ("model-arg-malformed", None, ["tiny:build", *SHAPE, "--model-arg", "10"], r"--model-arg: model argument '10'"),
+    (
+        "model-arg-unknown",
+        None,
+        ["tiny:build", *SHAPE, "--model-arg", "width=3"],
+        r"factory 'tiny:build' failed when called with \(width=3\) \(TypeError: .*check its arguments \(--model-arg",
+    ),
+    ("model-arg-with-a-file", _existing_file, ["taken.pt", *SHAPE, "--model-arg", "a=1"], r"--model-arg goes with"),
     (
         "include-matches-nothing",
         None,

@@ -60,6 +60,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "auto": [auto()],
         "distill": [distill()],
         "plan": [JobOptions(M, plan="plan.json")],
+        "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],

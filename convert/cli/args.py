@@ -21,7 +21,7 @@ from convert.distill.config import (
 )
 from convert.distill.data import SYNTHETIC
 from convert.errors import BAD_INPUT, ConvertError
-from convert.load import DTYPES, parse_input_shape
+from convert.load import DTYPES, parse_input_shape, parse_model_arg
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
 from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
@@ -42,12 +42,21 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("model")
     source.add_argument(
         "model",
-        help="package.module:callable (e.g. torchvision.models:resnet18), a .pt2 archive "
-        "(torch.export.save), or a whole-model pickle (torch.save(model))",
+        help="package.module:callable (e.g. torchvision.models:resnet18), timm:NAME (timm.create_model) or "
+        "torchvision:NAME (torchvision.models.get_model), never pretrained; a .pt2 archive (torch.export.save), "
+        "or a whole-model pickle (torch.save(model))",
     )
     source.add_argument(
         "--weights",
         help="state dict for a factory-built model (.safetensors, or .pt/.pth loaded with weights_only=True)",
+    )
+    source.add_argument(
+        "--model-arg",
+        action="append",
+        type=_model_arg,
+        metavar="NAME=VALUE",
+        help="a keyword argument of the factory, the value a Python literal (else a string); repeat for several, "
+        "e.g. --model-arg num_classes=10 --model-arg in_chans=1",
     )
     source.add_argument(
         "--input-shape",
@@ -357,6 +366,13 @@ def _floats(text: str) -> tuple[float, ...]:
 def _shape(text: str) -> tuple[int, ...]:
     try:
         return parse_input_shape(text)
+    except ConvertError as e:
+        raise argparse.ArgumentTypeError(to_cli(str(e))) from e
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    try:
+        return parse_model_arg(text)
     except ConvertError as e:
         raise argparse.ArgumentTypeError(to_cli(str(e))) from e
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from convert.cli import output, remote
 from convert.cli.args import bench_parser, convert_parser, inspect_parser
-from convert.cli.options import bench_config, inspect_configs, job_options, output_dir, server_of
+from convert.cli.options import bench_config, inspect_configs, job_options, model_args, output_dir, server_of
 from convert.distill.parallel import is_main_process
 from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, outcome_of
 from convert.job import example_inputs, run_job
@@ -85,7 +85,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """`convert inspect MODEL ...`: what each target would save, per standard conv; writes nothing."""
-    loaded = load_model(args.model, args.weights, on_warning=output.warn)
+    loaded = load_model(args.model, args.weights, on_warning=output.warn, model_args=model_args(args))
     inputs = example_inputs(loaded, args.input_shape, args.input_dtype)
     configs = inspect_configs(args)
     views = inspect_model(loaded.model, inputs, list(configs.values()))

@@ -39,6 +39,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "model": Flag("MODEL"),
         "weights": Flag("--weights"),
         "plan": Flag("--plan"),
+        "model_args": Flag("--model-arg"),
         "input_shapes": Flag("--input-shape"),
         "input_dtype": Flag("--input-dtype"),
         "onnx": Flag("--onnx"),

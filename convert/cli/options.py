@@ -17,7 +17,15 @@ from convert.surgery.config import ConvertConfig
 # The refusals here are the command line's own (an option given without the one it goes with); every other check is
 # the library's, made when the options are built (JobOptions, the config dataclasses) or in `preflight`.
 
-__all__ = ["bench_config", "convert_config", "inspect_configs", "job_options", "output_dir", "server_of"]
+__all__ = [
+    "bench_config",
+    "convert_config",
+    "inspect_configs",
+    "job_options",
+    "model_args",
+    "output_dir",
+    "server_of",
+]
 
 
 def job_options(args: argparse.Namespace) -> JobOptions:
@@ -42,7 +50,13 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         auto=auto,
         distill=_distill_job(args),
         plan=args.plan,
+        model_args=model_args(args),
     )
+
+
+def model_args(args: argparse.Namespace) -> dict[str, object]:
+    """--model-arg NAME=VALUE, repeated: the factory's keyword arguments (a name given twice: the last wins)."""
+    return dict(args.model_arg or ())
 
 
 def convert_config(args: argparse.Namespace, **overrides: object) -> ConvertConfig:

@@ -347,6 +347,20 @@ def test_factory_arguments_and_short_names(work: Path) -> None:
     assert (work / "torchvision.resnet18-separable" / "report.json").is_file()
 
 
+def test_version_quiet_log_level_and_examples(work: Path) -> None:
+    assert re.fullmatch(r"convert \S.*\n", ok(run(work, "--version")).stdout)
+    for command in ([], ["inspect"], ["bench"]):
+        assert "\nexamples:\n  convert " in ok(run(work, *command, "--help")).stdout, command
+    args = ["tiny:linear_only", "--input-shape", "2,16", "--log-level", "error"]
+    loud = ok(run(work, *args, "-o", "loud"))
+    assert "warning: the model has no convolution" in loud.stderr and "wrote loud/" in loud.stderr
+    quiet = ok(run(work, *args, "-o", "quiet", "-q"))
+    assert quiet.stderr == "" and quiet.stdout == loud.stdout.replace("loud", "quiet")
+    assert (work / "quiet" / "report.json").is_file()
+    refused = run(work, *args, "-o", "x", "-q", "--rank", "0")
+    assert refused.returncode == 2 and "rank 0 is not valid" in refused.stderr  # errors still print
+
+
 def test_model_without_standard_convs_warns_and_strict_refuses(work: Path) -> None:
     args = ["tiny:linear_only", "--input-shape", "2,16", "--json"]
     result = ok(run(work, *args, "-o", "out"))
@@ -473,6 +487,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         ["tiny:build", "--to", "grouped", "--groups", "7", *SHAPE],
         r"--groups 7 fits no layer \(input channels: 3, 8\): choose",
     ),
+    ("unknown-log-level", None, ["tiny:build", *SHAPE, "--log-level", "loud"], r"invalid choice: 'loud'"),
+    ("quiet-and-verbose", None, ["tiny:build", *SHAPE, "-q", "-v"], r"not allowed with argument"),
     ("unknown-target", None, ["tiny:build", "--to", "octagonal", *SHAPE], r"invalid choice: 'octagonal'.*separable"),
     ("unknown-transposed", None, ["tiny:build", "--transposed", "dense", *SHAPE], r"invalid choice: 'dense'.*skip"),
     ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"set --groups \(e\.g\. --groups 4\)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import NoReturn
@@ -27,14 +28,48 @@ from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
-__all__ = ["Parser", "bench_parser", "convert_parser", "inspect_parser"]
+__all__ = ["LOG_LEVELS", "Parser", "bench_parser", "convert_parser", "inspect_parser", "version"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error (the full usage is one --help away)."""
+    """Usage errors in one line, like every other error (the full usage is one --help away); epilogs (the
+    examples) keep their lines."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(BAD_INPUT.exit_code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed package's version (or "unknown" when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("convert")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much a command says on stderr, and its version: what every subcommand shares."""
+    group = parser.add_argument_group("messages")
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar, notes or warnings on stderr: results on stdout, errors on stderr",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="the libraries' log level on stderr (default: info with --verbose, else warning)",
+    )
+    group.add_argument("--version", action="version", version=f"%(prog)s {version()}")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +143,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="skip layers with fewer input or output channels (default: 1)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    _logging_arguments(parser)
 
 
 def convert_parser() -> argparse.ArgumentParser:
@@ -119,6 +154,13 @@ def convert_parser() -> argparse.ArgumentParser:
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
         "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
         "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
+        epilog=_examples(
+            "convert torchvision:resnet18 --input-shape 1,3,224,224  # writes torchvision.resnet18-separable/",
+            "convert timm:resnet50 --model-arg num_classes=10 --input-shape 1,3,224,224 --to grouped --groups 4 -o out",
+            "convert mynet:build --weights best.safetensors --input-shape 1,3,32,32 --rank full --onnx -o out",
+            "convert model.pt2 --to auto --target-speedup 2 --device cpu -o out --overwrite",
+            "convert model.pt --input-shape 1,3,32,32 --distill images/ --steps 600 -o out",
+        ),
     )
     _common_arguments(parser)
     parser.add_argument(
@@ -286,13 +328,17 @@ def bench_parser() -> argparse.ArgumentParser:
         prog="convert bench",
         description="Time ONNX files side by side on ONNX Runtime (alternating run by run); "
         "speedups are relative to the first file.",
+        epilog=_examples(
+            "convert bench out/original.onnx out/model.onnx --device cpu --batch-sizes 1,8",
+            "convert bench a.onnx b.onnx --duration 5 --json > timing.json",
+        ),
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx", help="ONNX models to time")
     options = parser.add_argument_group("benchmark")
     _benchmark_arguments(options)
     options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
     options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    _logging_arguments(parser)
     return parser
 
 
@@ -334,6 +380,10 @@ def inspect_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="convert inspect",
         description="Per standard conv: what separable (and grouped, with --groups) would save. Writes nothing.",
+        epilog=_examples(
+            "convert inspect torchvision:resnet18 --input-shape 1,3,224,224 --groups 4",
+            "convert inspect mynet:build --input-shape 1,3,32,32 --rank 2 --include '^layer' --json",
+        ),
     )
     _common_arguments(parser)
     parser.add_argument(
@@ -342,6 +392,10 @@ def inspect_parser() -> argparse.ArgumentParser:
         help="print the rows as JSON on stdout ({target: [row per conv]}, the fields of report.json's layers)",
     )
     return parser
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

@@ -45,7 +45,9 @@ class Command:
     def __call__(self, argv: Sequence[str]) -> int:
         """Parse `argv`, run, and turn any failure into one line on stderr and its exit status."""
         args = self.parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+        level = args.log_level.upper() if args.log_level else logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(name)s: %(message)s")
+        output.set_quiet(args.quiet)
         if not args.verbose:
             warnings.filterwarnings("ignore")  # torch's tracing and export warnings are not the user's business
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "print_failure",
     "print_inspection",
     "progress_bar",
+    "set_quiet",
     "stderr",
     "stdout",
     "strict_warning",
@@ -38,6 +39,15 @@ __all__ = [
 # Piped output keeps a readable table width instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
+
+
+_quiet = False  # -q: no notes, warnings or progress bar on stderr (errors still print)
+
+
+def set_quiet(quiet: bool) -> None:
+    """-q: from now on, stderr gets errors only."""
+    global _quiet
+    _quiet = quiet
 
 
 def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
@@ -82,7 +92,7 @@ def print_inspection(
         )
         return
     stdout.print(inspect_table(labels, views))
-    if not grouped:
+    if not grouped and not _quiet:
         stderr.print("add --groups G to see the grouped target too")
 
 
@@ -115,6 +125,8 @@ def print_failure(error: BaseException) -> int:
 
 def warn(message: str) -> None:
     """A one-line warning on stderr (the library's `on_warning`)."""
+    if _quiet:
+        return
     stderr.print(f"[yellow]warning:[/yellow] {escape(to_cli(message))}", highlight=False, soft_wrap=True)
 
 
@@ -130,7 +142,7 @@ def strict_warning(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar() -> Iterator[ProgressCallback | None]:
     """A progress bar on stderr, fed with (what is running, fraction done); None when stderr is not a terminal."""
-    if not stderr.is_terminal:  # a log file gets no bar, not even a blank line
+    if not stderr.is_terminal or _quiet:  # a log file gets no bar, not even a blank line
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
@@ -141,7 +153,7 @@ def progress_bar() -> Iterator[ProgressCallback | None]:
 
 def distill_printer(quiet: bool, bar: bool) -> DistillProgress:
     """What is trained where, and (without a progress bar) a line per validation; nothing when `quiet`."""
-    quiet = quiet or not is_main_process()
+    quiet = quiet or _quiet or not is_main_process()
 
     def show(event: DistillEvent) -> None:
         if event.kind == "eval" and not bar and not quiet:
@@ -153,6 +165,8 @@ def distill_printer(quiet: bool, bar: bool) -> DistillProgress:
 
 
 def _note(text: str) -> None:
+    if _quiet:
+        return
     stderr.print(escape(text), highlight=False, soft_wrap=True)
 
 

@@ -4,7 +4,7 @@
 FROM nvidia/cuda:12.8.1-base-ubuntu24.04
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -22,7 +22,9 @@ VOLUME /data
 USER convert
 EXPOSE 50051
 
-# The token comes from the environment (docker run -e CONVERT_AUTH_TOKEN=...), never from the image.
+# The token comes from the environment (docker run -e CONVERT_AUTH_TOKEN=...), never from the image: listening on
+# 0.0.0.0, the server refuses to start without one. The health check probes the health port (--port + 1), which no
+# client can exhaust.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "server.health_probe", "--port", "50051"]
+    CMD ["python", "-m", "server.health_probe", "--port", "50052"]
 CMD ["python", "-m", "server", "--host", "0.0.0.0", "--port", "50051", "--data-dir", "/data", "--workers", "1"]

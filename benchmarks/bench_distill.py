@@ -39,15 +39,17 @@ CLASSES = (
 SIZE = 32
 
 
-def make_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, 32, 32) normalised to about zero mean and unit variance, labels (N,)), all from `seed`."""
+def make_images(count: int, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, size, size) normalised to about zero mean and unit variance, labels (N,)), all from `seed`;
+    the shapes' sizes and positions scale with `size` (the pixel counts below are at 32)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, len(CLASSES), (count,), generator=g)
-    ys, xs = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")  # (32, 32)
+    scale = size / SIZE
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")  # (size, size)
     ys, xs = ys[None], xs[None]
-    cx, cy = (torch.rand(2, count, 1, 1, generator=g) * 12 + 10).unbind(0)  # centre, 10..22 px
-    r = torch.rand(count, 1, 1, generator=g) * 4 + 6  # half-size, 6..10 px
-    period = torch.randint(3, 6, (count, 1, 1), generator=g).float()  # stripe / check period, px
+    cx, cy = ((torch.rand(2, count, 1, 1, generator=g) * 12 + 10) * scale).unbind(0)  # centre, 10..22 px
+    r = (torch.rand(count, 1, 1, generator=g) * 4 + 6) * scale  # half-size, 6..10 px
+    period = torch.randint(3, 6, (count, 1, 1), generator=g).float() * scale  # stripe / check period, px
     dx, dy = xs - cx, ys - cy
     box = (dx.abs() <= r) & (dy.abs() <= r)
     dist = (dx**2 + dy**2).sqrt()
@@ -65,14 +67,14 @@ def make_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
             box & (torch.sin(2 * math.pi * (xs + ys) / period / 1.4) > 0),
             box & (((xs / period).floor() + (ys / period).floor()) % 2 == 0),
         ]
-    )  # (classes, N, 32, 32)
-    mask = masks[labels, torch.arange(count)].float()[:, None]  # (N, 1, 32, 32)
+    )  # (classes, N, size, size)
+    mask = masks[labels, torch.arange(count)].float()[:, None]  # (N, 1, size, size)
     foreground = torch.rand(count, 3, 1, 1, generator=g)
     background = torch.rand(count, 3, 1, 1, generator=g)
     contrast = (foreground - background).abs().sum(1, keepdim=True) < 0.6  # too alike: push them apart
     foreground = torch.where(contrast, 1 - background, foreground)
     images = background + (foreground - background) * mask
-    images = images + 0.08 * torch.randn(count, 3, SIZE, SIZE, generator=g)
+    images = images + 0.08 * torch.randn(count, 3, size, size, generator=g)
     return (images - 0.5) / 0.3, labels
 
 

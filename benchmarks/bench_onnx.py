@@ -34,8 +34,9 @@ import torch
 import torchvision
 
 from convert import BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx
-from convert.runtime.bench import _runner, identity_model, latency_stats, time_side_by_side
+from convert.runtime.bench import _runner, identity_model
 from convert.runtime.sessions import open_session
+from convert.runtime.timing import latency_stats, time_side_by_side
 
 # name -> (factory, input shape)
 MODELS = {

@@ -28,10 +28,12 @@ from convert.report import (
     plot_benchmark,
     plot_distill,
 )
-from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_onnx
+from convert.runtime.bench import benchmark_conversion, benchmark_onnx
+from convert.runtime.config import BenchConfig
 from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
 from convert.runtime.parity import check_parity
 from convert.runtime.sessions import open_session, validate_onnx_file
+from convert.runtime.torch_bench import benchmark_torch
 from convert.surgery.apply import SavedPlanner, apply_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.modules import FactorizedConv
@@ -67,6 +69,7 @@ __all__ = [
     "apply_plan",
     "benchmark_conversion",
     "benchmark_onnx",
+    "benchmark_torch",
     "check_parity",
     "convert_model",
     "distill_result",

@@ -1,5 +1,6 @@
 """The files of an output folder (one table), and writing them: atomically, into a temporary sibling folder that
-is renamed into place. A run whose results fail a check (ONNX parity) is kept in `OUTDIR.failed-parity` instead.
+is renamed into place. A run whose results fail a check (ONNX parity, INT8 accuracy) is kept in `OUTDIR.failed-parity`
+instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "AUTO_PLOT",
     "BENCHMARK_PLOT",
     "check_outdir",
+    "CONVERTED_INT8_ONNX",
     "CONVERTED_ONNX",
     "DISTILL_CHECKPOINT",
     "DISTILL_PLOT",
@@ -35,6 +37,7 @@ __all__ = [
     "FILES",
     "keep_failed",
     "MODEL",
+    "ORIGINAL_INT8_ONNX",
     "ORIGINAL_ONNX",
     "output_files",
     "REPORT_JSON",
@@ -51,6 +54,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ORIGINAL_ONNX = "original.onnx"
 CONVERTED_ONNX = "model.onnx"
+ORIGINAL_INT8_ONNX = "original.int8.onnx"
+CONVERTED_INT8_ONNX = "model.int8.onnx"
 BENCHMARK_PLOT = "benchmark.png"
 AUTO_PLOT = "auto.png"
 DISTILL_PLOT = "distill.png"
@@ -76,6 +81,8 @@ FILES: tuple[Artifact, ...] = (
     Artifact(REPORT_MD, "the report, for people", lambda r: True),
     Artifact(ORIGINAL_ONNX, "the original model in ONNX", lambda r: r.onnx is not None),
     Artifact(CONVERTED_ONNX, "the converted model in ONNX", lambda r: r.onnx is not None),
+    Artifact(ORIGINAL_INT8_ONNX, "the original model in ONNX, INT8", lambda r: r.quantize is not None),
+    Artifact(CONVERTED_INT8_ONNX, "the converted model in ONNX, INT8", lambda r: r.quantize is not None),
     Artifact(BENCHMARK_PLOT, "latency per batch size, original vs converted", lambda r: r.benchmark is not None),
     Artifact(AUTO_PLOT, "the latency-aware plan's error/latency trade-off", lambda r: r.auto is not None),
     Artifact(DISTILL_PLOT, "the distillation's loss curve", lambda r: r.distill is not None),
@@ -162,7 +169,7 @@ def _replace_dir(source: Path, target: Path) -> None:
 
 
 def failed_parity_dir(outdir: str | os.PathLike[str]) -> Path:
-    """Where the files of a run whose ONNX parity check failed are kept: `OUTDIR.failed-parity`."""
+    """Where the files of a run whose ONNX parity (or INT8 accuracy) check failed are kept: `OUTDIR.failed-parity`."""
     target = Path(outdir)
     return target.with_name(f"{target.name}{FAILED_PARITY_SUFFIX}")
 

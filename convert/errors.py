@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["ConvertError", "Outcome", "ParityError", "StrictError", "one_line", "outcome_of"]
+__all__ = [
+    "BAD_INPUT",
+    "DISTILL_NAN",
+    "INTERNAL",
+    "INTERRUPTED",
+    "PARITY",
+    "ConvertError",
+    "Outcome",
+    "ParityError",
+    "QuantizationError",
+    "STRICT",
+    "StrictError",
+    "one_line",
+    "outcome_of",
+]
 
 
 class ConvertError(ValueError):
@@ -17,6 +31,11 @@ class ConvertError(ValueError):
 
 class ParityError(ConvertError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance (or it fails to run)."""
+
+
+class QuantizationError(ParityError):
+    """No INT8 format of the model comes within `max_quant_error` of the float model: a failed check like a parity
+    failure (exit status 3, the files kept for inspection)."""
 
 
 class StrictError(ConvertError):

@@ -4,11 +4,14 @@ and zip directory alone (nothing is unpickled). The service checks uploads with 
 
 from __future__ import annotations
 
+import math
 import os
+import resource
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
+import numpy as np
 import torch
 
 from convert.errors import ConvertError
@@ -16,6 +19,9 @@ from convert.errors import ConvertError
 __all__ = [
     "FileKind",
     "check_readable",
+    "check_tensor_budget",
+    "declared_tensor_bytes",
+    "memory_budget",
     "file_kind",
     "model_file_kind",
     "read_tensor_file",
@@ -123,3 +129,77 @@ def _zip_names(path: Path) -> list[str] | None:
             return archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return None
+
+
+def declared_tensor_bytes(path: str | os.PathLike[str]) -> int:
+    """The bytes that a tensor file's tensors take once loaded, from its headers alone (nothing is decompressed
+    beyond them): a .npy's header (shape x itemsize), each .npz member's, the sizes in a zip archive's directory
+    (torch.save), a safetensors file's size.
+
+    Raises:
+        ConvertError: for a header that declares more data than the file (or the member) holds.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        with open(path, "rb") as f:
+            return _npy_bytes(f, path.stat().st_size, path.name)
+    if suffix in (".npz", ".pt", ".pth"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                if suffix != ".npz":
+                    return sum(member.file_size for member in members)
+                total = 0
+                for member in members:
+                    with archive.open(member) as f:
+                        total += _npy_bytes(f, member.file_size, f"{path.name}/{member.filename}")
+                return total
+        except (zipfile.BadZipFile, OSError):
+            return path.stat().st_size  # not a zip: the reader refuses it
+    return path.stat().st_size
+
+
+def memory_budget() -> int:
+    """Bytes of tensors a file may hold for this process to read it: half of what it may still take (the free
+    RAM, and its RLIMIT_DATA: a service worker's limit), the rest left to the model and the work on it."""
+    import psutil
+
+    budget = psutil.virtual_memory().available
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    if limit != resource.RLIM_INFINITY:
+        budget = min(budget, limit)
+    return budget // 2
+
+
+def check_tensor_budget(path: str | os.PathLike[str], budget: int | None = None) -> None:
+    """Refuse a tensor file whose tensors would take more than `budget` bytes (default: `memory_budget()`), before
+    any of it is read.
+
+    Raises:
+        ConvertError: naming the sizes and what to do.
+    """
+    budget = memory_budget() if budget is None else budget
+    declared = declared_tensor_bytes(path)
+    if declared > budget:
+        raise ConvertError(
+            f"{Path(path).name} holds {declared / 2**20:.0f} MiB of tensors once loaded, more than the "
+            f"{budget / 2**20:.0f} MiB this process may give them: give fewer or smaller inputs"
+        )
+
+
+def _npy_bytes(f: IO[bytes], size: int, what: str) -> int:
+    """Bytes of the array a .npy stream declares; `size` is the stream's length."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        shape, _, dtype = read_header(f)
+    except (ValueError, OSError, SyntaxError) as e:
+        raise ConvertError(f"{what} is not a readable .npy array ({e}): save it with numpy.save") from None
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > size:
+        raise ConvertError(
+            f"{what} declares a {'x'.join(map(str, shape))} array of {declared} bytes but holds {size}: the file is "
+            "damaged or forged; save it again with numpy.save"
+        )
+    return declared

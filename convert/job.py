@@ -27,16 +27,20 @@ from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
 from convert.distill.config import DistillConfig, DistillEvent, DistillProgress
 from convert.distill.data import DistillData, image_transform, input_names, load_data
+from convert.distill.datasets import ImageTransform
 from convert.distill.parallel import is_main_process
 from convert.distill.state import load_checkpoint
 from convert.distill.trainer import check_distill_options, distill_result
-from convert.errors import ConvertError, ParityError
+from convert.errors import ConvertError, ParityError, QuantizationError
 from convert.load import LoadedModel, load_model, make_inputs
 from convert.report.schema import Report
-from convert.runtime.bench import BenchConfig, benchmark_conversion
+from convert.runtime.bench import benchmark_conversion
+from convert.runtime.config import BenchConfig
 from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
+from convert.runtime.int8 import quantize_conversion
 from convert.runtime.parity import parity_message
+from convert.runtime.quantize import QuantizeConfig, device_formats
 from convert.surgery.apply import SavedPlanner, read_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
@@ -88,17 +92,20 @@ class JobOptions:
     input_dtype: str = "float32"
     # What to convert and into what.
     config: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
-    # Export both models to ONNX and check them (None: no export). Implied by `bench`.
+    # Export both models to ONNX and check them (None: no export). Implied by `bench` on ONNX Runtime.
     onnx: OnnxConfig | None = None
-    # Time both ONNX files on ONNX Runtime (None: no benchmark).
+    # Time both models, as ONNX files on ONNX Runtime or as modules on PyTorch (None: no benchmark).
     bench: BenchConfig | None = None
     # Target "auto": what the latency-aware plan aims for and where it measures (default AutoConfig()).
-    # Implies `bench` on the same device and threads.
+    # Implies `bench` on the same runtime, device, threads and runtime settings.
     auto: AutoConfig | None = None
     # Fine-tune the converted model against the original (None: no distillation).
     distill: DistillJob | None = None
     # A plan.json of an earlier conversion: its forms at its layers, on this model's weights, instead of planning.
     plan: str | None = None
+    # INT8 versions of both ONNX files, calibrated and checked (None: float only). Implies `bench` (the formats
+    # are timed, and the four models compared); with target "auto", the plan is for the INT8 runtime.
+    quantize: QuantizeConfig | None = None
     # Keyword arguments of the factory (e.g. {"num_classes": 10}): Python literals, for a factory spec only.
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -109,10 +116,20 @@ class JobOptions:
             object.__setattr__(self, "auto", AutoConfig())
         if self.auto is not None and self.config.target != "auto":
             raise ConvertError("`auto` settings (latency-aware planning) go with `target`=auto")
+        if self.auto is not None and self.quantize is not None and not self.auto.quantize:
+            object.__setattr__(self, "auto", dataclasses.replace(self.auto, quantize=self.quantize.formats))
+        if self.auto is not None and self.auto.quantize and self.quantize is None:
+            raise ConvertError("`auto` plans for INT8 formats with `quantize` only: set `quantize`, or drop them")
         if self.auto is not None and self.bench is None:  # the planned model is measured end to end
-            object.__setattr__(self, "bench", BenchConfig(device=self.auto.device, threads=self.auto.threads))
-        if self.bench is not None and self.onnx is None:
-            object.__setattr__(self, "onnx", OnnxConfig())  # the benchmark times the ONNX files
+            default = BenchConfig()  # the benchmark's own length, on the plan's runtime
+            bench = dataclasses.replace(self.auto.bench(), warmup=default.warmup, runs=default.runs)
+            object.__setattr__(self, "bench", bench)
+        if self.quantize is not None and self.bench is None:  # the formats are timed where the models will run
+            object.__setattr__(self, "bench", BenchConfig())
+        if self.quantize is not None and self.bench.runtime != "ort":
+            raise ConvertError("`quantize` writes ONNX files for ONNX Runtime: use `runtime`=ort")
+        if self.bench is not None and self.bench.runtime == "ort" and self.onnx is None:
+            object.__setattr__(self, "onnx", OnnxConfig())  # ONNX Runtime times the ONNX files
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (the service stores them with each job)."""
@@ -126,9 +143,18 @@ class JobOptions:
             ConvertError: for a field value the configs refuse.
         """
         shapes = data.get("input_shapes")
-        onnx, bench, auto = data.get("onnx"), data.get("bench"), data.get("auto")
+        onnx, bench, auto, quantize = data.get("onnx"), data.get("bench"), data.get("auto"), data.get("quantize")
         if bench is not None:
             bench = {**bench, "batch_sizes": tuple(bench["batch_sizes"])}
+        if auto is not None:
+            auto = {**auto, "quantize": tuple(auto.get("quantize", ()))}
+        if quantize is not None:
+            calibration = quantize.get("calibration")
+            quantize = {
+                **quantize,
+                "calibration": None if calibration is None else tuple(calibration),
+                "formats": tuple(quantize["formats"]),
+            }
         return cls(
             model=data["model"],
             weights=data.get("weights"),
@@ -140,6 +166,7 @@ class JobOptions:
             auto=None if auto is None else AutoConfig(**auto),
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
             plan=data.get("plan"),
+            quantize=None if quantize is None else QuantizeConfig(**quantize),
             model_args=dict(data.get("model_args") or {}),
         )
 
@@ -156,7 +183,8 @@ def run_job(
     """Load the model, convert it, and write the results into `outdir` (as a whole, atomically).
 
     The stages, in order: preflight (every refusal that needs no work) -> load -> convert (its planner: uniform,
-    or latency-aware for target "auto") -> [distill] -> [export + parity] -> [benchmark] -> write.
+    or latency-aware for target "auto") -> [distill] -> [export + parity] -> [INT8 quantization + its accuracy
+    check] -> [benchmark] -> write.
 
     Args:
         options: the model source and every conversion, export and benchmark setting.
@@ -175,6 +203,7 @@ def run_job(
         ConvertError: for a bad model, bad options, an unusable `outdir` or earlier results there without
             `overwrite`, before anything is written.
         ParityError: when ONNX Runtime does not match PyTorch (files kept in `OUTDIR.failed-parity/`).
+        QuantizationError: when no INT8 format is within `max_quant_error` of float (files kept there too).
     """
     notify = progress or no_progress
     overwrite = _may_replace(options, overwrite)
@@ -184,6 +213,7 @@ def run_job(
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
+    calibration = _calibration_data(options, loaded, inputs, distill)
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
     conversion = convert_model(
         loaded.model,
@@ -201,7 +231,7 @@ def run_job(
         )
         if not is_main_process():
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
-    _write(conversion, outdir, overwrite, options, span(notify, convert_end, 1.0))
+    _write(conversion, outdir, overwrite, options, calibration, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
 
@@ -243,7 +273,13 @@ def preflight(options: JobOptions, outdir: str | os.PathLike[str], overwrite: bo
     if options.onnx is not None:  # an earlier failed run's files are there for a look, not to keep: replaced
         check_outdir(failed_parity_dir(outdir), overwrite=True)
     if options.bench is not None:
-        resolve_device(options.bench.device).require_provider()
+        device = resolve_device(options.bench.device)  # refuses cuda where torch sees no GPU
+        if options.bench.runtime == "ort":
+            provider = device.require_provider()
+            if options.quantize is not None:
+                device_formats(options.quantize.formats, provider)
+    if options.quantize is not None:
+        _check_quantize(options)
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
 
@@ -254,8 +290,8 @@ def _may_replace(options: JobOptions, overwrite: bool) -> bool:
 
 
 def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None, bench: BenchConfig | None) -> None:
-    """Static shapes fix the batch at the example input's: the benchmark's batch sizes must be that one."""
-    if onnx is None or onnx.dynamic_batch or bench is None or not inputs:
+    """Static shapes fix the batch at the example input's: ONNX Runtime's batch sizes must be that one."""
+    if onnx is None or onnx.dynamic_batch or bench is None or bench.runtime != "ort" or not inputs:
         return
     batch = int(inputs[0].shape[0])
     if set(bench.batch_sizes) != {batch}:
@@ -267,21 +303,37 @@ def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None,
 
 
 def _write(
-    conversion: Conversion, outdir: str | os.PathLike[str], overwrite: bool, options: JobOptions, notify: Progress
+    conversion: Conversion,
+    outdir: str | os.PathLike[str],
+    overwrite: bool,
+    options: JobOptions,
+    calibration: DistillData | None,
+    notify: Progress,
 ) -> None:
-    """The export, parity check and benchmark stages, then the files, all into one folder renamed into place."""
+    """The export, parity check, quantization and benchmark stages, then the files, all into one folder renamed
+    into place."""
+    # where each stage ends, as a share of this part of the job
+    ends = (0.4, 0.7, 1.0) if options.quantize else (0.5, 0.5, 1.0) if options.bench else (1.0, 1.0, 1.0)
     with atomic_dir(outdir, overwrite) as staging:
         if options.onnx is not None:
-            onnx = export_conversion(
-                conversion, staging, options.onnx, span(notify, 0.0, 0.5 if options.bench else 1.0)
-            )
+            onnx = export_conversion(conversion, staging, options.onnx, span(notify, 0.0, ends[0]))
             exports = [onnx.original, onnx.converted]
             if not all(export.passed for export in exports):
                 write_conversion(conversion, staging)  # everything, for inspection
                 failed = keep_failed(staging, outdir)
                 raise ParityError(f"{parity_message(exports, onnx.atol)}; the files are kept in {failed}/")
+        if options.quantize is not None and calibration is not None:
+            try:
+                quantize_conversion(
+                    conversion, staging, options.quantize, calibration, options.bench, span(notify, ends[0], ends[1])
+                )
+            except QuantizationError as e:
+                write_conversion(conversion, staging)
+                failed = keep_failed(staging, outdir)
+                raise QuantizationError(f"{e}; the files are kept in {failed}/") from e
         if options.bench is not None:
-            benchmark_conversion(conversion, staging, options.bench, span(notify, 0.5, 1.0))
+            start = ends[1] if options.onnx is not None else 0.0
+            benchmark_conversion(conversion, staging, options.bench, span(notify, start, 1.0))
         write_conversion(conversion, staging)
 
 
@@ -306,22 +358,59 @@ def _prepare_distill(
     """The data, options and checkpoint of a distillation, all checked; None without one."""
     if job is None:
         return None
-    transform = None
-    if job.image_mean is not None or job.image_std is not None:
-        if inputs[0].dim() != 4:
-            raise ConvertError("`image_mean` and `image_std` go with a folder of images and an N,C,H,W input")
-        transform = image_transform(inputs[0].shape, job.image_mean, job.image_std)
     checkpoint = load_checkpoint(Path(outdir) / DISTILL_CHECKPOINT) if job.resume else None
     data = load_data(
         list(job.data),
         inputs,
         val=None if job.val is None else list(job.val),
         input_names=input_names(loaded.model),
-        transform=transform,
+        transform=_image_transform(job, inputs),
         seed=job.config.seed,
     )
     check_distill_options(job.config, data)
     return data, job.config, checkpoint
+
+
+def _image_transform(job: DistillJob | None, inputs: tuple[torch.Tensor, ...]) -> ImageTransform | None:
+    """The transform of image folders: the default one, unless the distillation sets `image_mean`/`image_std`."""
+    if job is None or (job.image_mean is None and job.image_std is None):
+        return None
+    if inputs[0].dim() != 4:
+        raise ConvertError("`image_mean` and `image_std` go with a folder of images and an N,C,H,W input")
+    return image_transform(inputs[0].shape, job.image_mean, job.image_std)
+
+
+def _check_quantize(options: JobOptions) -> None:
+    """The refusals of `quantize` known from the options alone."""
+    if options.quantize.calibration is None and options.distill is None:
+        raise ConvertError(
+            "`quantize` calibrates on real inputs: set `calibration` (a folder of images or a tensor file of a "
+            "hundred or more inputs; synthetic for a trial only), or `distill` (its inputs calibrate)"
+        )
+    if options.input_dtype not in ("float32", "int64"):
+        raise ConvertError(
+            f"INT8 quantization starts from a float32 model: use `input_dtype`=float32, not {options.input_dtype}"
+        )
+
+
+def _calibration_data(
+    options: JobOptions,
+    loaded: LoadedModel,
+    inputs: tuple[torch.Tensor, ...],
+    distill: tuple[DistillData, DistillConfig, dict | None] | None,
+) -> DistillData | None:
+    """The inputs `quantize` calibrates on (and holds out for its check), all checked; None without `quantize`."""
+    quantize = options.quantize
+    if quantize is None:
+        return None
+    if quantize.calibration is None:
+        return distill[0]  # `preflight` saw to it that there is a distillation
+    return load_data(
+        list(quantize.calibration),
+        inputs,
+        input_names=input_names(loaded.model),
+        transform=_image_transform(options.distill, inputs),
+    )
 
 
 def _distill_events(notify: Progress, on_event: DistillProgress | None) -> DistillProgress:

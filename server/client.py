@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 
-from convert.artifacts import atomic_dir, check_outdir
+from convert.artifacts import REPORT_JSON, atomic_dir, check_outdir
 from convert.distill.data import SYNTHETIC
 from convert.errors import ConvertError
 from convert.files import model_file_kind, weights_kind
@@ -27,11 +29,14 @@ from server import wire
 from server.auth import call_metadata, channel_credentials
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
+from server.worker.protocol import clean_text
 
 __all__ = ["CHUNK_BYTES", "FINAL_STATES", "ConvertClient", "JobFailed", "ServiceError"]
 
 CHUNK_BYTES = 1 << 20  # upload chunks: the protocol's largest (fewer messages, faster on loopback)
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
+MAX_ARTIFACT_NAME = 255  # characters; an artifact name is a plain file name, never a path
+_WATCH_RETRIES = 5  # times a Watch cut by the transport is opened again before the error is the caller's
 
 
 class ServiceError(ConvertError):
@@ -110,19 +115,47 @@ class ConvertClient:
             return self._stub.Submit(_requests(header, files, chunk_bytes), metadata=self._metadata).job_id
 
     def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
-        """The job's current state, then each change, until it finishes."""
-        with self._errors():
-            yield from self._stub.Watch(pb.WatchRequest(job_id=job_id), metadata=self._metadata)
+        """The job's current state, then each change, until it finishes. A stream the server ends early (its
+        --watch-max-age) or the transport cuts is opened again: its first event is the state at that time."""
+        retries = 0
+        while True:
+            try:
+                with self._errors():
+                    for event in self._stub.Watch(pb.WatchRequest(job_id=job_id), metadata=self._metadata):
+                        yield event
+                        retries = 0
+                        if event.state in FINAL_STATES and not event.log:
+                            return
+            except ServiceError as e:
+                if e.code != grpc.StatusCode.UNAVAILABLE or "shutting down" in str(e) or retries >= _WATCH_RETRIES:
+                    raise
+            retries += 1  # a stream that ended before the job did: open another
+            if retries > _WATCH_RETRIES:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the server keeps ending the watch of job {job_id}")
+            time.sleep(min(2.0, 0.05 * 2**retries))
 
     def get(self, job_id: str) -> pb.Job:
         with self._errors():
             return self._stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self._metadata)
 
     def list(self, states: Sequence[int] = (), limit: int = 100) -> list[pb.Job]:
-        """Jobs, newest first; `states` are pb.JobState values (e.g. pb.RUNNING)."""
+        """Jobs, newest first (at most `limit`, page by page); `states` are pb.JobState values (e.g. pb.RUNNING)."""
+        jobs: list[pb.Job] = []
+        token = ""
         with self._errors():
-            request = pb.ListJobsRequest(states=states, limit=limit)
-            return list(self._stub.ListJobs(request, metadata=self._metadata).jobs)
+            while len(jobs) < limit:
+                request = pb.ListJobsRequest(states=states, limit=min(limit - len(jobs), 1000), page_token=token)
+                page = self._stub.ListJobs(request, metadata=self._metadata)
+                jobs.extend(page.jobs)
+                token = page.next_page_token
+                if not token or not page.jobs:
+                    break
+        return jobs[:limit]
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job on the server: its record, files and artifacts."""
+        with self._errors():
+            self._stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), metadata=self._metadata)
 
     def cancel(self, job_id: str) -> pb.Job:
         with self._errors():
@@ -133,7 +166,18 @@ class ConvertClient:
         job = self.get(job_id)
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
-        return wire.report_of(job)
+        return self._report(job)
+
+    def _report(self, job: pb.Job) -> Report:
+        """A SUCCEEDED job's report: inlined in the record, or (a large one) its report.json downloaded."""
+        if not job.report_as_artifact:
+            return wire.report_of(job)
+        artifact = next((a for a in job.artifacts if a.name == REPORT_JSON), None)
+        if artifact is None:
+            raise ConvertError(f"job {job.id}'s report is neither in its record nor among its artifacts")
+        buffer = io.BytesIO()
+        self._fetch(job.id, artifact, buffer)
+        return wire.report_of(job, buffer.getvalue().decode())
 
     def download(self, job_id: str, outdir: str | os.PathLike, overwrite: bool = False) -> list[str]:
         """Every artifact of a SUCCEEDED job into `outdir`, atomically (as a whole, never half-written; earlier
@@ -145,10 +189,14 @@ class ConvertClient:
         job = self.get(job_id)
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
+        names = _artifact_names(job)  # checked before anything is written
         with atomic_dir(outdir, overwrite) as staging:
             for artifact in job.artifacts:
-                self._fetch(job_id, artifact, staging / artifact.name)
-        return [artifact.name for artifact in job.artifacts]
+                # O_EXCL | O_NOFOLLOW: a new plain file in the staging folder, never a link or an earlier file
+                fd = os.open(staging / artifact.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    self._fetch(job_id, artifact, f)
+        return names
 
     def wait(self, job_id: str, progress: Progress | None = None, on_log: Warn | None = None) -> pb.Job:
         """Follow the job until it finishes, passing on its progress and log lines. Returns its final record."""
@@ -194,16 +242,24 @@ class ConvertClient:
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job)
         self.download(job_id, outdir, overwrite)
-        return wire.report_of(job)
+        return self._report(job)
 
-    def _fetch(self, job_id: str, artifact: pb.Artifact, path: Path) -> None:
+    def _fetch(self, job_id: str, artifact: pb.Artifact, out) -> None:
+        """Write the artifact's bytes to `out` (a binary file), stopping as soon as they pass its declared size."""
         digest, size = hashlib.sha256(), 0
-        with self._errors(), open(path, "wb") as f:
+        with self._errors():
             request = pb.DownloadRequest(job_id=job_id, name=artifact.name)
-            for chunk in self._stub.Download(request, metadata=self._metadata):
-                f.write(chunk.data)
-                digest.update(chunk.data)
+            stream = self._stub.Download(request, metadata=self._metadata)
+            for chunk in stream:
                 size += len(chunk.data)
+                if size > artifact.size_bytes:
+                    stream.cancel()
+                    raise ConvertError(
+                        f"the server sent more of {artifact.name} than the {artifact.size_bytes} bytes it declared: "
+                        "download stopped; check the server (and use TLS to it)"
+                    )
+                out.write(chunk.data)
+                digest.update(chunk.data)
         if size != artifact.size_bytes or digest.hexdigest() != artifact.sha256:
             raise ConvertError(f"{artifact.name} arrived damaged (size or sha256 differ): download it again")
 
@@ -221,7 +277,32 @@ class ConvertClient:
                     if "shutting down" not in details
                     else details
                 )
-            raise ServiceError(code, details) from None
+            raise ServiceError(code, clean_text(details)) from None
+
+
+def _artifact_names(job: pb.Job) -> list[str]:
+    """The artifacts' names, each a plain file name (no folder, no `..`, no control character), once each.
+
+    Raises:
+        ConvertError: naming the first name that is not, before anything is written.
+    """
+    names = []
+    for artifact in job.artifacts:
+        name = artifact.name
+        plain = (
+            0 < len(name) <= MAX_ARTIFACT_NAME
+            and name not in (".", "..")
+            and not any(c in name for c in "/\\\0")
+            and name.isprintable()
+            and name not in names
+        )
+        if not plain:
+            raise ConvertError(
+                f"the server lists an artifact named {name[:80]!r}, which is not a plain file name (or comes twice): "
+                "nothing was downloaded; check the server (and use TLS to it)"
+            )
+        names.append(name)
+    return names
 
 
 def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:

@@ -1,27 +1,38 @@
 """The worker pool: queued jobs run on a runner (`server.runners`), `workers` at a time, and their events and
 outcomes are recorded.
 
-Whatever the runner, the pool keeps the queue, the time limit of each job, cancelling (which stops its worker),
-the validation of every event a worker sends (`server.worker.protocol`), and the record of the outcome with the
-artifacts' sizes and sha256, computed here from the job's folder.
+Whatever the runner, the pool keeps the queue (and its bound, reserved atomically at Submit), the time limit of
+each job, cancelling (which stops its worker), the validation of every event a worker sends
+(`server.worker.protocol`), a second launch for a job whose worker died before it took the job, and the record of
+the outcome. Supervision always ends in a recorded state and a reaped worker, whatever fails on the way (a full
+disk, a bug). Once the worker has ended, its out/ folder is moved out of the job's folder into the server's own
+artifacts folder, and the artifacts' sizes and sha256 are computed there: nothing the worker started can change
+them any more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
+import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from convert.artifacts import REPORT_JSON
+from convert.errors import one_line
 from server import wire
 from server.config import ServerConfig
+from server.datadir import remove_work
 from server.events import EventHub
 from server.runners.base import Execution, Runner
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
@@ -31,17 +42,23 @@ from server.worker.protocol import (
     Failed,
     LogLine,
     ProtocolError,
+    Ready,
     StageProgress,
     Succeeded,
     decode,
 )
 
-__all__ = ["RunningJob", "WorkerPool", "list_artifacts"]
+__all__ = ["QueueFull", "RunningJob", "WorkerPool", "list_artifacts"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_REPORT_BYTES = 64 << 20
 _STOP_WAIT = 30.0  # seconds a cancel or a shutdown waits for a killed worker's job to be recorded
+_LAUNCHES = 3  # launches of one job whose worker dies before it takes the job, before the job fails
+
+
+class QueueFull(Exception):
+    """No place left in the queue (`config.max_queued` jobs waiting or being uploaded)."""
 
 
 @dataclasses.dataclass
@@ -52,16 +69,57 @@ class RunningJob:
     execution: Execution
     stop_reason: str | None = None  # "cancelled" | "time limit" | "shutdown" once the server stops the worker
     ended: bool = False  # the worker has ended: a stop that comes later changes nothing
+    limit: threading.Timer | None = None  # stops the worker at the time limit
+
+    def time_limit(self, seconds: float, stop: Callable[[RunningJob, str], None]) -> None:
+        """(Re)start the clock of the time limit."""
+        if self.limit is not None:
+            self.limit.cancel()
+        self.limit = threading.Timer(seconds, stop, (self, "time limit"))
+        self.limit.daemon = True
+        self.limit.start()
+
+
+@dataclasses.dataclass
+class _Relayed:
+    """What the pool learnt from a job's event lines."""
+
+    outcome: Succeeded | Failed | None = None
+    malformed: str | None = None  # why the last bad line was refused
+    took_job: bool = False  # the worker sent Ready: it has the job (before it, a death costs the job nothing)
+    error: str | None = None  # the server failed while following the job
 
 
 class WorkerPool:
-    """Runs queued jobs on `runner`, `config.workers` at a time, and records their progress and outcome."""
+    """Runs queued jobs on `runner`, `config.workers` at a time, and records their progress and outcome.
 
-    def __init__(self, config: ServerConfig, store: JobStore, hub: EventHub, jobs_dir: Path, runner: Runner) -> None:
+    Args:
+        config: the server's settings (workers, max_queued, job_time_limit).
+        store: the job records.
+        hub: where job events are published (Watch streams).
+        jobs_dir: the jobs' folders (`jobs_dir/ID`), which their workers see.
+        runner: where jobs run.
+        artifacts_dir: where each finished job's out/ goes (`artifacts_dir/ID`), which no worker sees; default
+            `jobs_dir`'s sibling `artifacts`.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: JobStore,
+        hub: EventHub,
+        jobs_dir: Path,
+        runner: Runner,
+        artifacts_dir: Path | None = None,
+    ) -> None:
         self._config, self._store, self._hub, self._jobs_dir, self._runner = config, store, hub, jobs_dir, runner
+        self._artifacts_dir = artifacts_dir or jobs_dir.parent / "artifacts"
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
+        self._reserved = 0  # places taken by Submits still uploading
+        self._launches: dict[str, int] = {}  # launches so far of the jobs queued again after their worker died
         self._running: dict[str, RunningJob] = {}
+        self._unrecorded: dict[str, dict[str, Any]] = {}  # final states the store refused (full disk): retried
         self._stopping = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
 
@@ -71,7 +129,36 @@ class WorkerPool:
             self._queue.extend(self._store.queued())
         self._dispatcher.start()
 
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[Callable[[str], None]]:
+        """A place in the queue, taken at once: the block receives `enqueue(job_id)`, which puts the job in it;
+        leaving the block without calling it gives the place back.
+
+        Raises:
+            QueueFull: when `config.max_queued` jobs are waiting or being uploaded.
+        """
+        with self._cond:
+            if len(self._queue) + self._reserved >= self._config.max_queued:
+                raise QueueFull
+            self._reserved += 1
+        placed = False
+
+        def enqueue(job_id: str) -> None:
+            nonlocal placed
+            with self._cond:
+                self._reserved -= 1
+                placed = True
+                self.enqueue(job_id)
+
+        try:
+            yield enqueue
+        finally:
+            if not placed:
+                with self._cond:
+                    self._reserved -= 1
+
     def enqueue(self, job_id: str) -> None:
+        """Queue a job, whatever the bound (Submit takes a `reservation` first)."""
         with self._cond:
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -79,6 +166,11 @@ class WorkerPool:
     def queued(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    def is_active(self, job_id: str) -> bool:
+        """Whether the job is queued or running here."""
+        with self._cond:
+            return job_id in self._queue or job_id in self._running
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job. Returns False when it is neither (finished, or unknown)."""
@@ -112,6 +204,13 @@ class WorkerPool:
         with self._cond:
             self._cond.wait_for(lambda: not self._running, timeout=_STOP_WAIT)
 
+    def retry_unrecorded(self) -> None:
+        """Record the final states that the store refused before (a full disk): called now and then."""
+        with self._cond:
+            pending, self._unrecorded = self._unrecorded, {}
+        for job_id, fields in pending.items():
+            self._finish_or_keep(job_id, fields)
+
     # --- internals ---------------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -129,42 +228,82 @@ class WorkerPool:
                     self._cond.wait_for(lambda: not self._running)
                     return
                 job_id = self._queue.popleft()
-                if not self._store.update(
-                    job_id, only_from=(QUEUED,), state=RUNNING, stage="starting", started=time.time()
-                ):
-                    continue  # cancelled meanwhile
-                job = RunningJob(job_id, self._runner.launch(self._jobs_dir / job_id))
+                try:
+                    started = self._store.update(
+                        job_id, only_from=(QUEUED,), state=RUNNING, stage="starting", started=time.time()
+                    )
+                except sqlite3.Error as e:  # a full disk: the job stays queued, in the store as in the queue
+                    logger.error("job %s: cannot record its start (%s): it waits", job_id, e)
+                    self._queue.appendleft(job_id)
+                    self._cond.wait(1.0)
+                    continue
+                if not started:
+                    continue  # cancelled (or deleted) meanwhile
+                try:
+                    job = RunningJob(job_id, self._runner.launch(self._jobs_dir / job_id))
+                except Exception as e:  # the runner's failure fails this job, never the dispatcher
+                    logger.exception("job %s: the runner could not start it", job_id)
+                    self._finish_or_keep(job_id, _failure(f"the server could not start a worker ({one_line(e)})"))
+                    continue
                 self._running[job_id] = job
-            self._hub.publish(wire.job_event(self._store.get(job_id)))
+            self._publish(job_id)
             threading.Thread(target=self._supervise, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
 
     def _supervise(self, job: RunningJob) -> None:
-        """Relay the job's events until its worker ends, and record the outcome."""
-        limit = threading.Timer(self._config.job_time_limit, self._stop, (job, "time limit"))
-        limit.start()
-        outcome: Succeeded | Failed | None = None
-        malformed: str | None = None  # why the last bad line was refused
-        for line in job.execution.lines():
-            try:
-                event = decode(line)
-            except ProtocolError as e:
-                malformed = str(e)
-                logger.warning("job %s: the worker sent a malformed event line: %s", job.job_id, e)
-                continue
-            if isinstance(event, StageProgress):
-                self._store.update(job.job_id, stage=event.stage, progress=event.progress)
-                self._hub.publish(wire.worker_event(job.job_id, event))
-            elif isinstance(event, LogLine):
-                self._hub.publish(wire.worker_event(job.job_id, event))
-            elif isinstance(event, Succeeded | Failed):
-                outcome = event
+        """Relay the job's events until its worker ends, reap the worker, and record the outcome, whatever fails."""
+        job.time_limit(self._config.job_time_limit, self._stop)  # for the worker's start; again once it has the job
+        try:
+            relayed = self._relay(job)
+        except Exception as e:  # a bug or a full disk here must not leave the job RUNNING
+            logger.exception("job %s: following its worker failed", job.job_id)
+            relayed = _Relayed(error=f"the server failed while following the job ({one_line(e)})")
+            with contextlib.suppress(Exception):
+                job.execution.kill()
+        finally:
+            job.limit.cancel()
         with self._cond:
             job.ended = True
-        limit.cancel()
-        self._record_outcome(job, outcome, job.execution.wait(), malformed)
-        with self._cond:
-            self._running.pop(job.job_id, None)
-            self._cond.notify_all()
+        try:
+            ended = job.execution.wait()
+        except Exception as e:  # noqa: BLE001 - the worker is gone either way; say how it ended as well as we can
+            ended = f"the worker ended in a way the server could not read ({one_line(e)})"
+        try:
+            self._record_outcome(job, relayed, ended)
+        except Exception as e:  # a bug in recording: the job still gets a final state
+            logger.exception("job %s: recording its outcome failed", job.job_id)
+            self._finish_or_keep(job.job_id, _failure(f"the server failed while recording the job ({one_line(e)})"))
+        finally:
+            with self._cond:
+                self._running.pop(job.job_id, None)
+                self._cond.notify_all()
+
+    def _relay(self, job: RunningJob) -> _Relayed:
+        relayed = _Relayed()
+        lines = job.execution.lines()
+        try:
+            for line in lines:
+                try:
+                    event = decode(line)
+                except ProtocolError as e:
+                    relayed.malformed = str(e)
+                    logger.warning("job %s: the worker sent a malformed event line: %s", job.job_id, e)
+                    continue
+                if isinstance(event, Ready):
+                    relayed.took_job = True
+                    job.time_limit(self._config.job_time_limit, self._stop)  # the job's own time starts now
+                elif isinstance(event, StageProgress):
+                    with contextlib.suppress(sqlite3.Error):  # progress is not worth failing a job for
+                        self._store.update(job.job_id, stage=event.stage, progress=event.progress)
+                    self._hub.publish(wire.worker_event(job.job_id, event))
+                elif isinstance(event, LogLine):
+                    self._hub.publish(wire.worker_event(job.job_id, event))
+                elif isinstance(event, Succeeded | Failed):
+                    relayed.outcome = event
+        finally:
+            close = getattr(lines, "close", None)  # a generator's own cleanup (the log file), even on an error
+            if close is not None:
+                close()
+        return relayed
 
     def _stop(self, job: RunningJob, reason: str) -> None:
         """Kill the job's worker, for `reason` (the first reason given is the one recorded)."""
@@ -174,35 +313,69 @@ class WorkerPool:
             job.stop_reason = job.stop_reason or reason
         job.execution.kill()
 
-    def _record_outcome(
-        self, job: RunningJob, outcome: Succeeded | Failed | None, ended: str | None, malformed: str | None
-    ) -> None:
+    def _record_outcome(self, job: RunningJob, relayed: _Relayed, ended: str | None) -> None:
         job_id, folder, limit = job.job_id, self._jobs_dir / job.job_id, self._config.job_time_limit
+        results = self._artifacts_dir / job_id
+        if job.stop_reason is None and not relayed.took_job and relayed.error is None and self._launch_again(job_id):
+            return
+        with self._cond:
+            self._launches.pop(job_id, None)
         if job.stop_reason == "cancelled":
-            self._finish(job_id, CANCELLED, "cancelled by a client while it ran", "")
+            fields = {"state": CANCELLED, "message": "cancelled by a client while it ran", "failure": ""}
         elif job.stop_reason == "time limit":
-            self._finish(
-                job_id,
-                FAILED,
+            fields = _failure(
                 f"the job ran past the server's time limit of {limit:g} s and was stopped: convert a smaller model or "
-                "input, or ask the operator for a longer --job-time-limit",
-                "WORKER",
+                "input, or ask the operator for a longer --job-time-limit"
             )
         elif job.stop_reason == "shutdown":
-            self._finish(job_id, FAILED, "the server shut down while the job ran: submit it again", "WORKER")
-        elif isinstance(outcome, Succeeded) and ended is None:
+            fields = _failure("the server shut down while the job ran: submit it again")
+        elif relayed.error is not None:
+            fields = _failure(f"{relayed.error}: submit it again")
+        elif isinstance(relayed.outcome, Succeeded) and ended is None:
             try:
-                artifacts = list_artifacts(folder / OUT_DIR)
-                report = _read_report(folder / OUT_DIR / REPORT_JSON)
+                _take_results(folder / OUT_DIR, results)
+                artifacts = list_artifacts(results)
+                report = _read_report(results / REPORT_JSON)
             except (OSError, ValueError) as e:
-                self._finish(job_id, FAILED, f"the worker's results are unreadable ({e})", "WORKER")
+                fields = _failure(f"the worker's results are unreadable ({one_line(e)})")
             else:
-                self._finish(job_id, SUCCEEDED, "", "", report=report, artifacts=artifacts, progress=1.0, stage="done")
-        elif isinstance(outcome, Failed):
-            self._finish(job_id, FAILED, outcome.message, outcome.failure)
+                fields = {"state": SUCCEEDED, "message": "", "failure": "", "report": report}
+                fields |= {"artifacts": artifacts, "progress": 1.0, "stage": "done"}
+        elif isinstance(relayed.outcome, Failed):
+            fields = {"state": FAILED, "message": relayed.outcome.message, "failure": relayed.outcome.failure}
         else:
-            self._finish(job_id, FAILED, _no_result(ended, malformed), "WORKER")
-        _remove_upload(folder)
+            fields = _failure(_no_result(ended, relayed.malformed, relayed.took_job))
+        if fields["state"] != SUCCEEDED:
+            shutil.rmtree(results, ignore_errors=True)
+        remove_work(folder)
+        self._finish_or_keep(job_id, fields)
+
+    def _launch_again(self, job_id: str) -> bool:
+        """Queue a job again (first in line) whose worker died before it took the job; False after `_LAUNCHES`."""
+        with self._cond:
+            launches = self._launches.get(job_id, 1)
+            if launches >= _LAUNCHES or self._stopping:
+                return False
+            self._launches[job_id] = launches + 1
+        logger.warning("job %s: its worker died before it took the job: launching it on another", job_id)
+        if not self._store.update(job_id, only_from=(RUNNING,), state=QUEUED, stage=""):
+            return False
+        with self._cond:
+            self._queue.appendleft(job_id)
+            self._cond.notify_all()
+        return True
+
+    def _finish_or_keep(self, job_id: str, fields: dict[str, Any]) -> None:
+        """Record a final state; when the store refuses (a full disk), free the job's own files and keep the state
+        for `retry_unrecorded`."""
+        try:
+            self._finish(job_id, fields["state"], fields["message"], fields["failure"], **_rest(fields))
+        except sqlite3.Error as e:
+            logger.error("job %s: cannot record that it is %s (%s): retrying later", job_id, fields["state"], e)
+            if fields["state"] != SUCCEEDED:
+                shutil.rmtree(self._artifacts_dir / job_id, ignore_errors=True)
+            with self._cond:
+                self._unrecorded[job_id] = fields
 
     def _finish(
         self,
@@ -217,32 +390,64 @@ class WorkerPool:
             job_id, only_from=only_from, state=state, message=message, failure=failure, finished=time.time(), **fields
         ):
             return
-        self._hub.publish(wire.job_event(self._store.get(job_id)))
+        self._publish(job_id)
+
+    def _publish(self, job_id: str) -> None:
+        record = self._store.get(job_id)
+        if record is not None:
+            self._hub.publish(wire.job_event(record))
 
 
 def list_artifacts(folder: Path) -> list[dict[str, Any]]:
-    """Name, size and sha256 of each regular file in `folder` (links are skipped: never served)."""
+    """Name, size and sha256 of each regular file in `folder` (links, hard links included, are skipped: never
+    served)."""
     artifacts = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file(follow_symlinks=False):
-            digest = hashlib.sha256()
-            with open(entry.path, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-            artifacts.append({"name": entry.name, "size_bytes": entry.stat().st_size, "sha256": digest.hexdigest()})
+        info = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            continue
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+        artifacts.append({"name": entry.name, "size_bytes": size, "sha256": digest.hexdigest()})
     return artifacts
 
 
+def _take_results(out: Path, results: Path) -> None:
+    """Move the worker's out/ folder to `results`, where no worker can reach it (a link is not a folder)."""
+    if not stat.S_ISDIR(os.lstat(out).st_mode):
+        raise ValueError(f"{OUT_DIR} is not a folder")
+    shutil.rmtree(results, ignore_errors=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(out, results)
+
+
 def _read_report(path: Path) -> str:
-    if path.is_symlink() or path.stat().st_size > _MAX_REPORT_BYTES:
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_REPORT_BYTES:
         raise ValueError(f"{REPORT_JSON} is not a plain file of a sensible size")
     text = path.read_text()
     json.loads(text)  # must be JSON
     return text
 
 
-def _no_result(ended: str | None, malformed: str | None) -> str:
+def _failure(message: str) -> dict[str, Any]:
+    return {"state": FAILED, "message": message, "failure": "WORKER"}
+
+
+def _rest(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if key not in ("state", "message", "failure")}
+
+
+def _no_result(ended: str | None, malformed: str | None, took_job: bool) -> str:
     """Why a job whose worker ended without a valid result failed."""
+    if not took_job:
+        return (
+            f"no worker process could take the job ({ended or 'it exited at once'}), {_LAUNCHES} times: see the "
+            f"job's {WORKER_LOG} on the server"
+        )
     if ended is not None:
         return ended
     if malformed is not None:
@@ -250,9 +455,3 @@ def _no_result(ended: str | None, malformed: str | None) -> str:
             f"the worker sent a malformed event ({malformed}) and no result: see the job's {WORKER_LOG} on the server"
         )
     return f"the worker process exited without a result: see the job's {WORKER_LOG} on the server"
-
-
-def _remove_upload(folder: Path) -> None:
-    """The uploaded model or weights, and any data files, are not needed once the job has finished."""
-    for path in folder.glob("upload*"):
-        path.unlink(missing_ok=True)

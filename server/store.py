@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -60,6 +61,8 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        if not path.exists():  # the server's only: the records name every job and its options
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # autocommit
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -82,21 +85,51 @@ class JobStore:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def list(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
-        """Newest first."""
-        query, args = "SELECT * FROM jobs", []
+    def list(self, states: Sequence[str] = (), limit: int = 100, after: str = "") -> list[JobRecord]:
+        """Newest first; with `after` (a job id), the jobs that come after that one in this order."""
+        conditions, args = [], []
         if states:
-            query += f" WHERE state IN ({', '.join('?' * len(states))})"
+            conditions.append(f"state IN ({', '.join('?' * len(states))})")
             args += list(states)
+        if after:
+            conditions.append(
+                "(created < (SELECT created FROM jobs WHERE id = ?) OR (created = (SELECT created FROM "
+                "jobs WHERE id = ?) AND id > ?))"
+            )
+            args += [after, after, after]
+        query = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created DESC, id LIMIT ?", [*args, limit]).fetchall()
         return [_record(row) for row in rows]
 
     def queued(self) -> list[str]:
         """Ids of the queued jobs, oldest first."""
+        return self.ids((QUEUED,))
+
+    def ids(self, states: Sequence[str]) -> list[str]:
+        """Ids of the jobs in `states`, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY created, id", (QUEUED,)).fetchall()
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({', '.join('?' * len(states))}) ORDER BY created, id",
+                list(states),
+            ).fetchall()
         return [row[0] for row in rows]
+
+    def finished_before(self, when: float) -> list[str]:
+        """Ids of the finished jobs that finished before `when` (seconds since the epoch), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({', '.join('?' * len(FINISHED))}) AND finished < ? "
+                "ORDER BY finished, id",
+                [*sorted(FINISHED), when],
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def delete(self, job_id: str, only_from: Sequence[str] = tuple(FINISHED)) -> bool:
+        """Remove a job's record, if its state is one of `only_from`. Returns whether it was removed."""
+        with self._lock:
+            query = f"DELETE FROM jobs WHERE id = ? AND state IN ({', '.join('?' * len(only_from))})"
+            return self._db.execute(query, [job_id, *only_from]).rowcount == 1
 
     def count(self, state: str) -> int:
         with self._lock:

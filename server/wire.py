@@ -16,6 +16,7 @@ from convert.files import FileKind
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
 from convert.report.schema import Report
+from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 from server.store import JobRecord
 from server.worker.protocol import LogLine, StageProgress
@@ -24,6 +25,7 @@ __all__ = [
     "DATA_FORMATS",
     "DATA_SUFFIXES",
     "LOCAL_ONLY",
+    "MAX_INLINE_REPORT",
     "MODEL_FORMATS",
     "WEIGHTS_FORMATS",
     "from_proto",
@@ -58,6 +60,9 @@ DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMA
 }
 
 
+MAX_INLINE_REPORT = 512 << 10  # bytes of report.json that GetJob inlines; a larger one is downloaded
+
+
 def model_format(kind: FileKind) -> int:
     """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
     return next(format for format, name in MODEL_FORMATS.items() if name == kind)
@@ -69,7 +74,9 @@ def weights_format(kind: str) -> int:
 
 
 def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
-    """The wire form of a job record (the report only with `with_report`: it can be large)."""
+    """The wire form of a job record (the report only with `with_report`, and only when it is small: a larger one
+    is `report_as_artifact`, for Download, so that the message stays under gRPC's limit)."""
+    inline = with_report and len(record.report.encode()) <= MAX_INLINE_REPORT
     return pb.Job(
         id=record.id,
         state=pb.JobState.Value(record.state),
@@ -82,8 +89,9 @@ def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
         finished_at=record.finished,
         source=record.source,
         options=to_proto(JobOptions.from_dict(record.options)),
-        report_json=record.report if with_report else "",
+        report_json=record.report if inline else "",
         artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
+        report_as_artifact=with_report and bool(record.report) and not inline,
     )
 
 
@@ -109,9 +117,9 @@ def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
     return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
 
 
-def report_of(job: pb.Job) -> Report:
-    """The report of a SUCCEEDED job, as the server sent it in GetJob."""
-    return Report.from_dict(json.loads(job.report_json))
+def report_of(job: pb.Job, text: str | None = None) -> Report:
+    """The report of a SUCCEEDED job, as the server sent it in GetJob (or `text`, report.json downloaded)."""
+    return Report.from_dict(json.loads(job.report_json if text is None else text))
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
@@ -150,12 +158,24 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.auto.SetInParent()
         _put(message.auto, options.auto)
         message.auto.threads = options.auto.threads or 0  # 0: the physical cores (unset: the benchmark's)
+        message.auto.quantize.extend(options.auto.quantize)
     if options.distill is not None:
         distill = options.distill
         message.distill.SetInParent()
         message.distill.data = SYNTHETIC if distill.data == (SYNTHETIC,) else ""
         _put(message.distill, distill.config)
         message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped
+    if options.quantize is not None:
+        quantize = options.quantize
+        if quantize.calibration not in (None, (SYNTHETIC,)):
+            raise ConvertError(
+                "`calibration` files are not uploaded to a server: leave it unset to calibrate on the distillation's "
+                "inputs (uploaded), or use synthetic"
+            )
+        message.quantize.SetInParent()
+        message.quantize.calibration = SYNTHETIC if quantize.calibration else ""
+        _put(message.quantize, quantize)
+        message.quantize.formats.extend(quantize.formats)
     return message
 
 
@@ -190,6 +210,9 @@ def from_proto(
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
+    quantize = _quantize(message.quantize) if message.HasField("quantize") else None
+    if auto is not None and message.auto.quantize:
+        auto = dataclasses.replace(auto, quantize=tuple(message.auto.quantize))
     if (data or val) and not message.HasField("distill"):
         raise ConvertError("data files go with distillation: set the distill options, or send no data files")
     return JobOptions(
@@ -202,6 +225,7 @@ def from_proto(
         bench=bench,
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
+        quantize=quantize,
         model_args={name: _literal(name, text) for name, text in message.model_args.items()},
     )
 
@@ -227,6 +251,8 @@ LOCAL_ONLY: dict[tuple[type, str], str] = {
     (JobOptions, "plan"): "it is a plan.json on the client (a plan upload is not supported yet)",
 }
 
+# The runtime and its settings, in BenchConfig and AutoConfig alike (an AutoOptions without them: the benchmark's).
+_RUNTIME_SETTINGS = ("runtime", "compile", "dtype", "channels_last")
 # The fields of each options class that travel under the same name in its message, set when not None (the others
 # are carried by hand in to_proto and from_proto).
 _SAME_NAME: dict[type, tuple[str, ...]] = {
@@ -235,8 +261,12 @@ _SAME_NAME: dict[type, tuple[str, ...]] = {
         *("min_channels", "transposed", "include_grouped"),
     ),
     OnnxConfig: ("opset", "atol"),
-    BenchConfig: ("device", "threads", "warmup"),
-    AutoConfig: ("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
+    BenchConfig: ("device", "threads", "warmup", "runtime", "compile", "dtype", "channels_last"),
+    AutoConfig: (
+        *("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
+        *_RUNTIME_SETTINGS,
+    ),
+    QuantizeConfig: ("calibration_samples", "calibration_method", "max_quant_error"),
     DistillConfig: (
         *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
         *("batchnorm", "device", "amp", "eval_every", "seed"),
@@ -256,14 +286,32 @@ def _bench(message: pb.BenchOptions) -> BenchConfig:
 
 
 def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
-    """The latency-aware plan's settings; where the message does not say, on the benchmark's device and threads."""
+    """The latency-aware plan's settings; where the message does not say, on the benchmark's device, threads,
+    runtime and runtime settings."""
     fields = _given(message, AutoConfig)
     fields.setdefault("device", bench.device if bench else "auto")
+    for name in _RUNTIME_SETTINGS:
+        if bench is not None:
+            fields.setdefault(name, getattr(bench, name))
     if message.HasField("threads"):
         threads = message.threads or None
     else:
         threads = bench.threads if bench else None
     return AutoConfig(threads=threads, **fields)
+
+
+def _quantize(message: pb.QuantizeOptions) -> QuantizeConfig:
+    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the distillation's."""
+    if message.calibration not in ("", SYNTHETIC):
+        raise ConvertError(
+            f"calibration data {message.calibration!r} is not available on the service: leave it empty to calibrate "
+            "on the distillation's uploaded inputs, or use 'synthetic'"
+        )
+    return QuantizeConfig(
+        calibration=(SYNTHETIC,) if message.calibration else None,
+        formats=tuple(message.formats) or QuantizeConfig.formats,
+        **_given(message, QuantizeConfig),
+    )
 
 
 def _distill(

@@ -8,6 +8,7 @@ import logging
 import math
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
@@ -21,6 +22,17 @@ logging.getLogger("torch.__trace").propagate = True
 # The test models are tiny: one intra-op thread per process. With `pytest -n 2` on 2 cores, two workers of
 # 2 OpenMP threads each oversubscribe the CPU, and each small conv then waits on spinning threads (10-50x).
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Tests marked `cuda` skip, saying why, where torch sees no GPU (they run with `pytest -m cuda` on one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
 
 TOL = 1e-5  # relative error allowed between a full-rank conversion and the original (float32)
 TOL64 = 1e-10  # the same in float64

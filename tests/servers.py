@@ -13,7 +13,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.rpc import converter_pb2 as pb
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -31,10 +34,10 @@ def server_env() -> dict[str, str]:
 
 
 class Server:
-    """A server process and where to reach it."""
+    """A server process and where to reach it (`health_address`: its health check's own port)."""
 
-    def __init__(self, process: subprocess.Popen, address: str, log: Path) -> None:
-        self.process, self.address, self.log = process, address, log
+    def __init__(self, process: subprocess.Popen, address: str, log: Path, health_address: str | None = None) -> None:
+        self.process, self.address, self.log, self.health_address = process, address, log, health_address
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
@@ -42,18 +45,22 @@ class Server:
         return self.process.wait(timeout)
 
 
-def launch(command: list[str], cwd: Path, timeout: float = 60) -> Server:
+def launch(command: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None) -> Server:
     """Start `command` (a server that prints `serving on HOST:PORT`) and wait for that line.
 
     Its output goes to a file (`server-N.log` in `cwd`), never to a pipe that nobody reads once it runs.
     """
     log = cwd / f"server-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=server_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env or server_env(), stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if match := re.search(r"serving on (\S+):(\d+)", log.read_text()):
-            return Server(process, f"127.0.0.1:{match.group(2)}", log)
+            health_port = re.search(r"health on port (\d+)", log.read_text())
+            health_address = f"127.0.0.1:{health_port.group(1)}" if health_port else None
+            return Server(process, f"127.0.0.1:{match.group(2)}", log, health_address)
         if process.poll() is not None:
             break
         time.sleep(0.1)
@@ -63,12 +70,13 @@ def launch(command: list[str], cwd: Path, timeout: float = 60) -> Server:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, *options: str, program: Sequence[str] = SERVER) -> Iterator[Server]:
+def running_server(
+    data_dir: Path, *options: str, program: Sequence[str] = SERVER, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """`python -m server --port 0 --data-dir DATA_DIR OPTIONS...` (or another `program`), in DATA_DIR's parent,
     stopped (SIGTERM, then SIGKILL) after."""
     server = launch(
-        [*program, "--port", "0", "--data-dir", str(data_dir), "--grace", "1", *options],
-        data_dir.parent,
+        [*program, "--port", "0", "--data-dir", str(data_dir), "--grace", "1", *options], data_dir.parent, env=env
     )
     try:
         yield server
@@ -88,3 +96,31 @@ def health(address: str, timeout: float = 5) -> str:
         except grpc.RpcError as e:
             return e.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def wait_for(client, job_id: str, *states: int, timeout: float = 60) -> pb.Job:
+    """The job once it is in one of `states` (pb.JobState values), polled through `client` (a ConvertClient)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} is {pb.JobState.Name(job.state)}, not {states}: {job.message}")
+
+
+def wait_for_file(path: Path, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -40,3 +40,20 @@ def mixed() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ConvTranspose2d(8, 4, 2, stride=2)
     )
+
+
+def filler() -> nn.Module:
+    """Fills the disk of its job's folder (the worker's cwd), then builds: its results cannot be written."""
+    with open("ballast", "wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
+    return tiny()
+
+
+def shouting() -> nn.Module:
+    """Fails with a message full of terminal escapes (colours, a title change, a bell)."""
+    raise ValueError("\x1b[31mred\x1b[0m alert\x1b]0;pwned\x07\a and a\nsecond line")

@@ -7,17 +7,18 @@ import math
 import random
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from convert import BenchConfig, ConvertError, OnnxConfig, benchmark_onnx, export_onnx, open_session
-from convert.runtime.bench import identity_model, latency_stats, time_side_by_side
+from convert.runtime.bench import identity_model
 from convert.runtime.sessions import node_providers
+from convert.runtime.timing import latency_stats, time_side_by_side
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
-HAS_GPU = torch.cuda.is_available()
 FAST = BenchConfig(device="cpu", threads=1, warmup=1, runs=5, batch_sizes=(1, 3))  # one thread: see conftest
 
 
@@ -83,8 +84,10 @@ def test_config_rejects_bad_values() -> None:
 # --- on a GPU --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_session_really_runs_on_cuda(tmp_path: Path) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
     paths = two_models(tmp_path)
     result = benchmark_onnx(paths, BenchConfig(device="cuda", warmup=1, runs=5))
     assert result.device == "cuda" and result.providers[0] == "CUDAExecutionProvider"

@@ -36,7 +36,7 @@ def test_gpu_device_without_gpu_is_refused(device: str) -> None:
         resolve_device(device)
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_auto_picks_cuda_on_a_gpu() -> None:
     auto = resolve_device("auto")
     assert auto.torch_device == CUDA and auto.provider in ("cuda", "cpu")  # cpu: an onnxruntime without CUDA

@@ -321,7 +321,7 @@ def test_epochs_set_the_steps(teacher: nn.Module, converted, data) -> None:
     assert distill.total_steps == math.ceil(0.5 * data.train_size / 8) and distill.epochs >= 0.5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_with_autocast(teacher: nn.Module, converted, data) -> None:
     result = distill_result(converted, teacher, data, dataclasses.replace(FAST, device="cuda"))
     distill = result.report.distill

@@ -34,14 +34,23 @@ def exec_form(text: str) -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port whose successor is free too (the health port)."""
+    while True:
+        with socket.socket() as s, socket.socket() as t:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
 
 
 def localize(command: list[str], port: int, data: Path) -> list[str]:
-    """The container's command on this machine: this python, a free loopback port, a temporary data folder."""
+    """The container's command on this machine: this python, free loopback ports (the health port is the next
+    one), a temporary data folder."""
     swap = {"python": sys.executable, "0.0.0.0": "127.0.0.1", "50051": str(port), "/data": str(data)}
+    swap["50052"] = str(port + 1)
     return [swap.get(arg, arg) for arg in command]
 
 

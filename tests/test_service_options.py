@@ -12,6 +12,7 @@ import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.job import DistillJob, JobOptions
+from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 from server.wire import LOCAL_ONLY, from_proto, to_proto
 
@@ -43,6 +44,12 @@ def job(**fields) -> JobOptions:
     return JobOptions(M, distill=DistillJob(**{"data": SYNTHETIC, **fields}))
 
 
+def quantize(auto: AutoConfig | None = None, **fields) -> JobOptions:
+    """INT8 on synthetic calibration inputs, or (with `distill`) on the distillation's."""
+    config = ConvertConfig(target="auto") if auto else ConvertConfig()
+    return JobOptions(M, config=config, auto=auto, quantize=QuantizeConfig(**{"calibration": SYNTHETIC, **fields}))
+
+
 UPLOADED = ("upload-data-1.pt", "upload-data-2.npz")  # as the server stores uploaded data files
 
 # Non-default values of every field of every options class, each in a JobOptions where it is valid. The model, its
@@ -60,6 +67,10 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "auto": [auto()],
         "distill": [distill()],
         "plan": [JobOptions(M, plan="plan.json")],
+        "quantize": [
+            quantize(),
+            JobOptions(M, distill=DistillJob(UPLOADED), quantize=QuantizeConfig()),  # on the uploaded data
+        ],
         "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
     },
     ConvertConfig: {
@@ -86,6 +97,10 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "runs": [bench(runs=7)],
         "duration": [bench(duration=2.5)],
         "batch_sizes": [bench(batch_sizes=(1, 8))],
+        "runtime": [bench(runtime="torch"), auto(bench=BenchConfig(runtime="torch"))],
+        "compile": [bench(runtime="torch", compile=True)],
+        "dtype": [bench(runtime="torch", dtype="bfloat16")],
+        "channels_last": [bench(runtime="torch", channels_last=True)],
     },
     AutoConfig: {
         "target_speedup": [auto(target_speedup=3.0)],
@@ -96,6 +111,19 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "warmup": [auto(warmup=0)],
         "max_candidates": [auto(max_candidates=4)],
         "cache_dir": [auto(cache_dir="/tmp/latency")],
+        # the plan's runtime may differ from the benchmark's, and an AutoOptions without it takes the benchmark's
+        "runtime": [auto(runtime="torch"), auto(runtime="torch", bench=BenchConfig(runtime="torch", compile=True))],
+        "compile": [auto(runtime="torch", compile=True), auto(runtime="torch", compile=True, bench=BenchConfig())],
+        "dtype": [auto(runtime="torch", dtype="float16", channels_last=True)],
+        "channels_last": [auto(runtime="torch", channels_last=True, bench=BenchConfig(runtime="torch"))],
+        "quantize": [quantize(AutoConfig()), quantize(AutoConfig(quantize=("qdq-u8s8",)))],  # all, or some formats
+    },
+    QuantizeConfig: {
+        "calibration": [quantize()],
+        "calibration_samples": [quantize(calibration_samples=32)],
+        "calibration_method": [quantize(calibration_method="entropy")],
+        "formats": [quantize(formats=("qdq-u8s8", "qop-u8s8"))],
+        "max_quant_error": [quantize(max_quant_error=0.02)],
     },
     DistillJob: {
         "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
@@ -177,7 +205,9 @@ def round_trip(options: JobOptions) -> JobOptions:
 
 
 def test_the_walk_finds_every_options_class() -> None:
-    assert set(walk()) == {JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig}
+    assert set(walk()) == {
+        *(JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig, QuantizeConfig)
+    }
 
 
 @pytest.mark.parametrize(("cls", "field"), FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
@@ -226,8 +256,8 @@ def test_local_only_fields_are_named_together() -> None:
 
 
 def test_older_clients_get_what_they_got() -> None:
-    """Messages without the fields added since (DistillOptions.device, AutoOptions.device and .threads) mean
-    what they meant: the benchmark's device and threads."""
+    """Messages without the fields added since (DistillOptions.device, AutoOptions.device, .threads and the
+    runtime's fields) mean what they meant: the benchmark's device, threads and runtime."""
     for device, expected in (("cpu", "cpu"), ("cuda", "cuda"), ("tensorrt", "auto")):
         message = pb.JobOptions(benchmark=pb.BenchOptions(device=device), distill=pb.DistillOptions(data="synthetic"))
         assert from_proto(message, M).distill.config.device == expected
@@ -236,6 +266,9 @@ def test_older_clients_get_what_they_got() -> None:
     message = pb.JobOptions(target="auto", benchmark=pb.BenchOptions(device="cuda", threads=3))
     options = from_proto(message, M)
     assert (options.auto.device, options.auto.threads) == ("cuda", 3)
+    message = pb.JobOptions(target="auto", benchmark=pb.BenchOptions(runtime="torch", dtype="bfloat16", compile=True))
+    options = from_proto(message, M)  # AutoOptions without the runtime's fields: the plan is timed as benchmarked
+    assert (options.auto.runtime, options.auto.dtype, options.auto.compile) == ("torch", "bfloat16", True)
     message = pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=3))
     assert (from_proto(message, M).auto.device, from_proto(message, M).auto.threads) == ("auto", None)
 
@@ -249,6 +282,9 @@ def test_older_clients_get_what_they_got() -> None:
         (pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 0])]), "input shape"),
         (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either `runs` or `duration_seconds`"),
         (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="tvm")), "unknown runtime 'tvm'"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(compile=True)), "`compile` goes with `runtime`=torch"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runtime="torch", dtype="int8")), "`dtype`=int8 is not valid"),
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
         (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "`auto` options go with `target`=auto"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),
@@ -257,6 +293,8 @@ def test_older_clients_get_what_they_got() -> None:
         (pb.JobOptions(distill=pb.DistillOptions(steps=10)), "distillation needs training inputs"),
         (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", device="tpu")), "device 'tpu' is not valid"),
         (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", warmup=1.0)), "warmup 1.0 is not valid"),
+        (pb.JobOptions(quantize=pb.QuantizeOptions(calibration="images/")), "not available on the service"),
+        (pb.JobOptions(quantize=pb.QuantizeOptions(calibration="synthetic", formats=["fp4"])), "`formats` fp4"),
     ],
 )
 def test_refused(message: pb.JobOptions, expected: str) -> None:
@@ -279,3 +317,8 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:
     with pytest.raises(ConvertError, match=expected):
         from_proto(message, "m", **uploaded)
+
+
+def test_calibration_files_are_refused_not_dropped() -> None:
+    with pytest.raises(ConvertError, match="^`calibration` files are not uploaded to a server"):
+        to_proto(JobOptions(M, quantize=QuantizeConfig(calibration=("inputs.npy",))))

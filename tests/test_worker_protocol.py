@@ -102,6 +102,7 @@ class Scripted:
         if self._report is not None:
             (self._folder / OUT_DIR).mkdir()
             (self._folder / OUT_DIR / "report.json").write_text(self._report)
+        yield encode(Ready()).encode()  # the worker has taken the job
         yield from self._lines
 
     def kill(self) -> None:

@@ -1,11 +1,14 @@
-"""Latency of one conv layer, as it is or factorized, measured on ONNX Runtime and cached on disk.
+"""Latency of one conv layer, as it is or factorized, and of whole models, measured on the planned runtime (ONNX
+Runtime, or PyTorch itself) and cached on disk.
 
-Each candidate becomes a small ONNX model of that one layer at its real input shape, timed with the same
-harness, provider and options as the end-to-end benchmark (`bench.benchmark_onnx`), the candidates of a
-layer alternating run by run. A measurement is stored under a key made of everything it depends on: the
-layer's shape and hyper-parameters, the candidate's form, the provider and its options, the thread count,
-the ONNX Runtime version and the device name. A second run, or another model with the same layer shapes,
-reads it back instead of measuring again.
+Each candidate becomes a model of that one layer at its real input shape: on ONNX Runtime a small ONNX file,
+timed with the same harness, provider and options as the end-to-end benchmark (`bench.benchmark_onnx`); on the
+PyTorch runtime the module itself, timed by `torch_bench.benchmark_torch` with the same device, compile, dtype
+and memory format as the end-to-end benchmark. The candidates of a layer alternate run by run. A measurement is
+stored under a key made of everything it depends on: the layer's shape and hyper-parameters, the candidate's
+form, the runtime and its settings (provider and options, or torch version, compile, dtype, channels-last), the
+thread count, the runtime's version and the device name. A second run, or another model with the same layer
+shapes, reads it back instead of measuring again.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,11 +26,16 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from torch import nn
+from torch import fx, nn
 
-from convert.runtime.bench import BenchConfig, benchmark_onnx
-from convert.runtime.devices import resolve_device
+from convert.report.schema import Benchmark
+from convert.runtime.bench import benchmark_onnx
+from convert.runtime.config import BenchConfig
+from convert.runtime.devices import device_name, resolve_device
+from convert.runtime.export import OnnxConfig, export_onnx
+from convert.runtime.quantize import Int8Format, quantize_for_timing
 from convert.runtime.sessions import CUDA_OPTIONS, default_threads
+from convert.runtime.torch_bench import benchmark_torch
 from convert.surgery.factorize import Factors
 from convert.surgery.find import ConvSpec
 from convert.surgery.plan import LayerPlan
@@ -83,26 +90,22 @@ def measure_layer(
     config: BenchConfig,
     cache: LatencyCache,
     progress: Callable[[str, float], None] | None = None,
+    quantize: Int8Format | None = None,
 ) -> list[float]:
-    """Median latency (ms) of the layer under each plan (None: the conv as it is), from the cache or measured.
+    """Median latency (ms) of the layer under each plan (None: the conv as it is), from the cache or measured on
+    `config`'s runtime; on ONNX Runtime as one-layer models quantized in `quantize` when given, else in float.
 
     Raises:
         ConvertError: when the device cannot run here.
     """
-    device = resolve_device(config.device).require_provider()
-    runtime = _runtime(device, config)
+    config = _resolved(config, batch=layer.input_shape[0])
+    runtime = _runtime(config, quantize)
     keys = [_key(layer, plan, runtime) for plan in plans]
     found = [cache.get(key) for key in keys]
     missing = [i for i, ms in enumerate(found) if ms is None]
     cache.hits += len(plans) - len(missing)
     if missing:
-        with tempfile.TemporaryDirectory(prefix="convert-latency-") as folder:
-            paths = [_layer_onnx(layer, plans[i], Path(folder) / f"candidate{i}.onnx") for i in missing]
-            timing = benchmark_onnx(
-                paths,
-                dataclasses.replace(config, device=device, batch_sizes=(layer.input_shape[0],)),
-                progress=progress,
-            )
+        timing = _time_layer(layer, [plans[i] for i in missing], config, progress, quantize)
         for i, model in zip(missing, timing.models, strict=True):
             found[i] = model.latency[0].p50
             cache.put(keys[i], model.latency[0].p50, {"layer": _describe(layer), "plan": _plan(plans[i]), **runtime})
@@ -110,23 +113,83 @@ def measure_layer(
     return [float(ms) for ms in found]
 
 
-def measure_models(paths: Sequence[Path], config: BenchConfig, cache: LatencyCache) -> list[float]:
-    """Median end-to-end latency (ms) of each ONNX file at its static batch, from the cache or measured side by
-    side. The key is the file's content (graph and weights) and the runtime, so a second plan of the same model
+def _time_layer(
+    layer: LayerShape,
+    plans: Sequence[LayerPlan | None],
+    config: BenchConfig,
+    progress: Callable[[str, float], None] | None,
+    quantize: Int8Format | None,
+) -> Benchmark:
+    """The layer under each plan, timed side by side on `config`'s runtime (quantized in `quantize` when given)."""
+    if config.runtime == "torch":
+        modules = [layer_module(layer, plan) for plan in plans]
+        return benchmark_torch(modules, torch.randn(layer.input_shape), config, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="convert-latency-") as folder:
+        paths = [
+            _layer_onnx(layer, plan, Path(folder) / f"candidate{i}.onnx", quantize) for i, plan in enumerate(plans)
+        ]
+        return benchmark_onnx(paths, config, progress=progress)
+
+
+def measure_models(
+    models: Sequence[nn.Module],
+    inputs: tuple[torch.Tensor, ...],
+    config: BenchConfig,
+    cache: LatencyCache,
+    formats: Sequence[Int8Format | None] | None = None,
+) -> list[float]:
+    """Median end-to-end latency (ms) of each model at the inputs' batch, from the cache or measured side by side on
+    `config`'s runtime (on ONNX Runtime: exported with static shapes, and quantized in `formats[i]` where given).
+    The key is the model's content (the ONNX file's graph and weights, an INT8 file's format and ranges included;
+    on PyTorch, the modules' structure, graph code and weights) and the runtime, so a second plan of the same model
     times nothing and plans the same."""
-    device = resolve_device(config.device).require_provider()
-    runtime = _runtime(device, config)
-    keys = [_file_key(path, runtime) for path in paths]
-    found = [cache.get(key) for key in keys]
-    missing = [i for i, ms in enumerate(found) if ms is None]
-    cache.hits += len(paths) - len(missing)
-    if missing:
-        timing = benchmark_onnx([paths[i] for i in missing], dataclasses.replace(config, device=device))
-        for i, model in zip(missing, timing.models, strict=True):
-            found[i] = model.latency[0].p50
-            cache.put(keys[i], found[i], {"model": Path(paths[i]).name, **runtime})
-        cache.measured += len(missing)
+    config = _resolved(config, batch=int(inputs[0].shape[0]))
+    runtime = _runtime(config, None)
+    formats = list(formats or [None] * len(models))
+    with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
+        if config.runtime == "torch":
+            keys = [_module_key(model, inputs, runtime) for model in models]
+        else:
+            exported: dict[int, Path] = {}  # each model exported once, whatever formats it is timed in
+            paths = []
+            for model, fmt in zip(models, formats, strict=True):
+                if id(model) not in exported:
+                    exported[id(model)] = Path(folder) / f"model{len(exported)}.onnx"
+                    # timing only: the parity that matters is checked when the planned model is saved, with the
+                    # user's atol
+                    export_onnx(model, inputs, exported[id(model)], OnnxConfig(dynamic_batch=False), strict=False)
+                path = exported[id(model)]
+                paths.append(path if fmt is None else quantize_for_timing(path, _int8_path(path, fmt), fmt))
+            keys = [_file_key(path, runtime) for path in paths]
+        found = [cache.get(key) for key in keys]
+        missing = [i for i, ms in enumerate(found) if ms is None]
+        cache.hits += len(models) - len(missing)
+        if missing:
+            if config.runtime == "torch":
+                timing = benchmark_torch([models[i] for i in missing], inputs, config)
+            else:
+                timing = benchmark_onnx([paths[i] for i in missing], config)
+            for i, model in zip(missing, timing.models, strict=True):
+                found[i] = model.latency[0].p50
+                name = f"model{i}" if config.runtime == "torch" else paths[i].name
+                cache.put(keys[i], found[i], {"model": name, **runtime})
+            cache.measured += len(missing)
     return [float(ms) for ms in found]
+
+
+def _int8_path(path: Path, fmt: Int8Format) -> Path:
+    return path.with_name(f"{path.stem}.{fmt.name}.onnx")
+
+
+def _resolved(config: BenchConfig, batch: int) -> BenchConfig:
+    """`config` at one batch size, its device resolved (auto: where the runtime really runs here).
+
+    Raises:
+        ConvertError: when the device cannot run here.
+    """
+    device = resolve_device(config.device)
+    where = device.torch_device.type if config.runtime == "torch" else device.require_provider()
+    return dataclasses.replace(config, device=where, batch_sizes=(batch,))
 
 
 def _file_key(path: Path, runtime: dict) -> str:
@@ -134,31 +197,54 @@ def _file_key(path: Path, runtime: dict) -> str:
     return hashlib.sha256(json.dumps([CACHE_VERSION, digest, runtime], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _runtime(device: str, config: BenchConfig) -> dict:
-    """Everything about the runtime that a latency depends on."""
-    if device == "cpu":
+def _module_key(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: dict) -> str:
+    """A module's content (its modules as they print, the code of its fx graphs, every state tensor) with the
+    inputs' shapes and dtypes and the runtime."""
+    digest = hashlib.sha256(repr(model).encode())
+    for module in model.modules():
+        if isinstance(module, fx.GraphModule):
+            digest.update(module.code.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    shapes = [[list(t.shape), str(t.dtype)] for t in inputs]
+    text = json.dumps([CACHE_VERSION, digest.hexdigest(), shapes, runtime], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _runtime(config: BenchConfig, quantize: Int8Format | None) -> dict:
+    """Everything about the runtime that a latency depends on (`config.device` resolved), the INT8 format of the
+    one-layer models too when there is one (keys of float measurements are as they were before INT8 planning)."""
+    if quantize is not None:
+        return {**_runtime(config, None), "quantize": dataclasses.asdict(quantize)}
+    if config.runtime == "torch":
+        device = torch.device(config.device)
+        return {
+            "runtime": "torch",
+            "torch": torch.__version__,
+            "device_name": device_name(device),
+            "threads": config.threads or default_threads() if device.type == "cpu" else None,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            "compile": config.compile,
+            "dtype": config.dtype,
+            "channels_last": config.channels_last,
+            "runs": config.runs,
+        }
+    if config.device == "cpu":
         return {
             "provider": "CPUExecutionProvider",
             "threads": config.threads or default_threads(),
-            "device_name": _cpu_name(),
+            "device_name": device_name(torch.device("cpu")),
             "ort": ort.__version__,
             "runs": config.runs,
         }
     return {
-        "provider": f"{device}",
+        "provider": f"{config.device}",
         "options": CUDA_OPTIONS,
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "?",
         "ort": ort.__version__,
         "runs": config.runs,
     }
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def _describe(layer: LayerShape) -> dict:
@@ -187,13 +273,15 @@ def layer_module(layer: LayerShape, plan: LayerPlan | None) -> nn.Module:
     return build_replacement(spec, Factors(first, pointwise, 0.0), conv.bias, False, False).eval()
 
 
-def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path) -> Path:
+def _layer_onnx(layer: LayerShape, plan: LayerPlan | None, path: Path, quantize: Int8Format | None) -> Path:
     """A one-layer ONNX model with a static input shape (the TorchScript exporter: ~50x faster than dynamo
-    for a graph this small, and the graph is the same Conv nodes)."""
+    for a graph this small, and the graph is the same Conv nodes), quantized in `quantize` when given."""
     module = layer_module(layer, plan)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, (torch.randn(layer.input_shape),), str(path), dynamo=False, input_names=["x"], output_names=["y"]
         )
-    return path
+    if quantize is None:
+        return path
+    return quantize_for_timing(path, path.with_name(f"{path.stem}.{quantize.name}.onnx"), quantize)

@@ -7,7 +7,8 @@ another candidate beats on both MACs and weight error. For the rest:
 
 - error: the relative error of the model's output with that layer alone in that form (one forward pass per
   candidate on the example input), and, for the report, of the layer's own output;
-- latency: measured as a one-layer ONNX model on ONNX Runtime (`latency.py`, cached on disk).
+- latency: measured as a one-layer model on the planned runtime: an ONNX file on ONNX Runtime, or the module on
+  PyTorch itself, eager or compiled, in the planned dtype and memory format (`latency.py`, cached on disk).
 
 The end-to-end latency is predicted as fixed + scale x (the sum of the chosen candidates' latencies), fitted to
 the original and the all-fastest plan, both built from the same analysis and timed end to end (isolated layers
@@ -20,7 +21,6 @@ fixed, over scale. "Keep" is always a candidate, so a layer where factorizing is
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,8 +31,9 @@ from convert.auto.config import AutoConfig
 from convert.auto.latency import LatencyCache, LayerShape, measure_layer, measure_models
 from convert.auto.search import search
 from convert.common import Inputs, Progress, no_progress
-from convert.report.schema import AutoLayer, AutoReport, Candidate
-from convert.runtime.export import OnnxConfig, export_onnx
+from convert.report.schema import AutoLayer, AutoReport, Candidate, TorchRuntime
+from convert.runtime.devices import device_name, resolve_device
+from convert.runtime.quantize import Int8Format, device_formats
 from convert.surgery.analysis import Analysis, analyze
 from convert.surgery.find import ConvLayer
 from convert.surgery.plan import Decision, LayerPlan, Plan
@@ -52,7 +53,7 @@ class AutoPlan:
 @dataclasses.dataclass(frozen=True)
 class LatencyPlanner:
     """The `Planner` of target "auto": per standard conv, the form that reaches the target speedup at least error,
-    measured on ONNX Runtime (see the module docstring)."""
+    measured on the planned runtime, ONNX Runtime or PyTorch (see the module docstring)."""
 
     config: AutoConfig = dataclasses.field(default_factory=AutoConfig)
     share: float = 0.85  # measuring the candidates takes most of an auto conversion
@@ -67,28 +68,36 @@ class LatencyPlanner:
         reference = run_model(root, inputs)
         rows: list[AutoLayer] = []
         forms: list[list[LayerPlan | None]] = []  # per row, the plan of each candidate
+        bench = dataclasses.replace(config.bench(), runs=max(config.runs, 30))
+        int8, float_ms = None, None
+        if config.quantize:  # the format the original runs fastest in, and the float original, side by side
+            notify("timing the original in each INT8 format", 0.0)
+            formats = device_formats(config.quantize, resolve_device(config.device).require_provider())
+            float_ms, *int8_ms = measure_models([root] * (1 + len(formats)), inputs, bench, cache, [None, *formats])
+            int8 = formats[min(range(len(formats)), key=int8_ms.__getitem__)]
         for index, layer in enumerate(layers):
             x = captured.get(layer.name)
             if x is None:
                 continue
             notify(f"measuring errors of {layer.name}", index / len(layers))
             part = _layer_progress(notify, index, len(layers))
-            row, form = _measure(layer, x, root, inputs, reference, config, cache, part)
+            row, form = _measure(layer, x, root, inputs, reference, config, cache, part, int8)
             rows.append(row)
             forms.append(form)
         # Isolated layers carry their own session and layout-change overheads, and the model has other ops: fit
         # end-to-end ms = fixed + scale * (sum of the layers' ms) to the original and the all-fastest plan, both
-        # built from this analysis and timed end to end.
+        # built from this analysis and timed end to end (in the INT8 format, when planning for one).
         fastest = [min(range(len(r.candidates)), key=lambda j, r=r: r.candidates[j].latency_ms) for r in rows]
         notify("timing the original and the fastest plan end to end", 0.97)
         fastest_model = analysis.build(_plans(rows, forms, fastest, found)).module
-        baseline_ms, fastest_ms = _model_latencies([root, fastest_model], inputs, config, cache)
+        keep_ms, fastest_ms = measure_models([root, fastest_model], inputs, bench, cache, [int8, int8])
+        baseline_ms = keep_ms if float_ms is None else float_ms  # the target is over the float original
         keep_sum, fastest_sum = sum(r.candidates[0].latency_ms for r in rows), _sum_ms(rows, fastest)
-        if keep_sum - fastest_sum > 1e-9 and baseline_ms > fastest_ms:
-            scale = (baseline_ms - fastest_ms) / (keep_sum - fastest_sum)
-            fixed_ms = baseline_ms - scale * keep_sum
+        if keep_sum - fastest_sum > 1e-9 and keep_ms > fastest_ms:
+            scale = (keep_ms - fastest_ms) / (keep_sum - fastest_sum)
+            fixed_ms = keep_ms - scale * keep_sum
         else:  # nothing to fit: the layers' ms as measured, the rest of the model as what is left
-            scale, fixed_ms = 1.0, max(0.0, baseline_ms - keep_sum)
+            scale, fixed_ms = 1.0, max(0.0, keep_ms - keep_sum)
         choice, frontier = search(rows, (baseline_ms / config.target_speedup - fixed_ms) / scale)
         for row, j in zip(rows, choice, strict=True):
             row.chosen = j
@@ -115,6 +124,10 @@ class LatencyPlanner:
             cached=cache.hits,
             cache_dir=str(cache.folder),
             notes=notes,
+            runtime=config.runtime,
+            torch=_torch_runtime(config),
+            quantize=None if int8 is None else int8.name,
+            quantized_ms=None if int8 is None else keep_ms,
         )
         notify("planned", 1.0)
         return Plan(_plans(rows, forms, choice, found), report)
@@ -149,8 +162,10 @@ def _measure(
     config: AutoConfig,
     cache: LatencyCache,
     progress: Progress,
+    int8: Int8Format | None = None,
 ) -> tuple[AutoLayer, list[LayerPlan | None]]:
-    """The candidates of one layer with their MACs, errors and latencies; `x` is its input at its first call."""
+    """The candidates of one layer with their MACs, errors and latencies (as one-layer models quantized in `int8`
+    when given); `x` is its input at its first call."""
     shape = LayerShape(layer.spec, tuple(x.shape), layer.bias is not None)
     svds: dict[int, tuple] = {}  # groups -> group_svd, shared by the shortlist and the errors
     form: list[LayerPlan | None] = [None, *candidates.shortlist(layer, config.max_candidates, svds)]
@@ -160,7 +175,8 @@ def _measure(
         kept = [i for i, e in enumerate(errors) if e <= config.max_error]
         form, errors, modules = [form[i] for i in kept], [errors[i] for i in kept], [modules[i] for i in kept]
     effects = [0.0] + [output_rel_error(reference, candidates.run_with(root, layer, m, inputs)) for m in modules[1:]]
-    latencies = measure_layer(shape, form, config.bench(), cache, lambda _what, f: progress(f"timing {layer.name}", f))
+    timing = lambda _what, f: progress(f"timing {layer.name}", f)  # noqa: E731 - one line, named for its length
+    latencies = measure_layer(shape, form, config.bench(), cache, timing, int8)
     rows = [
         Candidate(
             candidates.label(layer, plan),
@@ -207,14 +223,9 @@ def _sum_ms(rows: list[AutoLayer], choice: list[int]) -> float:
     return sum(r.candidates[j].latency_ms for r, j in zip(rows, choice, strict=True))
 
 
-def _model_latencies(
-    models: list[nn.Module], inputs: tuple[torch.Tensor, ...], config: AutoConfig, cache: LatencyCache
-) -> list[float]:
-    """Median end-to-end latencies of `models`, timed side by side on the runtime the layers are timed on."""
-    with tempfile.TemporaryDirectory(prefix="convert-auto-") as folder:
-        paths = [Path(folder) / f"model{i}.onnx" for i in range(len(models))]
-        for m, path in zip(models, paths, strict=True):
-            # timing only: the parity that matters is checked when the planned model is saved, with the user's --atol
-            export_onnx(m, inputs, path, OnnxConfig(dynamic_batch=False), strict=False)
-        bench = dataclasses.replace(config.bench(), batch_sizes=(inputs[0].shape[0],), runs=max(config.runs, 30))
-        return measure_models(paths, bench, cache)
+def _torch_runtime(config: AutoConfig) -> TorchRuntime | None:
+    """The PyTorch runtime's settings the plan was measured with (None on ONNX Runtime)."""
+    if config.runtime != "torch":
+        return None
+    device = resolve_device(config.device).torch_device
+    return TorchRuntime(torch.__version__, config.compile, config.dtype, config.channels_last, device_name(device))

@@ -24,8 +24,16 @@ from convert.distill.data import SYNTHETIC
 from convert.errors import BAD_INPUT, ConvertError
 from convert.load import DTYPES, parse_input_shape, parse_model_arg
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
+from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
+from convert.runtime.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_QUANT_ERROR,
+    FORMATS,
+)
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
 __all__ = ["LOG_LEVELS", "Parser", "bench_parser", "convert_parser", "inspect_parser", "version"]
@@ -152,7 +160,7 @@ def convert_parser() -> argparse.ArgumentParser:
         prog="convert",
         description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side; "
+        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side (`--runtime torch`: PyTorch models); "
         "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
         epilog=_examples(
             "convert torchvision:resnet18 --input-shape 1,3,224,224  # writes torchvision.resnet18-separable/",
@@ -208,11 +216,12 @@ def convert_parser() -> argparse.ArgumentParser:
         help="parity tolerance: max |ORT - PyTorch| relative to max |PyTorch| per output "
         f"(default: {DEFAULT_ATOL:g}); above it the files go to OUTDIR.failed-parity/ and the exit status is 3",
     )
-    bench = parser.add_argument_group("benchmark (implies --onnx)")
+    bench = parser.add_argument_group("benchmark (implies --onnx, unless --runtime torch)")
     bench.add_argument(
         "--benchmark",
         action="store_true",
-        help="time original.onnx and model.onnx side by side on ONNX Runtime; adds a table and benchmark.png",
+        help="time the original and the converted model side by side: original.onnx and model.onnx on ONNX Runtime, "
+        "or (--runtime torch) the PyTorch models themselves; adds a table and benchmark.png",
     )
     _benchmark_arguments(
         bench,
@@ -220,7 +229,7 @@ def convert_parser() -> argparse.ArgumentParser:
         "benchmark (ONNX Runtime provider: auto is CUDA when a session really runs there); default: auto",
     )
     auto = parser.add_argument_group(
-        "latency-aware planning (--to auto; implies --benchmark, on the --device and --threads above)"
+        "latency-aware planning (--to auto; implies --benchmark, on the --runtime, --device and --threads above)"
     )
     auto.add_argument(
         "--target-speedup",
@@ -239,6 +248,11 @@ def convert_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where layer latencies are cached (default: $CONVERT_CACHE_DIR or ~/.cache/convert/latency)",
     )
+    _quantize_arguments(
+        parser.add_argument_group(
+            "INT8 quantization (writes OUTDIR/original.int8.onnx and OUTDIR/model.int8.onnx; implies --benchmark)"
+        )
+    )
     service = parser.add_argument_group("service (convert on a `convert serve` server instead of here)")
     service.add_argument(
         "--server",
@@ -255,6 +269,48 @@ def convert_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
     return parser
+
+
+def _quantize_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of --quantize; each defaults to None so that one given without --quantize is caught."""
+    group.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="quantize both ONNX files with ONNX Runtime (static, per-channel weights): every --quant-formats format "
+        "is checked against float on held-out inputs and timed on --device; the fastest that passes is kept; with "
+        "--to auto the plan is for the INT8 runtime",
+    )
+    group.add_argument(
+        "--calibrate",
+        action="append",
+        metavar="DATA",
+        help="inputs to calibrate on (and to hold out for the check), in the forms --distill takes "
+        f"(default: the --distill inputs; '{SYNTHETIC}' for a trial only)",
+    )
+    group.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help=f"inputs the activation ranges are measured on (default: {DEFAULT_CALIBRATION_SAMPLES})",
+    )
+    group.add_argument(
+        "--calibration-method", choices=list(CALIBRATION_METHODS), help="activation ranges (default: minmax)"
+    )
+    group.add_argument(
+        "--quant-formats",
+        type=_formats,
+        metavar="F,F,...",
+        help=f"candidate formats, of {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
+        "u8s7: 7-bit weights, for CPUs without VNNI)",
+    )
+    group.add_argument(
+        "--max-quant-error",
+        type=float,
+        metavar="E",
+        help="the check: largest relative output error of INT8 against float on held-out inputs "
+        f"(default: {DEFAULT_MAX_QUANT_ERROR:g}); when no format passes, the files go to OUTDIR.failed-parity/ "
+        "and the exit status is 3",
+    )
 
 
 def _distill_arguments(group: argparse._ArgumentGroup) -> None:
@@ -323,19 +379,34 @@ def _distill_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    """`convert bench FILE.onnx ...`: the benchmark's options."""
+    """`convert bench FILE ...`: the benchmark's options."""
     parser = Parser(
         prog="convert bench",
-        description="Time ONNX files side by side on ONNX Runtime (alternating run by run); "
-        "speedups are relative to the first file.",
+        description="Time ONNX files side by side on ONNX Runtime, or (--runtime torch) PyTorch models on PyTorch, "
+        "alternating run by run; speedups are relative to the first model.",
         epilog=_examples(
             "convert bench out/original.onnx out/model.onnx --device cpu --batch-sizes 1,8",
             "convert bench a.onnx b.onnx --duration 5 --json > timing.json",
         ),
     )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE.onnx", help="ONNX models to time")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".onnx files; with --runtime torch: .pt2 archives, whole-model pickles (.pt), factory specs "
+        "(package.module:callable), or convert output folders (their model.pt)",
+    )
     options = parser.add_argument_group("benchmark")
     _benchmark_arguments(options)
+    options.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape,
+        metavar="N,C,...",
+        help="--runtime torch: example input shape, repeat for several inputs (default: a .pt2's example inputs, or "
+        "an output folder's report.json); the batch is set by --batch-sizes",
+    )
+    options.add_argument("--input-dtype", default="float32", choices=list(DTYPES), help="default: float32")
     options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
     options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
     _logging_arguments(parser)
@@ -373,6 +444,28 @@ def _benchmark_arguments(
         metavar="B,B,...",
         help="batch sizes to time (default: 1)",
     )
+    group.add_argument(
+        "--runtime",
+        default="ort",
+        choices=RUNTIMES,
+        help="ort: ONNX Runtime on the ONNX files; torch: the PyTorch models themselves (default: ort)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="--runtime torch: torch.compile the models (default mode, a static graph per batch size) instead of eager",
+    )
+    group.add_argument(
+        "--bench-dtype",
+        default="float32",
+        choices=BENCH_DTYPES,
+        help="--runtime torch: the timed models' dtype (default: float32; ONNX Runtime times the float32 export)",
+    )
+    group.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="--runtime torch: models and inputs in the channels-last memory format",
+    )
 
 
 def inspect_parser() -> argparse.ArgumentParser:
@@ -406,6 +499,14 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes):
         raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
     return sizes
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in FORMATS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"formats {text!r} are not valid: use names of {', '.join(FORMATS)}")
+    return names
 
 
 def _floats(text: str) -> tuple[float, ...]:

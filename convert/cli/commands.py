@@ -9,15 +9,16 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from convert.cli import output, remote
+from convert.cli import jobs, output, remote
 from convert.cli.args import bench_parser, convert_parser, inspect_parser
 from convert.cli.options import bench_config, inspect_configs, job_options, model_args, output_dir, server_of
 from convert.distill.parallel import is_main_process
-from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, outcome_of
+from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, ConvertError, outcome_of
 from convert.job import example_inputs, run_job
 from convert.load import load_model
 from convert.report import DistillReport, plot_benchmark
-from convert.runtime import benchmark_onnx
+from convert.runtime import benchmark_onnx, benchmark_torch
+from convert.runtime.torch_bench import load_timed_models
 from convert.surgery.pipeline import inspect_model
 
 __all__ = ["COMMANDS", "CONVERT", "Command", "main", "run_bench", "run_convert", "run_inspect"]
@@ -96,9 +97,17 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """`convert bench FILE.onnx ...`: time ONNX files side by side."""
-    with output.progress_bar() as progress:
-        result = benchmark_onnx(args.files, bench_config(args), names=[str(f) for f in args.files], progress=progress)
+    """`convert bench FILE ...`: time ONNX files side by side, or (--runtime torch) PyTorch models."""
+    config = bench_config(args)
+    if config.runtime == "torch":
+        models, inputs = load_timed_models(args.files, args.input_shape, args.input_dtype, on_warning=output.warn)
+        with output.progress_bar() as progress:
+            result = benchmark_torch(models, inputs, config, names=args.files, progress=progress)
+    else:
+        if args.input_shape:
+            raise ConvertError("--input-shape goes with --runtime torch (ONNX files hold their shapes)")
+        with output.progress_bar() as progress:
+            result = benchmark_onnx(args.files, config, names=args.files, progress=progress)
     if args.plot:
         plot_benchmark(result, args.plot)
     output.print_benchmark(result, as_json=args.json)
@@ -116,5 +125,6 @@ CONVERT = Command(convert_parser, run_convert)  # no subcommand: a job
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "inspect": Command(inspect_parser, run_inspect),
     "bench": Command(bench_parser, run_bench),
+    "jobs": Command(jobs.parser, jobs.run),  # a server's jobs, listed or deleted (convert/cli/jobs.py)
     "serve": remote.serve,  # the gRPC service parses its own options (server/cli.py)
 }

@@ -9,9 +9,20 @@ from convert.auto import AutoConfig
 from convert.distill import DistillConfig
 from convert.job import DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
+from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
 
-__all__ = ["AUTO_OPTIONS", "DISTILL_JOB_OPTIONS", "DISTILL_OPTIONS", "FLAGS", "PARAMETERS", "Flag", "flag", "to_cli"]
+__all__ = [
+    "AUTO_OPTIONS",
+    "DISTILL_JOB_OPTIONS",
+    "DISTILL_OPTIONS",
+    "FLAGS",
+    "PARAMETERS",
+    "QUANTIZE_OPTIONS",
+    "Flag",
+    "flag",
+    "to_cli",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +44,8 @@ class Flag:
 
 
 # Per options class, the fields that have a flag of their own. --device and --threads set the benchmark's,
-# the --to auto planner's and the distillation's device: they are listed once, under BenchConfig.
+# the --to auto planner's and the distillation's device, and --runtime, --compile, --bench-dtype, --channels-last the
+# benchmark's and the planner's runtime: they are listed once, under BenchConfig.
 FLAGS: dict[type, dict[str, Flag]] = {
     JobOptions: {
         "model": Flag("MODEL"),
@@ -46,6 +58,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "bench": Flag("--benchmark"),
         "auto": Flag("--to auto"),
         "distill": Flag("--distill"),
+        "quantize": Flag("--quantize int8"),
     },
     ConvertConfig: {
         "target": Flag("--to"),
@@ -71,6 +84,10 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "runs": Flag("--runs"),
         "duration": Flag("--duration"),
         "batch_sizes": Flag("--batch-sizes"),
+        "runtime": Flag("--runtime"),
+        "compile": Flag("--compile", switch=True),
+        "dtype": Flag("--bench-dtype"),
+        "channels_last": Flag("--channels-last", switch=True),
     },
     AutoConfig: {
         "target_speedup": Flag("--target-speedup"),
@@ -97,6 +114,13 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "seed": Flag("--seed"),
         "workers": Flag("--workers"),
     },
+    QuantizeConfig: {
+        "calibration": Flag("--calibrate"),
+        "calibration_samples": Flag("--calibration-samples"),
+        "calibration_method": Flag("--calibration-method"),
+        "formats": Flag("--quant-formats"),
+        "max_quant_error": Flag("--max-quant-error"),
+    },
 }
 
 # Arguments of library functions (not options fields) that the CLI fills from a flag.
@@ -117,6 +141,7 @@ def _own(options: type) -> tuple[str, ...]:
 DISTILL_OPTIONS = _own(DistillConfig)
 DISTILL_JOB_OPTIONS = tuple(name for name in _own(DistillJob) if name != "data")  # `data` is --distill itself
 AUTO_OPTIONS = _own(AutoConfig)  # go with --to auto
+QUANTIZE_OPTIONS = _own(QuantizeConfig)  # go with --quantize int8
 
 _BY_NAME: dict[str, Flag] = {name: f for table in FLAGS.values() for name, f in table.items()} | PARAMETERS
 # `name`, optionally followed by =value (up to the next space); the punctuation that ends a clause is not the value's

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from convert.auto import AutoConfig
-from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS, flag
+from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS, QUANTIZE_OPTIONS, flag
 from convert.cli.remote import Server
 from convert.distill import DistillConfig
 from convert.errors import ConvertError
 from convert.job import DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
+from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
 
 # The refusals here are the command line's own (an option given without the one it goes with); every other check is
@@ -36,7 +37,12 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     """
     config = convert_config(args)
     auto = _auto_config(args, config.target)
-    bench = bench_config(args) if args.benchmark or auto else None
+    quantize = _quantize_config(args)
+    bench = bench_config(args) if args.benchmark or auto or quantize else None
+    if bench is None and (args.runtime != "ort" or args.compile or args.bench_dtype != "float32" or args.channels_last):
+        raise ConvertError(
+            "--runtime, --compile, --bench-dtype and --channels-last go with --benchmark or --to auto: add --benchmark"
+        )
     if not (args.onnx or bench) and (args.opset is not None or args.static_shapes):
         raise ConvertError("--opset and --static-shapes go with --onnx or --benchmark: add --onnx")
     return JobOptions(
@@ -45,11 +51,15 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         input_shapes=tuple(args.input_shape) if args.input_shape else None,
         input_dtype=args.input_dtype,
         config=config,
-        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol) if args.onnx or bench else None,
+        # the PyTorch runtime times the modules themselves: no ONNX export unless --onnx asks for one
+        onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol)
+        if args.onnx or (bench and bench.runtime == "ort")
+        else None,
         bench=bench,
         auto=auto,
         distill=_distill_job(args),
         plan=args.plan,
+        quantize=quantize,
         model_args=model_args(args),
     )
 
@@ -107,6 +117,10 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         runs=args.runs,
         duration=args.duration,
         batch_sizes=args.batch_sizes,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 
@@ -140,6 +154,10 @@ def _auto_config(args: argparse.Namespace, target: str) -> AutoConfig | None:
         device=args.device,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        runtime=args.runtime,
+        compile=args.compile,
+        dtype=args.bench_dtype,
+        channels_last=args.channels_last,
     )
 
 
@@ -158,6 +176,24 @@ def _distill_job(args: argparse.Namespace) -> DistillJob | None:
         image_std=args.image_std,
         resume=bool(args.resume),
     )
+
+
+# QuantizeConfig field -> the dest of its flag, where they differ
+_QUANTIZE_DESTS = {"calibration": "calibrate", "formats": "quant_formats"}
+
+
+def _quantize_config(args: argparse.Namespace) -> QuantizeConfig | None:
+    """The --quantize settings; None without --quantize (then none of its options may be given)."""
+    dests = {name: _QUANTIZE_DESTS.get(name, name) for name in QUANTIZE_OPTIONS}
+    if args.quantize is None:
+        given = [name for name, dest in dests.items() if getattr(args, dest) is not None]
+        if given:
+            raise ConvertError(f"{flag(given[0])} goes with --quantize int8: add --quantize int8")
+        return None
+    fields = {name: getattr(args, dest) for name, dest in dests.items() if getattr(args, dest) is not None}
+    if "calibration" in fields:
+        fields["calibration"] = tuple(fields["calibration"])
+    return QuantizeConfig(**fields)
 
 
 def _refuse_given(args: argparse.Namespace, names: tuple[str, ...], needed: str) -> None:

@@ -19,7 +19,7 @@ from convert.common import Progress as ProgressCallback
 from convert.distill.config import DistillEvent, DistillProgress
 from convert.distill.parallel import is_main_process
 from convert.errors import INTERNAL, INTERRUPTED, StrictError, outcome_of
-from convert.report import Benchmark, DistillMetrics, DistillReport, LayerReport, Report
+from convert.report import Benchmark, DistillMetrics, DistillReport, LayerReport, QuantizeReport, Report
 from convert.report.terminal import benchmark_table, inspect_table, report_table
 
 __all__ = [
@@ -76,6 +76,10 @@ def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
         )
     if report.distill is not None:
         _note(_distill_summary(report.distill))
+    if report.quantize is not None:
+        for note in report.quantize.notes:
+            warn(note)
+        _note(_quantize_summary(report.quantize))
     _note(f"wrote {outdir}/ ({', '.join(output_files(report))})")
 
 
@@ -182,3 +186,17 @@ def _distill_summary(distill: DistillReport) -> str:
         f"{'; on synthetic inputs: accuracy on real data is unknown' if distill.synthetic else ''}; "
         f"{to_cli(distill.message)}"
     )
+
+
+def _quantize_summary(quantize: QuantizeReport) -> str:
+    """One clause per INT8 file: the format kept, its speedup over its float file, its error."""
+    parts = []
+    for model in (quantize.original, quantize.converted):
+        chosen = model.chosen
+        agreement = "" if chosen.top1_agreement is None else f", top-1 agreement {chosen.top1_agreement:.1%}"
+        passed = sum(c.passed for c in model.candidates)
+        parts.append(
+            f"{model.path}: {model.format}, {chosen.speedup:.2f}x over {model.source}, "
+            f"rel. error {chosen.rel_error:.3g}{agreement} ({passed} of {len(model.candidates)} formats passed)"
+        )
+    return "INT8 " + "; ".join(parts)

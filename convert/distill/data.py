@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from convert.common import as_inputs
 from convert.distill.datasets import ImageFiles, ImageTransform, Sample, SyntheticInputs, TensorInputs
 from convert.errors import ConvertError, one_line
-from convert.files import read_tensor_file
+from convert.files import check_tensor_budget, read_tensor_file
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -241,6 +241,7 @@ def _read_tensors(path: Path) -> torch.Tensor | dict[str, torch.Tensor] | list[t
             f"{path} is not a known data format: give a folder of images, a tensor file "
             f"({', '.join(TENSOR_SUFFIXES)}), or synthetic"
         )
+    check_tensor_budget(path)  # from the headers, before a byte of the tensors is read
     try:
         if suffix == ".npy":
             data: Any = torch.from_numpy(np.load(path, allow_pickle=False))

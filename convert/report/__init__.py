@@ -8,6 +8,7 @@ from convert.report.schema import (
     LayerReport,
     OnnxExport,
     OnnxReport,
+    QuantizeReport,
     Report,
     Totals,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "LayerReport",
     "OnnxExport",
     "OnnxReport",
+    "QuantizeReport",
     "Report",
     "Totals",
     "plot_auto",

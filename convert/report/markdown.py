@@ -4,16 +4,41 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from convert.report.text import BENCH_COLUMNS, LAYER_COLUMNS, benchmark_rows, describe_benchmark, layer_cells, summary
+from convert.report.text import (
+    BENCH_COLUMNS,
+    LAYER_COLUMNS,
+    auto_where,
+    benchmark_rows,
+    describe_benchmark,
+    format_ms,
+    layer_cells,
+    summary,
+)
 
 if TYPE_CHECKING:  # annotations only: the schema's methods call these functions
-    from convert.report.schema import AutoReport, Benchmark, DistillMetrics, DistillReport, OnnxReport, Report
+    from convert.report.schema import (
+        AutoReport,
+        Benchmark,
+        DistillMetrics,
+        DistillReport,
+        OnnxReport,
+        QuantizeReport,
+        Report,
+    )
 
-__all__ = ["auto_markdown", "benchmark_markdown", "distill_markdown", "onnx_markdown", "report_markdown"]
+__all__ = [
+    "auto_markdown",
+    "benchmark_markdown",
+    "distill_markdown",
+    "onnx_markdown",
+    "quantize_markdown",
+    "report_markdown",
+]
 
 
 def report_markdown(report: Report) -> str:
-    """The whole of report.md: the per-layer table, then the sections of --to auto, distillation, ONNX, benchmark."""
+    """The whole of report.md: the per-layer table, then the sections of --to auto, distillation, ONNX, benchmark,
+    INT8 quantization."""
     notes = f" ({'; '.join(report.trace_notes)})" if report.trace_notes else ""
     lines = [
         f"# Conversion report: {report.target}",
@@ -36,6 +61,8 @@ def report_markdown(report: Report) -> str:
         )
         if section is not None
     ]
+    if report.quantize is not None:
+        sections.append(quantize_markdown(report.quantize, report.benchmark))
     return "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
 
 
@@ -84,10 +111,18 @@ def auto_markdown(auto: AutoReport) -> str:
     lines = [
         "## Latency-aware plan (--to auto)",
         "",
-        f"- target {auto.target_speedup:g}x on {auto.device}: predicted {auto.predicted_speedup:.2f}x "
+        f"- target {auto.target_speedup:g}x on {auto_where(auto)}: predicted {auto.predicted_speedup:.2f}x "
         f"({auto.baseline_ms:.3g} ms -> {auto.predicted_ms:.3g} ms; the fastest plan measured "
         f"{auto.fastest_ms:.3g} ms; predicted = {auto.fixed_ms:.3g} ms + {auto.scale:.3g} x the layers' own ms)",
         f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir})",
+        *(
+            [
+                f"- planned for INT8 ({auto.quantize}): layers, the fastest plan and the original "
+                f"({auto.quantized_ms:.3g} ms) timed quantized; the target is over the float original"
+            ]
+            if auto.quantize
+            else []
+        ),
         *(f"- {note}" for note in auto.notes),
         "",
         "| layer | input | chosen | ms before | ms after | layer error | model error | candidates |",
@@ -138,3 +173,64 @@ def distill_markdown(distill: DistillReport) -> str:
 def _metric_cells(metrics: DistillMetrics) -> list[str]:
     agreement = "" if metrics.top1_agreement is None else f"{metrics.top1_agreement:.2%}"
     return [f"{metrics.output_rel_error:.4g}", agreement, f"{metrics.loss:.4g}"]
+
+
+def quantize_markdown(quantize: QuantizeReport, benchmark: Benchmark | None = None) -> str:
+    """The INT8 section: the four models side by side (with the benchmark), then every format tried."""
+    lines = [
+        "## INT8 quantization",
+        "",
+        f"- ONNX Runtime static quantization, per-channel int8 weights; {quantize.calibration_method} ranges from "
+        f"{quantize.calibration_samples} inputs ({quantize.calibration}); checked on {quantize.check_samples} "
+        f"held-out inputs ({quantize.check}): a format passes within {quantize.max_quant_error:g} relative output "
+        "error of float",
+        f"- formats timed on {quantize.device} at batch {quantize.batch}, {quantize.runs} runs each, side by side "
+        "with the float model; the fastest that passes is kept",
+        *(f"- {note}" for note in quantize.notes),
+    ]
+    if benchmark is not None:
+        lines += ["", *_side_by_side(quantize, benchmark)]
+    lines += [
+        "",
+        "| model | format | ms | speedup over float | rel. error vs float | top-1 agreement | passed | kept |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for model in (quantize.original, quantize.converted):
+        for c in model.candidates:
+            lines.append(
+                f"| {model.source} | {c.label} (`{c.format}`) | {format_ms(c.latency_ms)} | {c.speedup:.2f}x | "
+                f"{c.rel_error:.3g} | {_percent(c.top1_agreement)} | {'yes' if c.passed else '**no**'} | "
+                f"{'**kept**' if c.format == model.format else ''} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _side_by_side(quantize: QuantizeReport, benchmark: Benchmark) -> list[str]:
+    """The four models in one table: latency and speedup from the benchmark, size, error against the original."""
+    timings = {m.path: m for m in benchmark.models}
+    base = timings.get(quantize.original.source)
+    original, converted = quantize.original, quantize.converted
+    rows = [
+        (original.source, original.float_bytes, 0.0, None if original.vs_original_top1 is None else 1.0),
+        (original.path, original.file_bytes, original.vs_original, original.vs_original_top1),
+        (converted.source, converted.float_bytes, converted.float_vs_original, converted.float_vs_original_top1),
+        (converted.path, converted.file_bytes, converted.vs_original, converted.vs_original_top1),
+    ]
+    lines = [
+        f"| model (batch {benchmark.batch_sizes[0]}) | p50 ms | speedup over the original | size MiB | "
+        "rel. error vs the original (held-out) | top-1 agreement with the original |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for path, size, error, top1 in rows:
+        timing = timings.get(path)
+        p50 = timing.latency[0].p50 if timing else None
+        speedup = f"{base.latency[0].p50 / p50:.2f}x" if base and p50 else ""
+        lines.append(
+            f"| `{path}` | {format_ms(p50) if p50 else ''} | {speedup} | {size / 2**20:.2f} | {error:.3g} | "
+            f"{_percent(top1)} |"
+        )
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"

@@ -6,7 +6,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from convert.report.text import format_ms
+from convert.report.text import auto_where, format_ms, runtime_name
 
 if TYPE_CHECKING:
     from convert.report.schema import AutoReport, Benchmark, DistillReport
@@ -38,7 +38,7 @@ def plot_benchmark(benchmark: Benchmark, path: str | os.PathLike[str]) -> None:
     axes.set_ylabel("latency, ms (median; whiskers min to p90)")
     speedups = ", ".join(f"b{s.batch}: {s.speedup:.2f}x" for s in benchmark.speedup)
     threads = f", {benchmark.threads} threads" if benchmark.threads else ""
-    title = f"ONNX Runtime {benchmark.ort_version}, {benchmark.device}{threads}"
+    title = f"{runtime_name(benchmark)}, {benchmark.device}{threads}"
     axes.set_title(f"{title}\nspeedup {speedups}" if speedups else title, fontsize=10)
     axes.legend()
     axes.margins(y=0.15)
@@ -54,7 +54,7 @@ def plot_auto(auto: AutoReport, path: str | os.PathLike[str]) -> None:
     axes.plot([auto.predicted_ms], [chosen], "r*", markersize=12, label="chosen")
     axes.axvline(auto.baseline_ms / auto.target_speedup, color="gray", linestyle="--", label="budget")
     axes.axvline(auto.baseline_ms, color="black", linestyle=":", label="original")
-    axes.set_xlabel(f"predicted latency, ms ({auto.device})")
+    axes.set_xlabel(f"predicted latency, ms ({auto_where(auto)})")
     axes.set_ylabel("predicted output error (relative)")
     axes.set_title(f"--to auto: target {auto.target_speedup:g}x, predicted {auto.predicted_speedup:.2f}x", fontsize=10)
     axes.legend(fontsize=8)

@@ -27,6 +27,9 @@ __all__ = [
     "OnnxExport",
     "OnnxReport",
     "Parity",
+    "QuantCandidate",
+    "QuantizeReport",
+    "QuantizedModel",
     "Report",
     "Speedup",
     "Totals",
@@ -93,9 +96,10 @@ class Report:
     # mode on the example input (trace_notes says why)
     train_output_rel_error: float | None = None
     onnx: OnnxReport | None = None  # the ONNX exports and their parity (--onnx)
-    benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
+    benchmark: Benchmark | None = None  # latency on the benchmark's runtime, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
+    quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's content: plain dicts, lists and numbers."""
@@ -178,7 +182,9 @@ class ModelTiming:
     path: str
     latency: list[Latency]  # one per batch size, in the order of Benchmark.batch_sizes
     rss_growth_bytes: int  # process RSS after loading and warming up at every batch size, minus before
-    device_memory_bytes: int | None  # GPU memory taken by loading and warming up (CUDA), None on CPU
+    # GPU memory taken by loading and warming up (CUDA), None on CPU; on the PyTorch runtime, the peak allocated
+    device_memory_bytes: int | None
+    compile_seconds: float | None = None  # PyTorch runtime with torch.compile: the first run at each batch size
 
 
 @dataclasses.dataclass
@@ -194,16 +200,28 @@ class Speedup:
 
 
 @dataclasses.dataclass
-class Benchmark:
-    """ONNX Runtime latency of several models, timed side by side (alternating run by run)."""
+class TorchRuntime:
+    """How the PyTorch runtime ran the models it timed."""
 
-    device: str  # cpu | cuda | tensorrt: where the sessions ran, checked with session.get_providers()
+    version: str  # torch.__version__
+    compile: bool  # torch.compile (default mode, a static graph per batch size), else eager
+    dtype: str  # of the models and their float inputs: float32 | float16 | bfloat16
+    channels_last: bool  # models and inputs in the channels-last memory format
+    device_name: str  # the GPU's name, or the CPU's model name
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """Latency of several models on one runtime (ONNX Runtime, or PyTorch itself), timed side by side
+    (alternating run by run)."""
+
+    device: str  # cpu | cuda | tensorrt: where the models ran (ONNX Runtime: checked with session.get_providers())
     requested_device: str  # what was asked for (auto, cpu, cuda, tensorrt)
     reason: str  # why this device
-    providers: list[str]  # session.get_providers(), in priority order
+    providers: list[str]  # session.get_providers(), in priority order (empty on the PyTorch runtime)
     provider_options: dict[str, dict[str, str]]  # per provider, the options the session applied
-    ort_version: str
-    threads: int | None  # intra-op threads of the CPU provider (None on a GPU: ORT's default)
+    ort_version: str | None  # None on the PyTorch runtime
+    threads: int | None  # CPU intra-op threads (None on a GPU: ORT's default)
     warmup: int  # untimed runs per model and batch size
     runs: int | None  # timed runs per model and batch size (None when timed by duration)
     duration: float | None  # seconds of timed runs per batch size (None when timed by runs)
@@ -211,6 +229,8 @@ class Benchmark:
     models: list[ModelTiming]
     speedup: list[Speedup]  # every model after the first, at each batch size
     notes: list[str]  # e.g. TF32 convs, nodes that fell back to the CPU provider
+    runtime: str = "ort"  # ort (ONNX Runtime on the ONNX files) | torch (the PyTorch modules)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
 
     def to_markdown(self) -> str:
         """The benchmark's section of report.md (`convert.report.markdown`)."""
@@ -234,7 +254,7 @@ class Candidate:
     macs: int  # multiply-accumulates on the example input
     error: float  # relative error of the layer's output on its real input (0 for keep)
     output_error: float  # relative error of the model's output with this layer alone in this form (0 for keep)
-    latency_ms: float  # median, as a one-layer ONNX model on the planned runtime
+    latency_ms: float  # median, as a one-layer model on the planned runtime (ONNX Runtime or PyTorch)
 
 
 @dataclasses.dataclass
@@ -269,6 +289,10 @@ class AutoReport:
     cached: int  # candidate latencies read from the cache
     cache_dir: str
     notes: list[str]
+    runtime: str = "ort"  # where the layers and the models were timed: ort (ONNX Runtime) | torch (PyTorch)
+    torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
+    quantize: str | None = None  # the INT8 format the latencies are of (None: float); baseline_ms stays float
+    quantized_ms: float | None = None  # the original in that format, end to end (the fit's "keep everything" point)
 
 
 # --- distillation record -------------------------------------------------------------------------------------------
@@ -320,6 +344,69 @@ class DistillReport:
     best_step: int  # the step whose weights were kept (0: the SVD init was not improved)
     curve: list[list[float]]  # [step, training loss], averaged over buckets of steps (at most CURVE_POINTS)
     val_curve: list[list[float]]  # [step, validation loss] at each validation
+    notes: list[str]
+
+
+# --- INT8 quantization record --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QuantCandidate:
+    """One INT8 format tried for a model: its speed on the benchmark's device and its accuracy check."""
+
+    format: str  # qdq-u8s8 | qdq-u8s7 | qdq-s8s8 | qop-u8s8 | ... (convert.runtime.quantize.FORMATS)
+    label: str  # e.g. "QDQ U8S8": graph format, activation and weight types
+    latency_ms: float  # median, at the timed batch size, side by side with the float model
+    speedup: float  # the float model's median / this one's
+    rel_error: float  # ||y_int8 - y_float|| / ||y_float|| over the held-out inputs (all output tensors)
+    top1_agreement: float | None  # with the float model (class-score outputs, N x classes, only)
+    passed: bool  # rel_error <= max_quant_error
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    """One float ONNX file and its INT8 version: the formats tried, the one kept, how far it is from float."""
+
+    path: str  # the INT8 file (relative to the output folder): original.int8.onnx | model.int8.onnx
+    source: str  # the float file it was made from: original.onnx | model.onnx
+    format: str  # the format kept: the fastest that passed (else, when none did, the most accurate)
+    passed: bool  # whether the kept format passed the accuracy check
+    float_ms: float  # the float model's median in the same timing as the candidates
+    file_bytes: int  # size of the INT8 file (and its external data)
+    float_bytes: int  # size of the float file
+    rel_error: float  # the kept format against its float model, on the held-out inputs
+    top1_agreement: float | None
+    # the float model and the kept format against the original float model on the same inputs (the conversion's
+    # error, then the conversion's and the quantization's together; 0 and 1 for the original itself)
+    float_vs_original: float
+    float_vs_original_top1: float | None
+    vs_original: float
+    vs_original_top1: float | None
+    float_ops: dict[str, int]  # op types ONNX Runtime has no INT8 form for (they run in float), with counts
+    candidates: list[QuantCandidate]
+    seconds: float  # preparing, calibrating, writing, checking and timing this model
+
+    @property
+    def chosen(self) -> QuantCandidate:
+        return next(c for c in self.candidates if c.format == self.format)
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """INT8 static quantization (ONNX Runtime, per-channel weights) of both models, after the conversion."""
+
+    calibration: str  # what the activation ranges were measured on
+    synthetic: bool  # random calibration inputs: the ranges, and the check, may not hold on real data
+    calibration_samples: int  # inputs calibrated on
+    calibration_method: str  # minmax | entropy | percentile
+    check: str  # the held-out inputs of the accuracy check
+    check_samples: int
+    max_quant_error: float  # the largest rel_error a format may have to pass
+    device: str  # where the candidates were timed (the benchmark's)
+    batch: int  # the batch size they were timed at
+    runs: int  # timed runs per candidate
+    original: QuantizedModel
+    converted: QuantizedModel
     notes: list[str]
 
 

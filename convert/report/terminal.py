@@ -41,7 +41,8 @@ def report_table(report: Report) -> Table:
 def benchmark_table(benchmark: Benchmark) -> Table:
     """The latency table: a row per model and batch size, where and how it ran as the caption."""
     caption = "; ".join([describe_benchmark(benchmark), *benchmark.notes])
-    table = Table(title="ONNX Runtime latency (ms)", caption=escape(caption))
+    runtime = "ONNX Runtime" if benchmark.torch is None else "PyTorch"
+    table = Table(title=f"{runtime} latency (ms)", caption=escape(caption))
     for column in BENCH_COLUMNS:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in benchmark_rows(benchmark):

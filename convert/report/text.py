@@ -5,19 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the schema's methods call the renderers, which read it
-    from convert.report.schema import Benchmark, LayerReport, Report
+    from convert.report.schema import AutoReport, Benchmark, LayerReport, Report, TorchRuntime
 
 __all__ = [
     "BENCH_COLUMNS",
     "LAYER_COLUMNS",
     "NUMERIC_LAYER_COLUMNS",
+    "auto_where",
     "benchmark_rows",
     "describe_benchmark",
     "format_count",
     "format_ms",
     "format_ratio",
+    "format_speedup",
     "layer_cells",
+    "runtime_name",
     "summary",
+    "torch_settings",
 ]
 
 LAYER_COLUMNS = ("layer", "op", "kernel", "channels", "rank", "params", "MACs", "error", "note")
@@ -68,8 +72,14 @@ def summary(report: Report) -> str:
         f" ({format_ratio(t.params_before, t.params_after)})"
         f" | MACs {format_count(t.macs_before)} -> {format_count(t.macs_after)}"
         f" ({format_ratio(t.macs_before, t.macs_after)})"
-        f" | output rel. error {report.output_rel_error:.3g}"
+        f" | output rel. error {report.output_rel_error:.3g} (eval){_train_error(report)}"
     )
+
+
+def _train_error(report: Report) -> str:
+    """The train-mode error after the eval one, when train mode was checked too."""
+    error = report.train_output_rel_error
+    return "" if error is None else f", {error:.3g} (train)"
 
 
 def layer_cells(row: LayerReport) -> list[str]:
@@ -105,7 +115,7 @@ def benchmark_rows(benchmark: Benchmark) -> list[list[str]]:
                     *(format_ms(v) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min, lat.std)),
                     f"{lat.throughput:.4g}",
                     f"{model.rss_growth_bytes / 2**20:.1f}",
-                    "baseline" if index == 0 else f"{s.speedup:.2f}x" if s else "",
+                    "baseline" if index == 0 else format_speedup(s.speedup) if s else "",
                     f"{s.mac_ratio:.2f}x" if s and s.mac_ratio else "",
                     f"{s.of_mac_ratio:.0%}" if s and s.of_mac_ratio else "",
                 ]
@@ -118,6 +128,30 @@ def describe_benchmark(benchmark: Benchmark) -> str:
     threads = f", {benchmark.threads} threads" if benchmark.threads else ""
     timing = f"{benchmark.runs} runs" if benchmark.duration is None else f"{benchmark.duration:g} s"
     return (
-        f"ONNX Runtime {benchmark.ort_version} on {benchmark.device} ({benchmark.reason}){threads}; "
+        f"{runtime_name(benchmark)} on {benchmark.device} ({benchmark.reason}){threads}; "
         f"{benchmark.warmup} warm-up + {timing} per batch size, models alternating run by run"
     )
+
+
+def format_speedup(speedup: float) -> str:
+    """'1.52x', or '0.63x (slower)': a model slower than the baseline says so."""
+    return f"{speedup:.2f}x" if speedup >= 1 else f"{speedup:.2f}x (slower)"
+
+
+def runtime_name(benchmark: Benchmark) -> str:
+    """'ONNX Runtime 1.31.1', or e.g. 'PyTorch 2.14.1 compiled, bfloat16, channels-last'."""
+    if benchmark.torch is None:
+        return f"ONNX Runtime {benchmark.ort_version}"
+    return f"PyTorch {benchmark.torch.version} {torch_settings(benchmark.torch)}"
+
+
+def torch_settings(settings: TorchRuntime) -> str:
+    """'eager, float32' or 'compiled, bfloat16, channels-last'."""
+    parts = ["compiled" if settings.compile else "eager", settings.dtype]
+    return ", ".join(parts + (["channels-last"] if settings.channels_last else []))
+
+
+def auto_where(auto: AutoReport) -> str:
+    """Where --to auto timed its layers: 'cpu (ONNX Runtime)', or e.g. 'cuda (PyTorch, eager, bfloat16)'."""
+    runtime = "ONNX Runtime" if auto.torch is None else f"PyTorch, {torch_settings(auto.torch)}"
+    return f"{auto.device} ({runtime})"

@@ -1,37 +1,35 @@
-"""Benchmark ONNX models side by side on ONNX Runtime (CUDA provider on a GPU, CPU provider otherwise).
+"""Benchmark ONNX models side by side on ONNX Runtime (CUDA provider on a GPU, CPU provider otherwise), and a
+conversion on the runtime its BenchConfig names (ONNX Runtime, or PyTorch itself: `convert.runtime.torch_bench`).
 
-Method (as ONNX Runtime's perf tool and Olive do): warm-up runs not counted, then per-run perf_counter around
-each run; the models alternate run by run so that drift on a shared machine hits them alike; inputs and
-outputs are bound on the device (IO binding) so host-device copies are not timed. On CPU the models share
-one intra-op thread pool (see `convert.runtime.sessions`).
+The harness and statistics are `convert.runtime.timing`'s. Inputs and outputs are bound on the device (IO
+binding) so host-device copies are not timed. On CPU the models share one intra-op thread pool (see
+`convert.runtime.sessions`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import logging
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import psutil
 import torch
 
-from convert.artifacts import CONVERTED_ONNX, ORIGINAL_ONNX
+from convert.artifacts import CONVERTED_INT8_ONNX, CONVERTED_ONNX, ORIGINAL_INT8_ONNX, ORIGINAL_ONNX
 from convert.common import Progress
 from convert.conversion import Conversion
 from convert.errors import ConvertError
-from convert.report.schema import Benchmark, Latency, ModelTiming, Speedup
-from convert.runtime.devices import DEVICES, Device, resolve_device
+from convert.report.schema import Benchmark, ModelTiming
+from convert.runtime.config import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
+from convert.runtime.devices import Device, resolve_device
 from convert.runtime.sessions import OpenSession, open_on, random_input, static_batch_message, validate_onnx_file
+from convert.runtime.timing import rss_bytes, speedups, time_batches
+from convert.runtime.torch_bench import benchmark_torch
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -41,107 +39,9 @@ __all__ = [
     "benchmark_conversion",
     "benchmark_onnx",
     "identity_model",
-    "latency_stats",
-    "rss_bytes",
-    "time_side_by_side",
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_WARMUP = 10  # Olive's default
-DEFAULT_RUNS = 100
-DEFAULT_BATCH_SIZES = (1,)
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """Where and how long to time."""
-
-    device: str = "auto"  # auto | cpu | cuda | tensorrt; auto is CUDA when a session really runs there, else CPU
-    threads: int | None = None  # CPU intra-op threads; None: the physical cores
-    warmup: int = DEFAULT_WARMUP  # untimed runs per model and batch size
-    runs: int = DEFAULT_RUNS  # timed runs per model and batch size
-    duration: float | None = None  # seconds of timed runs per batch size (all models), instead of `runs`
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConvertError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConvertError(f"threads {self.threads} is not valid: use a positive integer")
-        if self.warmup < 0:
-            raise ConvertError(f"warmup {self.warmup} is not valid: use 0 or more runs")
-        if self.runs < 1:
-            raise ConvertError(f"runs {self.runs} is not valid: use 1 or more")
-        if self.duration is not None and not self.duration > 0:
-            raise ConvertError(f"duration {self.duration} is not valid: use a positive number of seconds")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ConvertError(f"batch sizes {list(self.batch_sizes)} are not valid: use positive sizes, e.g. 1,8")
-
-
-def latency_stats(batch: int, seconds: Sequence[float]) -> Latency:
-    """Percentiles by nearest rank (the smallest time that at least p% of the runs do not exceed), mean, min,
-    population std (milliseconds) and throughput (items per second: batch / mean) of per-run times."""
-    if not seconds:
-        raise ValueError("no timed runs")
-    ms = sorted(s * 1000.0 for s in seconds)
-
-    def percentile(p: int) -> float:
-        return ms[max(0, -(-p * len(ms) // 100) - 1)]  # rank ceil(p/100 * n), in integers
-
-    mean = statistics.fmean(ms)
-    return Latency(
-        batch=batch,
-        runs=len(ms),
-        p50=percentile(50),
-        p90=percentile(90),
-        p99=percentile(99),
-        mean=mean,
-        min=ms[0],
-        std=statistics.pstdev(ms),
-        throughput=batch * 1000.0 / mean if mean > 0 else float("inf"),
-    )
-
-
-def time_side_by_side(
-    runners: Sequence[Callable[[], object]],
-    *,
-    warmup: int = DEFAULT_WARMUP,
-    runs: int = DEFAULT_RUNS,
-    duration: float | None = None,
-    on_round: Callable[[float], None] | None = None,
-) -> list[list[float]]:
-    """Seconds per run of each runner, the runners alternating run by run after `warmup` untimed runs each.
-
-    Args:
-        runners: zero-argument functions, each one run of a model.
-        warmup: untimed runs per runner.
-        runs: timed runs per runner (unless `duration`).
-        duration: time rounds for this many seconds (at least one round) instead of `runs` rounds.
-        on_round: called after each round with the fraction done.
-    """
-    for run in runners:
-        for _ in range(warmup):
-            run()
-    times: list[list[float]] = [[] for _ in runners]
-    clock = time.perf_counter
-    start = clock()
-    was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed run is not the model's time
-    try:
-        while True:
-            for run, record in zip(runners, times, strict=True):
-                begin = clock()
-                run()
-                record.append(clock() - begin)
-            done = (clock() - start) / duration if duration is not None else len(times[0]) / runs
-            if on_round is not None:
-                on_round(min(done, 1.0))
-            if done >= 1.0:
-                return times
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def benchmark_onnx(
@@ -156,7 +56,7 @@ def benchmark_onnx(
 
     Args:
         paths: .onnx files; each needs a dynamic batch dimension or the static batch of every batch size.
-        config: device, threads, warm-up, runs or duration, batch sizes.
+        config: device, threads, warm-up, runs or duration, batch sizes (runtime "ort").
         names: a name per model (default: the file names).
         macs: multiply-accumulates per model (at any one batch size), for the MAC ratio beside each speedup.
         progress: called with (what is running, fraction done).
@@ -169,6 +69,8 @@ def benchmark_onnx(
         >>> [(s.batch, s.speedup) for s in result.speedup]
     """
     config = config or BenchConfig()
+    if config.runtime != "ort":
+        raise ConvertError("ONNX files run on ONNX Runtime: use `runtime`=ort (benchmark_torch times PyTorch modules)")
     if not paths:
         raise ConvertError("no ONNX files to benchmark: give one or more .onnx files")
     names = list(names or [Path(p).name for p in paths])
@@ -195,17 +97,7 @@ def benchmark_onnx(
         used_gpu = None if gpu is None else max(0, gpu - (_gpu_free_bytes(device) or 0))
         models.append(ModelTiming(name, str(path), [], max(0, rss_bytes() - rss), used_gpu))
         sessions.append(opened)
-    for index, batch in enumerate(config.batch_sizes):
-        runners = [_runner(s, batch, p) for s, p in zip(sessions, paths, strict=True)]
-
-        def on_round(fraction: float, index: int = index, batch: int = batch) -> None:
-            notify(f"timing batch {batch}", (index + fraction) / len(config.batch_sizes))
-
-        times = time_side_by_side(
-            runners, warmup=config.warmup, runs=config.runs, duration=config.duration, on_round=on_round
-        )
-        for model, seconds in zip(models, times, strict=True):
-            model.latency.append(latency_stats(batch, seconds))
+    time_batches(models, lambda b: [_runner(s, b, p) for s, p in zip(sessions, paths, strict=True)], config, notify)
     first = sessions[0]
     notes = [note for s in sessions for note in s.notes]
     options = {k: {o: str(v) for o, v in opts.items()} for k, opts in first.session.get_provider_options().items()}
@@ -224,22 +116,9 @@ def benchmark_onnx(
         duration=config.duration,
         batch_sizes=list(config.batch_sizes),
         models=models,
-        speedup=_speedups(models, macs),
+        speedup=speedups(models, macs),
         notes=list(dict.fromkeys(notes)),
     )
-
-
-def _speedups(models: list[ModelTiming], macs: Sequence[int | None] | None) -> list[Speedup]:
-    baseline = models[0]
-    rows = []
-    for index, model in enumerate(models[1:], start=1):
-        ratio = None
-        if macs and macs[0] and macs[index]:
-            ratio = macs[0] / macs[index]
-        for base, lat in zip(baseline.latency, model.latency, strict=True):
-            speedup = base.p50 / lat.p50 if lat.p50 > 0 else float("inf")
-            rows.append(Speedup(lat.batch, model.name, baseline.name, speedup, ratio, ratio and speedup / ratio))
-    return rows
 
 
 def _runner(opened: OpenSession, batch: int, path: str | os.PathLike[str]) -> Callable[[], None]:
@@ -304,34 +183,31 @@ def _gpu_free_bytes(device: Device) -> int | None:
         return None
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process, after glibc hands freed heap pages back to the OS: else memory freed
-    earlier (e.g. by parsing the model) and reused by the session would hide its growth."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc
-        pass
-    return psutil.Process().memory_info().rss
-
-
 def benchmark_conversion(
     conversion: Conversion,
     folder: str | os.PathLike[str],
     config: BenchConfig | None = None,
     progress: Progress | None = None,
 ) -> Benchmark:
-    """Time the original and the converted model's ONNX files in `folder` (from `export_conversion`) side by side,
-    and record it as `conversion.report.benchmark`."""
+    """Time the original and the converted model side by side, and record it as `conversion.report.benchmark`:
+    on ONNX Runtime, their ONNX files in `folder` (from `export_conversion`), with their INT8 files after each when
+    the conversion was quantized (`quantize_conversion`); on the PyTorch runtime, the modules themselves (`folder`
+    is not read). Speedups are over the original float model."""
+    config = config or BenchConfig()
     totals = conversion.report.totals
-    folder = Path(folder)
-    benchmark = benchmark_onnx(
-        [folder / ORIGINAL_ONNX, folder / CONVERTED_ONNX],
-        config,
-        names=["original", "converted"],
-        macs=[totals.macs_before, totals.macs_after],
-        progress=progress,
-    )
-    for timing in benchmark.models:
-        timing.path = Path(timing.path).name  # relative to the folder
+    names, macs = ["original", "converted"], [totals.macs_before, totals.macs_after]
+    if config.runtime == "torch":
+        models = [conversion.original, conversion.model]
+        benchmark = benchmark_torch(models, conversion.inputs, config, names=names, macs=macs, progress=progress)
+    else:
+        folder = Path(folder)
+        files = [ORIGINAL_ONNX, CONVERTED_ONNX]
+        if conversion.report.quantize is not None:  # no MAC ratio for INT8: a MAC is not the float one's cost
+            files = [ORIGINAL_ONNX, ORIGINAL_INT8_ONNX, CONVERTED_ONNX, CONVERTED_INT8_ONNX]
+            names = ["original", "original int8", "converted", "converted int8"]
+            macs = [totals.macs_before, None, totals.macs_after, None]
+        benchmark = benchmark_onnx([folder / name for name in files], config, names=names, macs=macs, progress=progress)
+        for timing in benchmark.models:
+            timing.path = Path(timing.path).name  # relative to the folder
     conversion.report.benchmark = benchmark
     return benchmark

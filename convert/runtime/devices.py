@@ -7,14 +7,17 @@ is ONNX Runtime's TensorRT provider, and torch trains on the same GPU through CU
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import platform
+from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
 from convert.errors import ConvertError
 
-__all__ = ["DEVICES", "PROVIDERS", "Device", "cannot_run", "resolve_device"]
+__all__ = ["DEVICES", "PROVIDERS", "Device", "cannot_run", "device_name", "resolve_device"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt")
 # ONNX Runtime's execution provider of each device
@@ -42,6 +45,13 @@ class Device:
         if self.provider is None:
             raise ConvertError(cannot_run(self.name, self.reason))
         return self.provider
+
+    def torch_reason(self) -> str:
+        """Why torch runs on `torch_device` (the PyTorch runtime's benchmark records it, as ONNX Runtime's does
+        `reason`)."""
+        if self.name != "auto":
+            return f"device {self.name} was asked for"
+        return "auto: a CUDA GPU is visible" if self.torch_device.type == "cuda" else f"auto chose the CPU: {_NO_GPU}"
 
 
 def resolve_device(name: str) -> Device:
@@ -75,3 +85,14 @@ def resolve_device(name: str) -> Device:
 def cannot_run(name: str, why: str) -> str:
     """The message for `device` `name` refused here, and `why`."""
     return f"`device`={name} cannot run here ({why}): use `device`=cpu or auto"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name for a CUDA device, else the CPU's model name (what a latency measured there depends on)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()

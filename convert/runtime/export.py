@@ -33,7 +33,14 @@ from convert.report.schema import OnnxExport, OnnxReport
 from convert.runtime.parity import DEFAULT_ATOL, check_parity, parity_message, with_batch
 from convert.surgery.verify import run_model, tensors_of
 
-__all__ = ["EXTERNAL_DATA_BYTES", "TRACE_BATCH", "OnnxConfig", "export_conversion", "export_onnx"]
+__all__ = [
+    "EXTERNAL_DATA_BYTES",
+    "TRACE_BATCH",
+    "OnnxConfig",
+    "export_conversion",
+    "export_onnx",
+    "quiet_unless_verbose",
+]
 
 logger = logging.getLogger(__name__)
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, less room for the graph itself
@@ -94,7 +101,7 @@ def export_onnx(
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
     notes: list[str] = []
     try:
-        with _quiet_unless_verbose():
+        with quiet_unless_verbose():
             _export_dynamo(model, inputs, path, config, external)
         exporter = "dynamo"
     except Exception as e:  # noqa: BLE001 - any failure means "try the other exporter"
@@ -125,9 +132,10 @@ def export_onnx(
 
 
 @contextlib.contextmanager
-def _quiet_unless_verbose() -> Iterator[None]:
-    """Silence the error logs torch writes when the dynamo exporter fails: the failure is a note, and the
-    TorchScript-based exporter is tried next. Logging at INFO (the CLI's --verbose) keeps them."""
+def quiet_unless_verbose() -> Iterator[None]:
+    """Silence the logs of a library whose failures and advice become our notes (torch's when the dynamo exporter
+    fails, which the TorchScript-based exporter then replaces; ONNX Runtime's quantization tools). Logging at INFO
+    (the CLI's --verbose) keeps them."""
     if logger.isEnabledFor(logging.INFO):
         yield
         return

@@ -33,6 +33,7 @@ __all__ = [
     "open_on",
     "open_session",
     "random_input",
+    "session_options",
     "static_batch_message",
     "validate_onnx_file",
 ]
@@ -151,7 +152,7 @@ def _gpu_session(path: str | os.PathLike[str], device: str, reason: str) -> Open
     if device == "tensorrt":
         providers.insert(0, "TensorrtExecutionProvider")
     with tempfile.TemporaryDirectory() as folder:
-        options = _profiled(_session_options(None), folder)  # the first run shows where each node ran
+        options = _profiled(session_options(None), folder)  # the first run shows where each node ran
         try:
             session = _session(path, options, providers)
         except ConvertError as e:
@@ -170,7 +171,7 @@ def _gpu_session(path: str | os.PathLike[str], device: str, reason: str) -> Open
 def node_providers(path: str | os.PathLike[str], providers: Sequence) -> dict[str, Counter[str]]:
     """Per provider, the op types of the nodes it ran in one run of `path` (from ONNX Runtime's profile)."""
     with tempfile.TemporaryDirectory() as folder:
-        return _placement(_session(path, _profiled(_session_options(1), folder), providers), path)
+        return _placement(_session(path, _profiled(session_options(1), folder), providers), path)
 
 
 def _profiled(options: ort.SessionOptions, folder: str) -> ort.SessionOptions:
@@ -202,7 +203,7 @@ def _cpu_session(path: str | os.PathLike[str], threads: int, reason: str, shared
             f"asked for {threads} threads, ran on {_shared_pool_threads}: ONNX Runtime's shared thread pool is "
             "sized once per process (run the benchmark in a process of its own)"
         )
-    session = _session(path, _session_options(threads), ["CPUExecutionProvider"])
+    session = _session(path, session_options(threads), ["CPUExecutionProvider"])
     return OpenSession(session, "cpu", reason, _shared_pool_threads or threads, notes)
 
 
@@ -225,8 +226,9 @@ def _session(path: str | os.PathLike[str], options: ort.SessionOptions, provider
         raise ConvertError(f"ONNX Runtime cannot load {path} ({one_line(e)})") from e
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
-    """A pool of `threads` for the session (None: ORT's default), or the shared pool once it exists."""
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Options of every session this process opens: a pool of `threads` for the session (None: ORT's default), or
+    the shared pool once it exists (ORT refuses a session with a pool of its own from then on)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business

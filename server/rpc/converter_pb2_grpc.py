@@ -65,6 +65,11 @@ class ConverterStub:
                 request_serializer=server_dot_rpc_dot_converter__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=server_dot_rpc_dot_converter__pb2.DownloadChunk.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/convert.v1.Converter/DeleteJob',
+                request_serializer=server_dot_rpc_dot_converter__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=server_dot_rpc_dot_converter__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class ConverterServicer:
@@ -78,8 +83,9 @@ class ConverterServicer:
         file's, each written to its own file in the job's folder as it arrives. Answers with the job id as soon as
         the upload is complete and checked: the conversion runs later, in a worker process, which is also where
         the data files are read. Errors: INVALID_ARGUMENT (bad options, a model or data file the server refuses, a
-        truncated upload, a sha256 mismatch), RESOURCE_EXHAUSTED (the files together over --max-upload-mb, queue
-        full), UNAUTHENTICATED.
+        truncated upload, a sha256 mismatch, an option over the server's caps), RESOURCE_EXHAUSTED (the files
+        together over --max-upload-mb, queue full, the server's disk full, too many uploads at once),
+        DEADLINE_EXCEEDED (no chunk for --upload-idle-timeout seconds), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +94,9 @@ class ConverterServicer:
     def Watch(self, request, context):
         """Follow a job: first one event with the job's current state (so a client that reconnects catches up), then
         every change (state, stage and progress, log lines) until the job is SUCCEEDED, FAILED or CANCELLED,
-        which is the last event. Errors: NOT_FOUND (unknown job), INVALID_ARGUMENT (malformed job id).
+        which is the last event. A stream open longer than --watch-max-age seconds ends (OK) before the job does:
+        watch again. Errors: NOT_FOUND (unknown job), INVALID_ARGUMENT (malformed job id), RESOURCE_EXHAUSTED (too
+        many watches open, in all or from this client).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,7 +110,7 @@ class ConverterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Jobs, newest first, without their reports.
+        """Jobs, newest first, without their reports, a page at a time. Errors: INVALID_ARGUMENT (an unknown state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +128,14 @@ class ConverterServicer:
         """One artifact of a SUCCEEDED job (model.pt, report.json, report.md, original.onnx, model.onnx,
         benchmark.png, as listed in Job.artifacts) as a stream of chunks of at most 1 MiB. Errors: NOT_FOUND
         (unknown job or artifact), FAILED_PRECONDITION (the job has not succeeded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Delete a finished job: its record, its folder and its artifacts. Errors: NOT_FOUND, FAILED_PRECONDITION
+        (the job is queued or running: cancel it first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +173,11 @@ def add_ConverterServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=server_dot_rpc_dot_converter__pb2.DownloadRequest.FromString,
                     response_serializer=server_dot_rpc_dot_converter__pb2.DownloadChunk.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=server_dot_rpc_dot_converter__pb2.DeleteJobRequest.FromString,
+                    response_serializer=server_dot_rpc_dot_converter__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -322,6 +343,33 @@ class Converter:
             '/convert.v1.Converter/Download',
             server_dot_rpc_dot_converter__pb2.DownloadRequest.SerializeToString,
             server_dot_rpc_dot_converter__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convert.v1.Converter/DeleteJob',
+            server_dot_rpc_dot_converter__pb2.DeleteJobRequest.SerializeToString,
+            server_dot_rpc_dot_converter__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,9 @@
 `Execution`, which streams the worker's event lines (`server.worker.protocol`) and can be stopped.
 
 The pool keeps everything else, the same whatever the runner: the queue, the concurrency, time limits, cancelling,
-decoding and validating the events, recording the outcome, and hashing the artifacts in the job's folder.
+decoding and validating the events, launching a job again whose worker ended before its Ready event (it never
+took the job: a spare that died while it waited), recording the outcome, and moving out/ from the job's folder to
+the server's own before hashing the artifacts there.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ class Execution(Protocol):
     """One job's worker, running."""
 
     def lines(self) -> Iterator[bytes]:
-        """The worker's event lines (at most `protocol.MAX_LINE` + 1 bytes each, newline stripped), until it ends.
+        """The worker's event lines (at most `protocol.MAX_LINE` + 1 bytes each, newline stripped), until it ends:
+        Ready once the worker has taken the job, then its progress and outcome. The pool counts the job's time
+        limit from Ready, and launches a job again (on a fresh worker, a few times at most) whose lines end
+        without it: a runner must relay the worker's Ready line as it came.
 
-        Meanwhile the worker's stderr goes to the job's worker.log.
+        Meanwhile the worker's stderr goes to the job's worker.log (as long as the disk takes it: a write that
+        fails must not end the lines). The pool closes the iterator when it stops reading early.
         """
         ...
 
@@ -43,7 +49,8 @@ class Runner(Protocol):
         ...
 
     def launch(self, folder: Path) -> Execution:
-        """Hand the job in `folder` (job.json, its uploads; it writes out/) to a worker."""
+        """Hand the job in `folder` (job.json, its uploads; it writes out/) to a worker. A worker found dead here
+        is replaced; one that dies after this call ends its execution without Ready."""
         ...
 
     def stop(self) -> None:

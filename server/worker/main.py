@@ -10,6 +10,7 @@ else the libraries print goes to stderr, which the server keeps as the job's wor
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from server.worker.protocol import (
+    FACTORY_PATH_ENV,
     JOB_FILE,
     OUT_DIR,
     WORKER_LOG,
@@ -37,6 +39,7 @@ from server.worker.protocol import (
 __all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
+_FULL_BYTES = 1 << 20  # free space under which a failure is taken for the disk filling up
 
 
 def main() -> int:
@@ -58,10 +61,13 @@ def main() -> int:
     threads = os.environ.get("CONVERT_WORKER_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    _send(events, Ready())
+    factories = os.environ.get(FACTORY_PATH_ENV)
+    if factories:  # last: a module there never shadows an installed one
+        sys.path.append(factories)
     line = sys.stdin.readline()
     if not line.strip():  # the server closed our stdin: it is shutting down, no job for us
         return 0
+    _send(events, Ready())  # the job is ours: from now on, a death of this process is the job's failure
     folder = Path(line.strip())
     os.chdir(folder)  # relative paths in the job (its upload) resolve here
     logging.basicConfig(level=logging.WARNING, handlers=[_EventLog(events)])
@@ -73,22 +79,51 @@ def main() -> int:
             progress=lambda stage, fraction: _send(events, StageProgress(stage, min(max(fraction, 0.0), 1.0))),
             on_warning=lambda message: _send(events, LogLine(f"warning: {message}")),
         )
-    except MemoryError:
-        message = (
-            f"the job ran out of memory (the worker limit is {memory_mb} MiB): convert a smaller model or input "
-            "shape, or ask the operator for a larger --worker-memory-mb"
-        )
-        _send(events, Failed("WORKER", message))
     except Exception as e:  # noqa: BLE001 - a bug, or the model's own code failing: this job fails, not the server
-        outcome = outcome_of(e)  # the mapping the CLI's exit status comes from
-        message = str(e)
-        if outcome.label == "internal error":
-            traceback.print_exc()
-            message = f"internal error: {one_line(e)} (the traceback is in the job's {WORKER_LOG} on the server)"
-        _send(events, Failed(outcome.failure, message))
+        if _out_of_memory(e):
+            message = (
+                f"the job ran out of memory (the worker limit is {memory_mb} MiB): convert a smaller model or input "
+                "shape, or ask the operator for a larger --worker-memory-mb"
+            )
+            _send(events, Failed("WORKER", message))
+        elif _disk_full(e):
+            message = "the server's disk filled up while the job wrote its results: submit it again later"
+            _send(events, Failed("WORKER", message))
+        else:
+            outcome = outcome_of(e)  # the mapping the CLI's exit status comes from
+            message = str(e)
+            if outcome.label == "internal error":
+                traceback.print_exc()
+                message = f"internal error: {one_line(e)} (the traceback is in the job's {WORKER_LOG} on the server)"
+            _send(events, Failed(outcome.failure, message))
     else:
         _send(events, Succeeded())
     return 0
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 16:
+        chain.append(cause)
+    return chain
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, or torch's own refusal to allocate ("DefaultCPUAllocator: can't allocate memory")."""
+    return any(isinstance(e, MemoryError) or "can't allocate memory" in str(e) for e in _causes(error))
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT, or any failure while the job's disk has (almost) no room left: torch's writers report
+    a full disk as a RuntimeError of their own ("unexpected pos 64 vs 0")."""
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _causes(error)):
+        return True
+    try:
+        stats = os.statvfs(".")  # the job's folder
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FULL_BYTES
 
 
 def _send(stream: IO[str], event: WorkerEvent) -> None:

@@ -3,7 +3,7 @@
 The server writes the job's folder on the worker's stdin; the worker reads `job.json` there, writes its results
 into `out/` and its stderr goes to `worker.log`. On its stdout it reports one JSON object a line:
 
-    {"event": "ready"}                                          (torch imported: it can take a job)
+    {"event": "ready"}                                          (torch imported, the job read: it runs now)
     {"event": "progress", "stage": "factorize", "progress": 0.42}
     {"event": "log", "line": "warning: ..."}
     {"event": "succeeded"}                                      (the report is out/report.json)
@@ -11,16 +11,21 @@ into `out/` and its stderr goes to `worker.log`. On its stdout it reports one JS
 
 `decode` validates every field of a line and raises ProtocolError with the reason for anything else: with
 --allow-untrusted-code the code of an uploaded model runs in the worker and may write anything there, so a line
-is plain JSON (never unpickled) and nothing in it is trusted.
+is plain JSON (never unpickled) and nothing in it is trusted: text loses its control characters (terminal
+escapes included) and is cut to a length.
+
+A worker that ends before its Ready event never took its job: the pool launches the job again on another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, ClassVar
 
 __all__ = [
+    "FACTORY_PATH_ENV",
     "FAILURES",
     "JOB_FILE",
     "MAX_LINE",
@@ -34,6 +39,7 @@ __all__ = [
     "StageProgress",
     "Succeeded",
     "WorkerEvent",
+    "clean_text",
     "decode",
     "encode",
 ]
@@ -45,6 +51,9 @@ MAX_LINE = 1 << 20  # bytes of one event line; a longer one is malformed
 MAX_STAGE = 200  # characters of a stage name kept
 MAX_TEXT = 4000  # characters of a log line or a failure message kept
 FAILURES = ("BAD_INPUT", "PARITY", "WORKER")  # the proto's Failure names (convert.errors.Outcome.failure)
+FACTORY_PATH_ENV = "CONVERT_FACTORY_PATH"  # the folder the allowlisted factories are imported from (last on the path)
+# Terminal escape sequences (CSI, OSC and the two-byte ones), then any other control character: never relayed.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|[\x00-\x1f\x7f-\x9f]")
 
 
 class ProtocolError(ValueError):
@@ -145,7 +154,12 @@ def _set_text(event: Any, name: str, limit: int) -> None:
     value = getattr(event, name)
     if not isinstance(value, str):
         raise ProtocolError(f"{name} {_short(value)} is not a string")
-    object.__setattr__(event, name, value[:limit])
+    object.__setattr__(event, name, clean_text(value)[:limit])
+
+
+def clean_text(text: str) -> str:
+    """`text` without terminal escapes or control characters (a newline or a tab becomes a space)."""
+    return _ESCAPES.sub(lambda m: " " if m.group(0) in "\n\r\t" else "", text)
 
 
 def _short(value: Any) -> str:

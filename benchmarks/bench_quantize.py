@@ -1,0 +1,268 @@
+"""INT8 quantization stacked on the conversion (issue 18): the practitioner's table on a trained ResNet-18, and the
+time to quantize ResNet-50.
+
+1. A torchvision ResNet-18 trained here on bench_distill's generated 10-class task at 64x64. Every model below is an
+   ONNX file, timed side by side on ONNX Runtime's CPU provider (2 threads, batch 1, alternating run by run), its
+   test accuracy measured on ONNX Runtime on held-out images:
+   - the original, float;
+   - ONNX Runtime static INT8 of the original, QDQ per-channel, U8S8 and S8S8 (ORT's default), as a practitioner
+     writes them (`quantize_static` after `quant_pre_process`), and the tool's pick (`--quantize int8`:
+     original.int8.onnx);
+   - `--to auto --target-speedup 2` and `3`, each with the same distillation (model.onnx);
+   - `--to auto --target-speedup 4 --quantize int8` with the same distillation (model.int8.onnx). Target: at least
+     4x over the float original, within 1.5 points of its accuracy.
+2. ResNet-50 (random weights, 1x3x224x224): the wall time of the quantization stage per model (prepare, calibrate
+   on 128 inputs, write the four default formats, check them on 128 held-out inputs, time them). Target: < 60 s.
+
+    .venv/bin/python benchmarks/bench_quantize.py [--teacher-steps 400] [--distill-steps 600] [--runs 100]
+
+The teacher is cached in --work (default /tmp/bench-quantize): a second run reuses it, and the jobs' latency cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+from bench_distill import make_images
+from torch import nn
+
+from convert.auto import AutoConfig
+from convert.distill.config import DistillConfig
+from convert.job import DistillJob, JobOptions, run_job
+from convert.runtime.bench import BenchConfig, benchmark_onnx
+from convert.runtime.quantize import FORMATS, QuantizeConfig, SampleReader, calibrate, prepare, quantize_file
+from convert.runtime.sessions import open_session
+from convert.surgery.config import ConvertConfig
+
+SIZE = 64  # the issue's task: 64x64 images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-quantize"), help="teacher, data, outputs")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (timing)")
+    parser.add_argument("--train-threads", type=int, default=1, help="torch threads (1: no spinning on a shared CPU)")
+    parser.add_argument("--teacher-steps", type=int, default=400)
+    parser.add_argument("--distill-steps", type=int, default=600)
+    parser.add_argument("--distill-batch", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per model, alternating")
+    parser.add_argument("--skip-resnet18", action="store_true")
+    parser.add_argument("--skip-resnet50", action="store_true")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.train_threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"# bench_quantize, {datetime.date.today()}: {_cpu()}, torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}, onnxruntime {ort.__version__}, Python {sys.version.split()[0]}",
+        flush=True,
+    )
+    if not args.skip_resnet18:
+        resnet18(args)
+    if not args.skip_resnet50:
+        resnet50(args)
+
+
+# --- 1. a trained ResNet-18 --------------------------------------------------------------------------------------
+
+
+def train_teacher(steps: int, seed: int = 0) -> nn.Module:
+    """ResNet-18 (10 classes) trained on 10000 labeled 64x64 images: AdamW, one-cycle schedule, batch 64."""
+    images, labels = make_images(10000, seed=1, size=SIZE)
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(images), (64,), generator=g)
+        loss = nn.functional.cross_entropy(model(images[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+def resnet18(args: argparse.Namespace) -> None:
+    work = args.work
+    teacher_path = work / f"teacher-{args.teacher_steps}.pt"
+    if teacher_path.exists():
+        print(f"\nteacher: {teacher_path} (cached)", flush=True)
+    else:
+        start = time.perf_counter()
+        torch.save(train_teacher(args.teacher_steps), teacher_path)
+        print(f"\nteacher: {args.teacher_steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    unlabeled, _ = make_images(5000, seed=2, size=SIZE)  # distillation and calibration inputs, labels dropped
+    torch.save(unlabeled, work / "unlabeled.pt")
+    test, test_labels = make_images(1000, seed=3, size=SIZE)
+
+    def job(name: str, target: float, quantize: bool) -> Path:
+        outdir = work / name
+        options = JobOptions(
+            model=str(teacher_path),
+            input_shapes=((1, 3, SIZE, SIZE),),
+            config=ConvertConfig(target="auto"),
+            auto=AutoConfig(
+                target_speedup=target, device="cpu", threads=args.threads, cache_dir=str(work / "latency-cache")
+            ),
+            bench=BenchConfig(device="cpu", threads=args.threads, runs=args.runs),
+            distill=DistillJob(
+                data=(str(work / "unlabeled.pt"),),
+                config=DistillConfig(steps=args.distill_steps, batch_size=args.distill_batch, device="cpu"),
+            ),
+            quantize=QuantizeConfig() if quantize else None,
+        )
+        start = time.perf_counter()
+        report = run_job(options, outdir)
+        distill = report.distill
+        print(
+            f"{name}: {time.perf_counter() - start:.0f} s (distillation {distill.seconds:.0f} s); predicted "
+            f"{report.auto.predicted_speedup:.2f}x; {distill.message}",
+            flush=True,
+        )
+        return outdir
+
+    auto2, auto3 = job("auto2", 2.0, False), job("auto3", 3.0, False)
+    auto4 = job("auto4-int8", 4.0, True)
+    practitioner = _practitioner_int8(auto4 / "original.onnx", unlabeled[:128], work)
+    files = {
+        "original, float": auto4 / "original.onnx",
+        "ORT static INT8, QDQ per-channel, U8S8": practitioner["qdq-u8s8"],
+        "ORT static INT8, QDQ per-channel, S8S8 (ORT's default)": practitioner["qdq-s8s8"],
+        "`--quantize int8` alone (original.int8.onnx)": auto4 / "original.int8.onnx",
+        "`--to auto --target-speedup 2` + distill": auto2 / "model.onnx",
+        "`--to auto --target-speedup 3` + distill": auto3 / "model.onnx",
+        "`--to auto --target-speedup 4` + distill, float (model.onnx)": auto4 / "model.onnx",
+        "`--to auto --target-speedup 4 --quantize int8` + distill (model.int8.onnx)": auto4 / "model.int8.onnx",
+    }
+    timing = benchmark_onnx(
+        list(files.values()), BenchConfig(device="cpu", threads=args.threads, runs=args.runs), names=list(files)
+    )
+    base = timing.models[0].latency[0].p50
+    teacher_pred = _predictions(files["original, float"], test)
+    teacher_accuracy = float((teacher_pred == test_labels.numpy()).mean())
+    report = json.loads((auto4 / "report.json").read_text())
+    quantize = report["quantize"]
+    print(
+        f"\n## ResNet-18 (torchvision, 10 classes) trained on the generated 64x64 task: test accuracy "
+        f"{teacher_accuracy:.2%} on {len(test)} held-out images\n"
+    )
+    print(
+        f"ONNX Runtime {ort.__version__} CPU provider, {args.threads} threads, batch 1, {args.runs} runs per model, "
+        f"all {len(files)} models alternating run by run; distillation: {args.distill_steps} steps, batch "
+        f"{args.distill_batch}, on 5000 unlabeled inputs; calibration: {quantize['calibration_samples']} of them "
+        f"({quantize['calibration_method']})\n"
+    )
+    print("| model | p50 ms | speedup | test accuracy | vs teacher, points | top-1 agreement |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = {}
+    for (name, path), model in zip(files.items(), timing.models, strict=True):
+        pred = _predictions(path, test)
+        accuracy = float((pred == test_labels.numpy()).mean())
+        p50 = model.latency[0].p50
+        rows[name] = (base / p50, accuracy)
+        print(
+            f"| {name} | {p50:.3f} | {base / p50:.2f}x | {accuracy:.2%} | {100 * (accuracy - teacher_accuracy):+.2f} | "
+            f"{float((pred == teacher_pred).mean()):.2%} |"
+        )
+    speedup, accuracy = rows[list(files)[-1]]
+    met = speedup >= 4.0 and teacher_accuracy - accuracy <= 0.015
+    print(
+        f"\ntarget (>= 4x over the float original within 1.5 points of its accuracy): {'met' if met else 'NOT met'} "
+        f"({speedup:.2f}x, {100 * (accuracy - teacher_accuracy):+.2f} points)"
+    )
+    for model in ("original", "converted"):
+        record = quantize[model]
+        print(f"\n{record['source']}: the tool's formats (kept: {record['format']}), timed at batch 1, 30 runs")
+        print("\n| format | ms | speedup over float | rel. error vs float | top-1 agreement | passed |")
+        print("|---|---:|---:|---:|---:|---|")
+        for c in record["candidates"]:
+            agreement = "" if c["top1_agreement"] is None else f"{c['top1_agreement']:.2%}"
+            print(
+                f"| {c['label']} | {c['latency_ms']:.3f} | {c['speedup']:.2f}x | {c['rel_error']:.3g} | {agreement} | "
+                f"{'yes' if c['passed'] else 'no'} |"
+            )
+    print("\nauto plans (chosen forms):")
+    for name, folder in (("auto2", auto2), ("auto3", auto3), ("auto4-int8", auto4)):
+        auto = json.loads((folder / "report.json").read_text())["auto"]
+        chosen = [layer["candidates"][layer["chosen"]]["label"] for layer in auto["layers"]]
+        kept = sum(label == "keep" for label in chosen)
+        print(f"- {name}: {kept} of {len(chosen)} convs kept; {', '.join(chosen)}")
+
+
+def _practitioner_int8(original: Path, calibration: torch.Tensor, work: Path) -> dict[str, Path]:
+    """The original quantized as a practitioner would: pre-processed, min-max ranges on `calibration`, QDQ
+    per-channel, U8S8 and S8S8 (no 7-bit weights)."""
+    folder = work / "practitioner"
+    folder.mkdir(exist_ok=True)
+    prepared = prepare(original, folder / "prepared.onnx")
+    name = open_session(prepared, "cpu").session.get_inputs()[0].name
+    samples = torch.utils.data.TensorDataset(calibration)
+    ranges = calibrate(prepared, SampleReader([name], samples, range(len(calibration)), 16), "minmax", folder / "r")
+    return {f: quantize_file(prepared, folder / f"{f}.onnx", FORMATS[f], ranges) for f in ("qdq-u8s8", "qdq-s8s8")}
+
+
+def _predictions(path: Path, images: torch.Tensor) -> np.ndarray:
+    session = open_session(path, "cpu").session
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: images[i : i + 100].numpy()})[0].argmax(1) for i in range(0, len(images), 100)]
+    )
+
+
+# --- 2. ResNet-50: how long quantizing takes --------------------------------------------------------------------
+
+
+def resnet50(args: argparse.Namespace) -> None:
+    options = JobOptions(
+        model="torchvision.models:resnet50",
+        input_shapes=((1, 3, 224, 224),),
+        config=ConvertConfig(target="separable", rank=1),
+        bench=BenchConfig(device="cpu", threads=args.threads, runs=30),
+        # random weights and inputs: this part times the stage, the check's threshold only keeps it from failing
+        quantize=QuantizeConfig(calibration=("synthetic",), max_quant_error=1.0),
+    )
+    start = time.perf_counter()
+    report = run_job(options, args.work / "resnet50")
+    total = time.perf_counter() - start
+    quantize = report.quantize
+    print(
+        f"\n## ResNet-50 (random weights), 1x3x224x224: the quantization stage, {args.threads} ONNX Runtime threads\n"
+    )
+    print(f"whole job (load, convert, export, quantize both, benchmark four): {total:.0f} s\n")
+    print("| model | stage wall s | formats | kept | speedup over float | rel. error vs float |")
+    print("|---|---:|---:|---|---:|---:|")
+    for model in (quantize.original, quantize.converted):
+        chosen = model.chosen
+        print(
+            f"| {model.source} | {model.seconds:.1f} | {len(model.candidates)} | {model.format} | "
+            f"{chosen.speedup:.2f}x | {chosen.rel_error:.3g} |"
+        )
+    worst = max(quantize.original.seconds, quantize.converted.seconds)
+    print(f"\ntarget (quantizing ResNet-50 under 60 s): {'met' if worst < 60 else 'NOT met'} ({worst:.1f} s)")
+
+
+def _cpu() -> str:
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return f"{line.partition(':')[2].strip()}, {os.cpu_count()} CPUs"
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ $(BIN)/convert: pyproject.toml
 setup: $(BIN)/convert
 
 demo: setup
-	$(BIN)/convert torchvision.models:resnet18 --to separable --input-shape 1,3,224,224 -o out/resnet18-separable
+	$(BIN)/convert torchvision.models:resnet18 --to separable --input-shape 1,3,224,224 -o out/resnet18-separable --overwrite
 
 test: setup
 	$(BIN)/ruff check .

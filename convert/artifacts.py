@@ -95,35 +95,43 @@ def output_files(report: Report) -> list[str]:
     return [artifact.name for artifact in FILES if artifact.written(report)]
 
 
-def check_outdir(outdir: str | os.PathLike[str]) -> None:
+def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Refuse an `outdir` whose replacement could lose the user's files: only a new folder, an empty one, or
-    the results of an earlier run (a folder with report.json) are replaced.
+    (with `overwrite`) the results of an earlier run (a folder with report.json) are replaced.
 
     Raises:
-        ConvertError: when `outdir` is a file, or a folder with files but no report.json (e.g. `-o src`).
+        ConvertError: when `outdir` is a file, a folder with files but no report.json (e.g. `-o src`), or the
+            results of an earlier run without `overwrite`.
     """
     target = Path(outdir)
     if target.name in ("", ".", ".."):
         raise ConvertError(f"output folder {str(outdir)!r} is not valid: name a new folder, e.g. -o out")
     if target.exists() and not target.is_dir():
         raise ConvertError(f"{target} exists and is not a folder: give -o a new folder (it is created)")
-    if target.is_dir() and any(target.iterdir()) and not (target / REPORT_JSON).is_file():
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not (target / REPORT_JSON).is_file():
         raise ConvertError(
             f"{target} is a folder with other files (no report.json from an earlier run), which would be replaced: "
             "give -o a new folder, or remove it first"
         )
+    if not overwrite:
+        raise ConvertError(
+            f"{target} holds the results of an earlier run: pass `overwrite`=True to replace them, "
+            "or give another `outdir`"
+        )
 
 
 @contextlib.contextmanager
-def atomic_dir(outdir: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(outdir: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `outdir`, on failure it is removed.
 
-    A failure leaves `outdir` as it was (absent, or the previous results).
+    A failure leaves `outdir` as it was (absent, or the previous results). `overwrite`: see `check_outdir`.
 
     Raises:
         ConvertError: from `check_outdir`, before anything is written.
     """
-    check_outdir(outdir)
+    check_outdir(outdir, overwrite)
     target = Path(outdir)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,8 +218,9 @@ def write_report(report: Report, folder: Path) -> None:
     (folder / REPORT_MD).write_text(report.to_markdown())
 
 
-def save_result(conversion: Conversion, outdir: str | os.PathLike[str]) -> Path:
-    """Write `conversion` into `outdir` (see `write_conversion`), replacing it as a whole, never half-written.
+def save_result(conversion: Conversion, outdir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write `conversion` into `outdir` (see `write_conversion`), as a whole, never half-written; the results of
+    an earlier run there are replaced only with `overwrite`.
 
     Exporting and benchmarking are stages of their own (`export_conversion`, `benchmark_conversion`, or
     `convert.job.run_job` for all of them in order).
@@ -220,6 +229,6 @@ def save_result(conversion: Conversion, outdir: str | os.PathLike[str]) -> Path:
         ConvertError: when `outdir` is not a place for results (`check_outdir`) or cannot be written
             (permissions, a full disk); `outdir` is then as it was.
     """
-    with atomic_dir(outdir) as staging:
+    with atomic_dir(outdir, overwrite) as staging:
         write_conversion(conversion, staging)
     return Path(outdir)

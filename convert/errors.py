@@ -18,6 +18,8 @@ __all__ = [
     "Outcome",
     "ParityError",
     "QuantizationError",
+    "STRICT",
+    "StrictError",
     "one_line",
     "outcome_of",
 ]
@@ -36,6 +38,10 @@ class QuantizationError(ParityError):
     failure (exit status 3, the files kept for inspection)."""
 
 
+class StrictError(ConvertError):
+    """A warning raised as an error, because the caller asked for strictness (the CLI's --strict: exit status 1)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What a failure means to whoever ran the job: the CLI's exit status, the service's FailureKind name."""
@@ -49,6 +55,7 @@ BAD_INPUT = Outcome(2, "BAD_INPUT", "error")
 PARITY = Outcome(3, "PARITY", "error")
 DISTILL_NAN = Outcome(4, "BAD_INPUT", "error")  # a distillation whose loss was not finite (results written)
 INTERRUPTED = Outcome(130, "WORKER", "interrupted")
+STRICT = Outcome(1, "BAD_INPUT", "error")  # a warning, made an error (nothing written): exit 1, as linters do
 INTERNAL = Outcome(1, "WORKER", "internal error")
 
 
@@ -56,6 +63,8 @@ def outcome_of(error: BaseException) -> Outcome:
     """The one mapping from an exception to its outcome, shared by the CLI and the service's workers."""
     if isinstance(error, ParityError):
         return PARITY
+    if isinstance(error, StrictError):
+        return STRICT
     if isinstance(error, ConvertError):
         return BAD_INPUT
     if isinstance(error, KeyboardInterrupt):

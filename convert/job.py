@@ -112,6 +112,8 @@ class JobOptions:
     # resources, as (name, amount) pairs (e.g. (("edge-cpu", 1.0),)). `run_job` itself runs where it is called.
     accelerator: str | None = None
     resources: tuple[tuple[str, float], ...] = ()
+    # Keyword arguments of the factory (e.g. {"num_classes": 10}): Python literals, for a factory spec only.
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _resources(self.resources))
@@ -178,6 +180,7 @@ class JobOptions:
             quantize=None if quantize is None else QuantizeConfig(**quantize),
             accelerator=data.get("accelerator"),
             resources=tuple((name, amount) for name, amount in data.get("resources", ())),
+            model_args=dict(data.get("model_args") or {}),
         )
 
 
@@ -206,12 +209,13 @@ def run_job(
     options: JobOptions,
     outdir: str | os.PathLike[str],
     *,
+    overwrite: bool = False,
     progress: Progress | None = None,
     on_warning: Warn | None = None,
     on_event: DistillProgress | None = None,
     placement: Placement | None = None,
 ) -> Report:
-    """Load the model, convert it, and write the results into `outdir` (replaced as a whole, atomically).
+    """Load the model, convert it, and write the results into `outdir` (as a whole, atomically).
 
     The stages, in order: preflight (every refusal that needs no work) -> load -> convert (its planner: uniform,
     or latency-aware for target "auto") -> [distill] -> [export + parity] -> [INT8 quantization + its accuracy
@@ -220,6 +224,8 @@ def run_job(
     Args:
         options: the model source and every conversion, export and benchmark setting.
         outdir: the folder to write (see `convert.artifacts.FILES`).
+        overwrite: replace the results of an earlier run in `outdir` (implied by a distillation's `resume`,
+            which continues them); without it they are refused before any work.
         progress: called with (what is running, fraction of the whole job done).
         on_warning: receives one-line warnings for the user.
         on_event: receives each distillation event (start, step, eval, end); raising KeyboardInterrupt from it
@@ -230,14 +236,16 @@ def run_job(
         The Report, as written to `outdir/report.json`.
 
     Raises:
-        ConvertError: for a bad model, bad options or an unusable `outdir`, before anything is written.
+        ConvertError: for a bad model, bad options, an unusable `outdir` or earlier results there without
+            `overwrite`, before anything is written.
         ParityError: when ONNX Runtime does not match PyTorch (files kept in `OUTDIR.failed-parity/`).
         QuantizationError: when no INT8 format is within `max_quant_error` of float (files kept there too).
     """
     notify = progress or no_progress
-    preflight(options, outdir)  # before the work, so a bad outdir or device costs nothing
+    overwrite = _may_replace(options, overwrite)
+    preflight(options, outdir, overwrite)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
-    loaded = load_model(options.model, options.weights, on_warning=on_warning)
+    loaded = load_model(options.model, options.weights, on_warning=on_warning, model_args=options.model_args)
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
@@ -251,6 +259,7 @@ def run_job(
         exported=loaded.exported,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
+    _warn_if_nothing_converted(conversion.report, on_warning)
     if distill is not None:
         data, config, checkpoint = distill
         conversion = distill_result(
@@ -260,9 +269,26 @@ def run_job(
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
     if placement is not None:
         conversion = dataclasses.replace(conversion, report=dataclasses.replace(conversion.report, placement=placement))
-    _write(conversion, outdir, options, calibration, span(notify, convert_end, 1.0))
+    _write(conversion, outdir, overwrite, options, calibration, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
+
+
+def _warn_if_nothing_converted(report: Report, on_warning: Warn | None) -> None:
+    """A run that changes nothing is told so: no standard conv at all, or every one skipped (with the first reason)."""
+    if report.totals.converted or on_warning is None:
+        return
+    if not report.layers:
+        on_warning(
+            "the model has no convolution (Conv1d/2d/3d, ConvTranspose, or F.conv* on its own weights): nothing was "
+            "converted, the output is the model as it was"
+        )
+        return
+    first = report.layers[0]
+    on_warning(
+        f"no conv was converted: all {len(report.layers)} were skipped (e.g. {first.name}: {first.reason}); "
+        "report.md gives each one's reason"
+    )
 
 
 def _planner(options: JobOptions) -> Planner | None:
@@ -272,18 +298,18 @@ def _planner(options: JobOptions) -> Planner | None:
     return None if options.auto is None else LatencyPlanner(options.auto)
 
 
-def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
+def preflight(options: JobOptions, outdir: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Every refusal that is known from the options alone, before any work: the output folders, a plan that cannot
     be read, a device that cannot run here, batch sizes that static shapes rule out.
 
     Raises:
         ConvertError: naming the option to change.
     """
-    check_outdir(outdir)
+    check_outdir(outdir, _may_replace(options, overwrite))
     if options.plan is not None:
         read_plan(options.plan)
-    if options.onnx is not None:
-        check_outdir(failed_parity_dir(outdir))
+    if options.onnx is not None:  # an earlier failed run's files are there for a look, not to keep: replaced
+        check_outdir(failed_parity_dir(outdir), overwrite=True)
     if options.bench is not None:
         device = resolve_device(options.bench.device)  # refuses cuda where torch sees no GPU
         if options.bench.runtime == "ort":
@@ -294,6 +320,11 @@ def preflight(options: JobOptions, outdir: str | os.PathLike[str]) -> None:
         _check_quantize(options)
     if options.input_shapes:
         _check_static_batch(make_inputs(options.input_shapes[:1], options.input_dtype), options.onnx, options.bench)
+
+
+def _may_replace(options: JobOptions, overwrite: bool) -> bool:
+    """Whether earlier results in OUTDIR may be replaced: asked for, or a resumed distillation continuing them."""
+    return overwrite or (options.distill is not None and options.distill.resume)
 
 
 def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None, bench: BenchConfig | None) -> None:
@@ -312,6 +343,7 @@ def _check_static_batch(inputs: Sequence[torch.Tensor], onnx: OnnxConfig | None,
 def _write(
     conversion: Conversion,
     outdir: str | os.PathLike[str],
+    overwrite: bool,
     options: JobOptions,
     calibration: DistillData | None,
     notify: Progress,
@@ -320,7 +352,7 @@ def _write(
     into place."""
     # where each stage ends, as a share of this part of the job
     ends = (0.4, 0.7, 1.0) if options.quantize else (0.5, 0.5, 1.0) if options.bench else (1.0, 1.0, 1.0)
-    with atomic_dir(outdir) as staging:
+    with atomic_dir(outdir, overwrite) as staging:
         if options.onnx is not None:
             onnx = export_conversion(conversion, staging, options.onnx, span(notify, 0.0, ends[0]))
             exports = [onnx.original, onnx.converted]

@@ -6,12 +6,13 @@ loads, so the caller is told first (`on_warning`); TorchScript archives are refu
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import os
 import pickle
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,17 @@ from convert.errors import ConvertError, one_line
 from convert.files import check_readable, model_file_kind, read_tensor_file
 from convert.surgery.trace import plain_graph_module
 
-__all__ = ["DTYPES", "INPUT_SEED", "load_model", "LoadedModel", "make_inputs", "parse_input_shape"]
+__all__ = [
+    "DTYPES",
+    "INPUT_SEED",
+    "load_model",
+    "LoadedModel",
+    "make_inputs",
+    "parse_input_shape",
+    "parse_model_arg",
+    "resolve_spec",
+    "SHORT_NAMES",
+]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -32,6 +43,11 @@ DTYPES: dict[str, torch.dtype] = {
     "int64": torch.int64,
 }
 INPUT_SEED = 0  # example inputs are random but the same on every run
+# `prefix:NAME` -> (the module a model NAME resolves to, the registry's builder, its arguments that keep it offline).
+SHORT_NAMES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "timm": ("timm.models", "timm:create_model", {"pretrained": False}),
+    "torchvision": ("torchvision.models", "torchvision.models:get_model", {"weights": None}),
+}
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # where training checkpoints keep the weights
 
 
@@ -46,26 +62,32 @@ class LoadedModel:
 
 
 def load_model(
-    source: str, weights: str | os.PathLike[str] | None = None, on_warning: Callable[[str], None] | None = None
+    source: str,
+    weights: str | os.PathLike[str] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model from a factory spec or a file.
 
     Args:
-        source: `package.module:callable` (called with no arguments; the current folder is importable),
-            or the path of a .pt2 archive (torch.export.save) or a whole-model pickle (torch.save(model)).
+        source: `package.module:callable` (called with `model_args`; the current folder is importable), a short
+            name `timm:NAME` (timm.create_model) or `torchvision:NAME` (torchvision.models.get_model), never with
+            pretrained weights, or the path of a .pt2 archive (torch.export.save) or a whole-model pickle.
         weights: a state dict (.safetensors, or a torch.save file loaded with weights_only=True) to load into
             a factory-built model.
         on_warning: receives one-line warnings (e.g. that loading a pickle runs code from it).
+        model_args: keyword arguments of the factory (e.g. num_classes=10).
 
     Raises:
         ConvertError: with a one-line message that says what to do.
     """
     path = Path(source)
     if path.exists() or ":" not in source:
-        if weights is not None:
-            raise ConvertError("`weights` goes with a factory spec (package.module:callable), not a model file")
+        if weights is not None or model_args:
+            option = "`weights`" if weights is not None else "`model_args`"
+            raise ConvertError(f"{option} goes with a factory spec (package.module:callable), not a model file")
         return _load_file(path, on_warning or (lambda _message: None))
-    model = _build_from_factory(source)
+    model = _build_from_factory(source, dict(model_args or {}))
     if weights is not None:
         _load_weights(model, Path(weights))
     return LoadedModel(model, "factory")
@@ -82,6 +104,30 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """'num_classes=10' -> ("num_classes", 10): the value as a Python literal, else the text itself ('act=relu').
+
+    Raises:
+        ConvertError: without `=`, or with a key that is not an identifier.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise ConvertError(f"model argument {text!r} is not valid: use NAME=VALUE, e.g. num_classes=10")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):  # a bare word: the string itself
+        return key, value
+
+
+def resolve_spec(spec: str) -> str:
+    """The `package.module:callable` a factory spec names: `timm:resnet50` -> `timm.models:resnet50`,
+    `torchvision:resnet18` -> `torchvision.models:resnet18`; any other spec as it is."""
+    prefix, _, name = spec.partition(":")
+    if prefix in SHORT_NAMES:
+        return f"{SHORT_NAMES[prefix][0]}:{name}"
+    return spec
+
+
 def make_inputs(shapes: Sequence[Sequence[int]], dtype: str = "float32") -> tuple[torch.Tensor, ...]:
     """Random example inputs of the given shapes (seeded, so every run sees the same)."""
     if dtype not in DTYPES:
@@ -92,7 +138,32 @@ def make_inputs(shapes: Sequence[Sequence[int]], dtype: str = "float32") -> tupl
     return tuple(torch.randint(0, 2, tuple(s), generator=generator) for s in shapes)
 
 
-def _build_from_factory(spec: str) -> nn.Module:
+def _build_from_factory(spec: str, model_args: dict[str, Any]) -> nn.Module:
+    prefix, _, name = spec.partition(":")
+    if prefix in SHORT_NAMES:  # a registry's name: its builder, with the arguments that keep it offline
+        _, builder, offline = SHORT_NAMES[prefix]
+        factory = _import_factory(builder)
+        call = f"in {builder.replace(':', '.')}({name!r}, ...)"
+        return _call_factory(spec, lambda: factory(name, **(offline | model_args)), call)
+    factory = _import_factory(spec)
+    arguments = ", ".join(f"{k}={v!r}" for k, v in model_args.items())
+    how = f"when called with ({arguments})" if arguments else "when called with no arguments"
+    return _call_factory(spec, lambda: factory(**model_args), how)
+
+
+def _call_factory(spec: str, build: Callable[[], Any], how: str) -> nn.Module:
+    try:
+        model = build()
+    except Exception as e:  # the user's factory failed
+        raise ConvertError(
+            f"factory {spec!r} failed {how} ({one_line(e)}): check its arguments (`model_args`, e.g. num_classes=10)"
+        ) from e
+    if not isinstance(model, nn.Module):
+        raise ConvertError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConvertError(f"factory spec {spec!r} is not valid: use package.module:callable")
@@ -111,13 +182,7 @@ def _build_from_factory(spec: str) -> nn.Module:
         ) from e
     if not callable(factory):
         raise ConvertError(f"factory {spec!r} is not callable: name a function or class that builds the model")
-    try:
-        model = factory()
-    except Exception as e:  # the user's factory failed
-        raise ConvertError(f"factory {spec!r} failed when called with no arguments ({one_line(e)})") from e
-    if not isinstance(model, nn.Module):
-        raise ConvertError(f"factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return factory
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

@@ -179,9 +179,9 @@ class ConvertClient:
         self._fetch(job.id, artifact, buffer)
         return wire.report_of(job, buffer.getvalue().decode())
 
-    def download(self, job_id: str, outdir: str | os.PathLike) -> list[str]:
-        """Every artifact of a SUCCEEDED job into `outdir`, atomically (replaced as a whole, never half-written),
-        each checked against its size and sha256.
+    def download(self, job_id: str, outdir: str | os.PathLike, overwrite: bool = False) -> list[str]:
+        """Every artifact of a SUCCEEDED job into `outdir`, atomically (as a whole, never half-written; earlier
+        results there are replaced only with `overwrite`), each checked against its size and sha256.
 
         Returns:
             The names of the files written.
@@ -190,7 +190,7 @@ class ConvertClient:
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
         names = _artifact_names(job)  # checked before anything is written
-        with atomic_dir(outdir) as staging:
+        with atomic_dir(outdir, overwrite) as staging:
             for artifact in job.artifacts:
                 # O_EXCL | O_NOFOLLOW: a new plain file in the staging folder, never a link or an earlier file
                 fd = os.open(staging / artifact.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -217,22 +217,23 @@ class ConvertClient:
         options: JobOptions,
         outdir: str | os.PathLike,
         *,
+        overwrite: bool = False,
         progress: Progress | None = None,
         on_warning: Warn | None = None,
     ) -> Report:
         """What `convert.job.run_job` does, through the service: submit, follow, download into `outdir`.
 
-        On Ctrl-C (KeyboardInterrupt) while the job runs, the job is cancelled.
+        On Ctrl-C (KeyboardInterrupt) while the job runs, or an exception from `on_warning`, the job is cancelled.
 
         Raises:
             ServiceError: the server refused the submission; JobFailed: the job failed or was cancelled
                 (ParityError when ONNX Runtime did not match PyTorch).
         """
-        check_outdir(outdir)  # before the upload, so a bad -o costs nothing
+        check_outdir(outdir, overwrite)  # before the upload, so a bad -o costs nothing
         job_id = self.submit(options)
         try:
             job = self.wait(job_id, progress, lambda line: on_warning and on_warning(line.removeprefix("warning: ")))
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or `on_warning` raising (--strict): the job is not left running
             with contextlib.suppress(ConvertError):
                 self.cancel(job_id)
             raise
@@ -240,7 +241,7 @@ class ConvertClient:
             raise ParityError(f"{job.message} (on the server, job {job_id})")
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job)
-        self.download(job_id, outdir)
+        self.download(job_id, outdir, overwrite)
         return self._report(job)
 
     def _fetch(self, job_id: str, artifact: pb.Artifact, out) -> None:

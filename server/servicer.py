@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import grpc
 
 from convert.errors import ConvertError
+from convert.load import resolve_spec
 from server import wire
 from server.caps import check_caps
 from server.config import ServerConfig
@@ -74,7 +75,7 @@ class ConverterServicer(pb_grpc.ConverterServicer):
             try:
                 check_header(header, self._config)
                 if header.WhichOneof("source") == "factory":
-                    self._config.check_factory(header.factory.spec)
+                    self._config.check_factory(resolve_spec(header.factory.spec))  # timm:NAME -> timm.models:NAME
                 data, val = data_file_names(header)
                 options = wire.from_proto(header.options, model="", data=data, val=val)  # refused before the upload
                 check_caps(options)

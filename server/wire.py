@@ -3,6 +3,7 @@ job records and workers' events as Job and JobEvent messages, and a job's report
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import time
@@ -137,6 +138,7 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         input_dtype=options.input_dtype,
         accelerator=options.accelerator or "",
         resources=dict(options.resources),
+        model_args={name: repr(value) for name, value in options.model_args.items()},
     )
     _put(message, config)
     if isinstance(config.rank, int):
@@ -228,7 +230,18 @@ def from_proto(
         quantize=quantize,
         accelerator=message.accelerator or None,
         resources=dict(message.resources),
+        model_args={name: _literal(name, text) for name, text in message.model_args.items()},
     )
+
+
+def _literal(name: str, text: str) -> object:
+    """A model argument's value from its text on the wire (a Python literal, as `repr` writes it)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ConvertError(
+            f'model argument {name}={text!r} is not a Python literal: send repr(value), e.g. "10" or "\'relu\'"'
+        ) from e
 
 
 # Fields that never travel: each with the reason. `to_proto` refuses one set to anything but its default, so that

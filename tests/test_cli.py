@@ -63,6 +63,9 @@ TINY = textwrap.dedent(
         return TwoInputs()
 
 
+    def sized(width, bias=True):
+        return nn.Sequential(nn.Conv2d(3, width, 3, bias=bias))
+
     def linear_only():
         return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
 
@@ -268,10 +271,10 @@ def test_transposed_and_grouped_options(work: Path) -> None:
     assert type(load_output(work / "skip" / "model.pt").get_submodule("2")) is nn.ConvTranspose2d
 
 
-def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_default_outdir_and_rerun_needs_overwrite(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     # a regex with [brackets] (rich markup) shows verbatim in the table and the report
     result = ok(run(work, "tiny:build", *SHAPE, "--exclude", "^[/]?0$"))
-    out = work / "build-separable"  # ./<callable>-<target> for a factory
+    out = work / "tiny.build-separable"  # ./<module>.<callable>-<target> for a factory
     assert sorted(p.name for p in out.iterdir()) == [
         "model.pt",
         "model.safetensors",
@@ -279,7 +282,7 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
         "report.json",
         "report.md",
     ]
-    assert "wrote build-separable/" in result.stderr
+    assert "wrote tiny.build-separable/" in result.stderr
     assert "--exclude '^[/]?0$'" in result.stdout
     first = json.loads((out / "report.json").read_text())
     assert [(layer["name"], layer["status"]) for layer in first["layers"]] == [("0", "skipped"), ("2", "converted")]
@@ -289,12 +292,20 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
     reference.mkdir()
     assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
 
+    # a second run into the same folder is refused before any work: the earlier results stay as they were
     (out / "stale.txt").write_text("from an earlier run")
-    ok(run(work, "tiny:build", *SHAPE, "--rank", "2"))
+    assert_refused(
+        work,
+        ["tiny:build", *SHAPE, "--rank", "2"],
+        r"^error: tiny\.build-separable holds the results of an earlier run: pass --overwrite to replace them, "
+        r"or give another --output$",
+    )
+    # --overwrite replaces the folder as a whole
+    ok(run(work, "tiny:build", *SHAPE, "--rank", "2", "--overwrite"))
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
     second = json.loads((out / "report.json").read_text())
     assert second["options"]["rank"] == 2 and second["totals"]["converted"] == 2
-    assert sorted(p.name for p in work.iterdir()) == ["build-separable", "tiny.py"]  # no .tmp- / .old- left
+    assert sorted(p.name for p in work.iterdir()) == ["tiny.build-separable", "tiny.py"]  # no .tmp- / .old- left
 
 
 def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
@@ -307,12 +318,74 @@ def test_inspect_prints_a_table_and_writes_nothing(work: Path) -> None:
     assert tree(work) == before
 
 
-def test_model_without_standard_convs(work: Path) -> None:
-    report = json.loads(ok(run(work, "tiny:linear_only", "--input-shape", "2,16", "--json", "-o", "out")).stdout)
+def test_inspect_honours_rank_and_prints_json(work: Path) -> None:
+    args = ["inspect", "tiny:build", *SHAPE, "--json"]
+    default = json.loads(ok(run(work, *args)).stdout)
+    ranked = json.loads(ok(run(work, *args, "--rank", "2", "--to", "grouped", "--groups", "1")).stdout)
+    assert list(default) == ["separable"] and list(ranked) == ["separable", "grouped g1"]
+    assert [row["rank"] for row in default["separable"]] == [1, 1]
+    assert [row["rank"] for row in ranked["separable"]] == [2, 2]
+    assert [row["rank"] for row in ranked["grouped g1"]] == [2, 2]
+    first = ranked["separable"][0]
+    assert first["name"] == "0" and first["status"] == "converted" and first["macs_after"] < first["macs_before"]
+    assert ranked["separable"][0]["weight_rel_error"] < default["separable"][0]["weight_rel_error"]
+
+
+def test_factory_arguments_and_short_names(work: Path) -> None:
+    result = ok(run(work, "tiny:sized", "--model-arg", "width=5", "--model-arg", "bias=False", *SHAPE, "--json"))
+    report = json.loads(result.stdout)
+    assert report["layers"][0]["out_channels"] == 5 and report["totals"]["params_before"] == 5 * 3 * 9
+    assert (work / "tiny.sized-separable" / "model.pt").is_file()
+    resnet = json.loads(
+        ok(
+            run(work, "torchvision:resnet18", "--model-arg", "num_classes=10", "--input-shape", "1,3,32,32", "--json")
+        ).stdout
+    )
+    assert resnet["totals"]["params_before"] == sum(
+        p.numel() for p in __import__("torchvision").models.resnet18(num_classes=10).parameters()
+    )
+    assert (work / "torchvision.resnet18-separable" / "report.json").is_file()
+
+
+def test_version_quiet_log_level_and_examples(work: Path) -> None:
+    assert re.fullmatch(r"convert \S.*\n", ok(run(work, "--version")).stdout)
+    for command in ([], ["inspect"], ["bench"]):
+        assert "\nexamples:\n  convert " in ok(run(work, *command, "--help")).stdout, command
+    args = ["tiny:linear_only", "--input-shape", "2,16", "--log-level", "error"]
+    loud = ok(run(work, *args, "-o", "loud"))
+    assert "warning: the model has no convolution" in loud.stderr and "wrote loud/" in loud.stderr
+    quiet = ok(run(work, *args, "-o", "quiet", "-q"))
+    assert quiet.stderr == "" and quiet.stdout == loud.stdout.replace("loud", "quiet")
+    assert (work / "quiet" / "report.json").is_file()
+    refused = run(work, *args, "-o", "x", "-q", "--rank", "0")
+    assert refused.returncode == 2 and "rank 0 is not valid" in refused.stderr  # errors still print
+
+
+def test_model_without_standard_convs_warns_and_strict_refuses(work: Path) -> None:
+    args = ["tiny:linear_only", "--input-shape", "2,16", "--json"]
+    result = ok(run(work, *args, "-o", "out"))
+    report = json.loads(result.stdout)
     assert report["totals"]["converted"] == 0 and report["layers"] == []
     assert report["totals"]["params_after"] == report["totals"]["params_before"]
     assert report["output_rel_error"] == 0
     assert (work / "out" / "model.pt").is_file()
+    assert result.stderr.startswith("warning: the model has no convolution (Conv1d/2d/3d, ConvTranspose")
+    # --strict: the same warning is an error, exit status 1, nothing written
+    before = tree(work)
+    strict = run(work, *args, "-o", "strict", "--strict")
+    assert strict.returncode == 1 and strict.stdout == ""
+    assert strict.stderr.splitlines() == [
+        "error: the model has no convolution (Conv1d/2d/3d, ConvTranspose, or F.conv* on its own weights): nothing "
+        "was converted, the output is the model as it was (a warning: --strict makes it an error)"
+    ]
+    assert tree(work) == before
+
+
+def test_every_conv_skipped_warns(work: Path) -> None:
+    result = ok(run(work, "tiny:build", *SHAPE, "--min-channels", "100", "-o", "out"))
+    assert "warning: no conv was converted: all 2 were skipped (e.g. 0: fewer than --min-channels 100" in (
+        result.stderr.replace("\n", " ")
+    )
 
 
 @pytest.mark.slow
@@ -414,6 +487,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         ["tiny:build", "--to", "grouped", "--groups", "7", *SHAPE],
         r"--groups 7 fits no layer \(input channels: 3, 8\): choose",
     ),
+    ("unknown-log-level", None, ["tiny:build", *SHAPE, "--log-level", "loud"], r"invalid choice: 'loud'"),
+    ("quiet-and-verbose", None, ["tiny:build", *SHAPE, "-q", "-v"], r"not allowed with argument"),
     ("unknown-target", None, ["tiny:build", "--to", "octagonal", *SHAPE], r"invalid choice: 'octagonal'.*separable"),
     ("unknown-transposed", None, ["tiny:build", "--transposed", "dense", *SHAPE], r"invalid choice: 'dense'.*skip"),
     ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"set --groups \(e\.g\. --groups 4\)"),
@@ -437,6 +512,27 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         ["tiny:build", *SHAPE, "--distill", "synthetic", "--processes", "0"],
         r"--processes 0 is not valid: use 1 or more",
     ),
+    ("model-arg-malformed", None, ["tiny:build", *SHAPE, "--model-arg", "10"], r"--model-arg: model argument '10'"),
+    (
+        "model-arg-unknown",
+        None,
+        ["tiny:build", *SHAPE, "--model-arg", "width=3"],
+        r"factory 'tiny:build' failed when called with \(width=3\) \(TypeError: .*check its arguments \(--model-arg",
+    ),
+    ("model-arg-with-a-file", _existing_file, ["taken.pt", *SHAPE, "--model-arg", "a=1"], r"--model-arg goes with"),
+    (
+        "include-matches-nothing",
+        None,
+        ["tiny:build", *SHAPE, "--include", "layer1"],
+        r"--include 'layer1' matches no layer \(the 2 convs are 0, 2\): use a regex",
+    ),
+    ("exclude-matches-nothing", None, ["tiny:build", *SHAPE, "--exclude", "fc"], r"--exclude 'fc' matches no layer"),
+    ("include-not-a-regex", None, ["tiny:build", *SHAPE, "--include", "conv["], r"--include 'conv\[' is not a valid"),
+    ("inspect-not-a-regex", None, ["inspect", "tiny:build", *SHAPE, "--exclude", "(0"], r"--exclude '\(0' is not"),
+    ("inspect-matches-nothing", None, ["inspect", "tiny:build", *SHAPE, "--include", "x"], r"matches no layer"),
+    ("inspect-auto", None, ["inspect", "tiny:build", *SHAPE, "--to", "auto"], r"--to auto times each layer.*run `"),
+    ("inspect-grouped-no-groups", None, ["inspect", "tiny:build", *SHAPE, "--to", "grouped"], r"set --groups"),
+    ("inspect-no-pointwise", None, ["inspect", "tiny:build", *SHAPE, "--no-pointwise"], r"add --groups G"),
 ]
 
 
@@ -529,7 +625,7 @@ def test_failed_save_keeps_earlier_results(
     earlier = tree(in_process)
     _break_saving(monkeypatch, error)
     capsys.readouterr()
-    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == code
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json", "--overwrite"]) == code
     assert message in capsys.readouterr().err
     assert tree(in_process) == earlier  # out/ as it was; no .out.tmp-* or .out.old-*
 
@@ -548,7 +644,7 @@ def test_failed_swap_puts_earlier_results_back(
 
     monkeypatch.setattr(convert.artifacts.os, "replace", replace)
     capsys.readouterr()
-    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == 2
+    assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json", "--overwrite"]) == 2
     assert "cannot write out (PermissionError: [Errno 13] Permission denied" in capsys.readouterr().err
     assert tree(in_process) == earlier
 

@@ -140,7 +140,7 @@ def test_onnx_static_shapes_json_prints_only_json(work: Path) -> None:
 def test_parity_failure_keeps_files_aside(work: Path) -> None:
     ok(run(work, "tiny:build", *SHAPE, "-o", "out"))  # earlier results, which must survive
     earlier = tree(work / "out")
-    result = run(work, "tiny:sneaky", *SHAPE, "--onnx", "-o", "out")
+    result = run(work, "tiny:sneaky", *SHAPE, "--onnx", "-o", "out", "--overwrite")
     assert result.returncode == 3
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

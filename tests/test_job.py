@@ -70,3 +70,16 @@ def test_run_job_refuses_before_loading(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="example input shape is unknown"):
         run_job(JobOptions(model=FACTORY), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_earlier_results_are_replaced_only_with_overwrite(tmp_path: Path) -> None:
+    options = JobOptions(model=FACTORY, input_shapes=((1, 3, 32, 32),))
+    run_job(options, tmp_path / "out")
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    rank2 = JobOptions(model=FACTORY, input_shapes=((1, 3, 32, 32),), config=ConvertConfig(rank=2))
+    with pytest.raises(ConvertError, match=r"holds the results of an earlier run: pass `overwrite`=True"):
+        run_job(rank2, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == earlier
+    report = run_job(rank2, tmp_path / "out", overwrite=True)
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report.to_dict()
+    assert report.options["rank"] == 2

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from convert.errors import ConvertError
-from convert.load import DTYPES, load_model, make_inputs, parse_input_shape
+from convert.load import DTYPES, load_model, make_inputs, parse_input_shape, parse_model_arg, resolve_spec
 
 # --- parse_input_shape -------------------------------------------------------------------------------------------
 
@@ -97,6 +97,9 @@ def fails():
 
 def not_a_module():
     return 42
+
+def sized(width, in_chans=3, bias=True):
+    return nn.Conv2d(in_chans, width, 3, bias=bias)
 """
 
 
@@ -219,3 +222,58 @@ def test_weights_errors(user_module, tmp_path) -> None:
     torch.save(nn.Conv2d(3, 4, 3).state_dict(), tmp_path / "model.pt")
     with pytest.raises(ConvertError, match="`weights` goes with a factory spec"):
         load_model(str(tmp_path / "model.pt"), tmp_path / "model.pt")
+
+
+# --- factory arguments and short names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [
+        ("num_classes=10", ("num_classes", 10)),
+        ("drop_rate=0.1", ("drop_rate", 0.1)),
+        ("bias=False", ("bias", False)),
+        ("sizes=(1, 2)", ("sizes", (1, 2))),
+        ("act='gelu'", ("act", "gelu")),
+        ("act=relu", ("act", "relu")),  # not a literal: the text itself
+        ("path=a=b", ("path", "a=b")),
+    ],
+)
+def test_parse_model_arg(text: str, pair: tuple[str, object]) -> None:
+    assert parse_model_arg(text) == pair
+
+
+@pytest.mark.parametrize("text", ["10", "=3", "num-classes=10", ""])
+def test_parse_model_arg_rejects(text: str) -> None:
+    with pytest.raises(ConvertError, match="use NAME=VALUE, e.g. num_classes=10"):
+        parse_model_arg(text)
+
+
+def test_factory_arguments(user_module) -> None:
+    conv = load_model(f"{user_module}:sized", model_args={"width": 5, "in_chans": 1, "bias": False}).model
+    assert (conv.in_channels, conv.out_channels, conv.bias) == (1, 5, None)
+    with pytest.raises(ConvertError, match=r"failed when called with \(widht=5\) \(TypeError: .*`model_args`"):
+        load_model(f"{user_module}:sized", model_args={"widht": 5})
+    with pytest.raises(ConvertError, match=r"failed when called with no arguments \(TypeError"):
+        load_model(f"{user_module}:sized")
+
+
+def test_model_args_go_with_a_factory(tmp_path) -> None:
+    torch.save(nn.Conv2d(1, 1, 1), tmp_path / "m.pt")
+    with pytest.raises(ConvertError, match="`model_args` goes with a factory spec"):
+        load_model(str(tmp_path / "m.pt"), model_args={"num_classes": 10})
+
+
+def test_short_names_build_without_pretrained_weights() -> None:
+    assert resolve_spec("torchvision:resnet18") == "torchvision.models:resnet18"
+    assert resolve_spec("timm:resnet18") == "timm.models:resnet18"
+    assert resolve_spec("mynet:build") == "mynet:build"
+    model = load_model("torchvision:resnet18", model_args={"num_classes": 10}).model
+    assert type(model).__name__ == "ResNet" and model.fc.out_features == 10
+    expected = torch.nn.utils.parameters_to_vector(model.parameters()).numel()
+    assert expected == sum(p.numel() for p in __import__("torchvision").models.resnet18(num_classes=10).parameters())
+    pytest.importorskip("timm")
+    model = load_model("timm:resnet18", model_args={"num_classes": 7, "in_chans": 1}).model
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    with pytest.raises(ConvertError, match=r"factory 'torchvision:nosuchnet' failed in torchvision\.models\.get_model"):
+        load_model("torchvision:nosuchnet")

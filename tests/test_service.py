@@ -352,6 +352,8 @@ def test_bad_uploads(shared, client: ConvertClient, weights: Path) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "longer than" in message
     code, message = refused(shared.address, factory_header(data, spec="os:system"), [data])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "allowlist" in message
+    code, message = refused(shared.address, factory_header(data, spec="timm:resnet18"), [data])  # what it names
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'timm.models:resnet18' is not on this server's" in message
     code, message = refused(shared.address, factory_header(data), [data], token="wrong")
     assert code == grpc.StatusCode.UNAUTHENTICATED and "token" in message
     assert health(shared.address) == "SERVING"  # the health check needs no token

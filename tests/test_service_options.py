@@ -73,6 +73,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         ],
         "accelerator": [JobOptions(M, accelerator="H100")],
         "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
+        "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import NoReturn
@@ -21,7 +22,7 @@ from convert.distill.config import (
 )
 from convert.distill.data import SYNTHETIC
 from convert.errors import BAD_INPUT, ConvertError
-from convert.load import DTYPES, parse_input_shape
+from convert.load import DTYPES, parse_input_shape, parse_model_arg
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
 from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
@@ -35,14 +36,48 @@ from convert.runtime.quantize import (
 )
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
-__all__ = ["Parser", "bench_parser", "convert_parser", "inspect_parser"]
+__all__ = ["LOG_LEVELS", "Parser", "bench_parser", "convert_parser", "inspect_parser", "version"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error (the full usage is one --help away)."""
+    """Usage errors in one line, like every other error (the full usage is one --help away); epilogs (the
+    examples) keep their lines."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(BAD_INPUT.exit_code, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed package's version (or "unknown" when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("convert")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much a command says on stderr, and its version: what every subcommand shares."""
+    group = parser.add_argument_group("messages")
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar, notes or warnings on stderr: results on stdout, errors on stderr",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="the libraries' log level on stderr (default: info with --verbose, else warning)",
+    )
+    group.add_argument("--version", action="version", version=f"%(prog)s {version()}")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,12 +85,21 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("model")
     source.add_argument(
         "model",
-        help="package.module:callable (e.g. torchvision.models:resnet18), a .pt2 archive "
-        "(torch.export.save), or a whole-model pickle (torch.save(model))",
+        help="package.module:callable (e.g. torchvision.models:resnet18), timm:NAME (timm.create_model) or "
+        "torchvision:NAME (torchvision.models.get_model), never pretrained; a .pt2 archive (torch.export.save), "
+        "or a whole-model pickle (torch.save(model))",
     )
     source.add_argument(
         "--weights",
         help="state dict for a factory-built model (.safetensors, or .pt/.pth loaded with weights_only=True)",
+    )
+    source.add_argument(
+        "--model-arg",
+        action="append",
+        type=_model_arg,
+        metavar="NAME=VALUE",
+        help="a keyword argument of the factory, the value a Python literal (else a string); repeat for several, "
+        "e.g. --model-arg num_classes=10 --model-arg in_chans=1",
     )
     source.add_argument(
         "--input-shape",
@@ -107,7 +151,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="skip layers with fewer input or output channels (default: 1)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    _logging_arguments(parser)
 
 
 def convert_parser() -> argparse.ArgumentParser:
@@ -118,6 +162,13 @@ def convert_parser() -> argparse.ArgumentParser:
         "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
         "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side (`--runtime torch`: PyTorch models); "
         "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
+        epilog=_examples(
+            "convert torchvision:resnet18 --input-shape 1,3,224,224  # writes torchvision.resnet18-separable/",
+            "convert timm:resnet50 --model-arg num_classes=10 --input-shape 1,3,224,224 --to grouped --groups 4 -o out",
+            "convert mynet:build --weights best.safetensors --input-shape 1,3,32,32 --rank full --onnx -o out",
+            "convert model.pt2 --to auto --target-speedup 2 --device cpu -o out --overwrite",
+            "convert model.pt --input-shape 1,3,32,32 --distill images/ --steps 600 -o out",
+        ),
     )
     _common_arguments(parser)
     parser.add_argument(
@@ -132,9 +183,20 @@ def convert_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         metavar="OUTDIR",
-        help="folder for model.pt, report.json, report.md (default: next to the input, named after it and the target)",
+        help="folder for model.pt, report.json, report.md (default: next to a model file, named after it and the "
+        "target; here for a factory, named after its module and callable: torchvision.models.resnet18-separable)",
+    )
+    output.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in OUTDIR (refused without it; --resume continues them)",
     )
     output.add_argument("--json", action="store_true", help="print report.json on stdout, and nothing else")
+    output.add_argument(
+        "--strict",
+        action="store_true",
+        help="a warning stops the run (exit status 1, nothing written): e.g. a model with no conv to convert",
+    )
     onnx = parser.add_argument_group("ONNX export (writes OUTDIR/original.onnx and OUTDIR/model.onnx)")
     onnx.add_argument(
         "--onnx",
@@ -342,6 +404,10 @@ def bench_parser() -> argparse.ArgumentParser:
         prog="convert bench",
         description="Time ONNX files side by side on ONNX Runtime, or (--runtime torch) PyTorch models on PyTorch, "
         "alternating run by run; speedups are relative to the first model.",
+        epilog=_examples(
+            "convert bench out/original.onnx out/model.onnx --device cpu --batch-sizes 1,8",
+            "convert bench a.onnx b.onnx --duration 5 --json > timing.json",
+        ),
     )
     parser.add_argument(
         "files",
@@ -363,7 +429,7 @@ def bench_parser() -> argparse.ArgumentParser:
     options.add_argument("--input-dtype", default="float32", choices=list(DTYPES), help="default: float32")
     options.add_argument("--json", action="store_true", help="print the results as JSON on stdout, and nothing else")
     options.add_argument("--plot", type=Path, metavar="PNG", help="also write a plot of latency per batch size")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    _logging_arguments(parser)
     return parser
 
 
@@ -427,9 +493,22 @@ def inspect_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="convert inspect",
         description="Per standard conv: what separable (and grouped, with --groups) would save. Writes nothing.",
+        epilog=_examples(
+            "convert inspect torchvision:resnet18 --input-shape 1,3,224,224 --groups 4",
+            "convert inspect mynet:build --input-shape 1,3,32,32 --rank 2 --include '^layer' --json",
+        ),
     )
     _common_arguments(parser)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the rows as JSON on stdout ({target: [row per conv]}, the fields of report.json's layers)",
+    )
     return parser
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -470,6 +549,13 @@ def _floats(text: str) -> tuple[float, ...]:
 def _shape(text: str) -> tuple[int, ...]:
     try:
         return parse_input_shape(text)
+    except ConvertError as e:
+        raise argparse.ArgumentTypeError(to_cli(str(e))) from e
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    try:
+        return parse_model_arg(text)
     except ConvertError as e:
         raise argparse.ArgumentTypeError(to_cli(str(e))) from e
 

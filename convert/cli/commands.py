@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from convert.cli import jobs, output, remote
 from convert.cli.args import bench_parser, convert_parser, inspect_parser
-from convert.cli.options import bench_config, inspect_configs, job_options, output_dir, server_of
+from convert.cli.options import bench_config, inspect_configs, job_options, model_args, output_dir, server_of
 from convert.distill.parallel import is_main_process
 from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, ConvertError, outcome_of
 from convert.job import example_inputs, run_job
@@ -46,7 +46,9 @@ class Command:
     def __call__(self, argv: Sequence[str]) -> int:
         """Parse `argv`, run, and turn any failure into one line on stderr and its exit status."""
         args = self.parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+        level = args.log_level.upper() if args.log_level else logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(name)s: %(message)s")
+        output.set_quiet(args.quiet)
         if not args.verbose:
             warnings.filterwarnings("ignore")  # torch's tracing and export warnings are not the user's business
         try:
@@ -62,12 +64,22 @@ def run_convert(args: argparse.Namespace) -> int:
     options = job_options(args)
     outdir = output_dir(args, options.config.target)
     server = server_of(args)
+    on_warning = output.strict_warning if args.strict else output.warn
     with output.progress_bar() as progress:
         if server is not None:
-            report = remote.run_remote(server, options, outdir, progress=progress, on_warning=output.warn)
+            report = remote.run_remote(
+                server, options, outdir, overwrite=args.overwrite, progress=progress, on_warning=on_warning
+            )
         else:
             on_event = output.distill_printer(quiet=args.json, bar=progress is not None)
-            report = run_job(options, outdir, progress=progress, on_warning=output.warn, on_event=on_event)
+            report = run_job(
+                options,
+                outdir,
+                overwrite=args.overwrite,
+                progress=progress,
+                on_warning=on_warning,
+                on_event=on_event,
+            )
     if options.distill is not None and not is_main_process():
         return 0  # a torchrun worker: rank 0 writes OUTDIR and prints
     output.print_conversion(report, outdir, as_json=args.json)
@@ -76,11 +88,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """`convert inspect MODEL ...`: what each target would save, per standard conv; writes nothing."""
-    loaded = load_model(args.model, args.weights, on_warning=output.warn)
+    loaded = load_model(args.model, args.weights, on_warning=output.warn, model_args=model_args(args))
     inputs = example_inputs(loaded, args.input_shape, args.input_dtype)
     configs = inspect_configs(args)
     views = inspect_model(loaded.model, inputs, list(configs.values()))
-    output.print_inspection(list(configs), views, grouped=bool(args.groups))
+    output.print_inspection(list(configs), views, grouped=len(configs) > 1, as_json=args.json)
     return 0
 
 

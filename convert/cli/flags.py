@@ -51,6 +51,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "model": Flag("MODEL"),
         "weights": Flag("--weights"),
         "plan": Flag("--plan"),
+        "model_args": Flag("--model-arg"),
         "input_shapes": Flag("--input-shape"),
         "input_dtype": Flag("--input-dtype"),
         "onnx": Flag("--onnx"),
@@ -129,6 +130,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
 PARAMETERS: dict[str, Flag] = {
     "example_inputs": Flag("--input-shape"),  # convert_model(model, example_inputs, ...)
     "outdir": Flag("--output"),  # run_job(options, outdir), save_result(result, outdir)
+    "overwrite": Flag("--overwrite", switch=True),  # run_job(..., overwrite=True), save_result(..., overwrite=True)
 }
 
 

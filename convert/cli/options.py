@@ -18,7 +18,15 @@ from convert.surgery.config import ConvertConfig
 # The refusals here are the command line's own (an option given without the one it goes with); every other check is
 # the library's, made when the options are built (JobOptions, the config dataclasses) or in `preflight`.
 
-__all__ = ["bench_config", "convert_config", "inspect_configs", "job_options", "output_dir", "server_of"]
+__all__ = [
+    "bench_config",
+    "convert_config",
+    "inspect_configs",
+    "job_options",
+    "model_args",
+    "output_dir",
+    "server_of",
+]
 
 
 def job_options(args: argparse.Namespace) -> JobOptions:
@@ -57,7 +65,13 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         quantize=quantize,
         accelerator=args.accelerator,
         resources=tuple(args.resources or ()),
+        model_args=model_args(args),
     )
+
+
+def model_args(args: argparse.Namespace) -> dict[str, object]:
+    """--model-arg NAME=VALUE, repeated: the factory's keyword arguments (a name given twice: the last wins)."""
+    return dict(args.model_arg or ())
 
 
 def convert_config(args: argparse.Namespace, **overrides: object) -> ConvertConfig:
@@ -78,9 +92,23 @@ def convert_config(args: argparse.Namespace, **overrides: object) -> ConvertConf
 
 
 def inspect_configs(args: argparse.Namespace) -> dict[str, ConvertConfig]:
-    """What `convert inspect` compares, by column label: separable, and grouped when --groups is given."""
+    """What `convert inspect` compares, by column label: separable, and grouped with --groups (or --to grouped).
+
+    Every conversion option is honoured (--rank, --energy, --include, ...); the ones it cannot show are refused.
+
+    Raises:
+        ConvertError: --to auto (it measures latency: a job's work), or --no-pointwise without a grouped column.
+    """
+    if args.target == "auto":
+        raise ConvertError(
+            "convert inspect shows what separable and grouped would save from the weights alone; --to auto times "
+            "each layer on the runtime: run `convert MODEL --to auto ...` (its report has the plan)"
+        )
+    grouped = bool(args.groups) or args.target == "grouped"
+    if not args.pointwise and not grouped:
+        raise ConvertError("--no-pointwise goes with --to grouped: add --groups G")
     configs = {"separable": convert_config(args, target="separable", groups=None, pointwise=True)}
-    if args.groups:
+    if grouped:
         configs[f"grouped g{args.groups}"] = convert_config(args, target="grouped")
     return configs
 
@@ -102,13 +130,15 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def output_dir(args: argparse.Namespace, target: str) -> Path:
-    """-o, or a folder named after the model and the target: next to a model file, or here for a factory."""
+    """-o, or a folder named after the model and the target: next to a model file (`net-separable`), or here for
+    a factory, after its module and callable (`torchvision.models.resnet18-separable`), so projects do not collide.
+    """
     if args.output is not None:
         return args.output
     path = Path(args.model)
     if path.exists():
         return path.with_name(f"{path.stem}-{target}")
-    return Path(f"{args.model.rpartition(':')[2].rpartition('.')[2]}-{target}")
+    return Path(f"{args.model.replace(':', '.').replace('/', '.')}-{target}")
 
 
 def server_of(args: argparse.Namespace) -> Server | None:

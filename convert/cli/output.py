@@ -18,7 +18,7 @@ from convert.cli.flags import to_cli
 from convert.common import Progress as ProgressCallback
 from convert.distill.config import DistillEvent, DistillProgress
 from convert.distill.parallel import is_main_process
-from convert.errors import INTERNAL, INTERRUPTED, outcome_of
+from convert.errors import INTERNAL, INTERRUPTED, StrictError, outcome_of
 from convert.report import Benchmark, DistillMetrics, DistillReport, LayerReport, QuantizeReport, Report
 from convert.report.terminal import benchmark_table, inspect_table, report_table
 
@@ -29,14 +29,25 @@ __all__ = [
     "print_failure",
     "print_inspection",
     "progress_bar",
+    "set_quiet",
     "stderr",
     "stdout",
+    "strict_warning",
     "warn",
 ]
 
 # Piped output keeps a readable table width instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
+
+
+_quiet = False  # -q: no notes, warnings or progress bar on stderr (errors still print)
+
+
+def set_quiet(quiet: bool) -> None:
+    """-q: from now on, stderr gets errors only."""
+    global _quiet
+    _quiet = quiet
 
 
 def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
@@ -72,10 +83,20 @@ def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
     _note(f"wrote {outdir}/ ({', '.join(output_files(report))})")
 
 
-def print_inspection(labels: Sequence[str], views: Sequence[Sequence[LayerReport]], grouped: bool) -> None:
-    """`convert inspect`'s table; without `grouped` (no --groups), a hint that it can show grouped too."""
+def print_inspection(
+    labels: Sequence[str], views: Sequence[Sequence[LayerReport]], grouped: bool, as_json: bool = False
+) -> None:
+    """`convert inspect`'s table (or its rows as JSON, by label); without `grouped`, a hint that it can show
+    grouped too."""
+    if as_json:
+        print(
+            json.dumps(
+                {label: [dataclasses.asdict(row) for row in view] for label, view in zip(labels, views, strict=True)}
+            )
+        )
+        return
     stdout.print(inspect_table(labels, views))
-    if not grouped:
+    if not grouped and not _quiet:
         stderr.print("add --groups G to see the grouped target too")
 
 
@@ -108,13 +129,24 @@ def print_failure(error: BaseException) -> int:
 
 def warn(message: str) -> None:
     """A one-line warning on stderr (the library's `on_warning`)."""
+    if _quiet:
+        return
     stderr.print(f"[yellow]warning:[/yellow] {escape(to_cli(message))}", highlight=False, soft_wrap=True)
+
+
+def strict_warning(message: str) -> None:
+    """--strict's `on_warning`: the warning stops the run, as an error (exit status 1, nothing written).
+
+    Raises:
+        StrictError: always.
+    """
+    raise StrictError(f"{message} (a warning: --strict makes it an error)")
 
 
 @contextlib.contextmanager
 def progress_bar() -> Iterator[ProgressCallback | None]:
     """A progress bar on stderr, fed with (what is running, fraction done); None when stderr is not a terminal."""
-    if not stderr.is_terminal:  # a log file gets no bar, not even a blank line
+    if not stderr.is_terminal or _quiet:  # a log file gets no bar, not even a blank line
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
@@ -125,7 +157,7 @@ def progress_bar() -> Iterator[ProgressCallback | None]:
 
 def distill_printer(quiet: bool, bar: bool) -> DistillProgress:
     """What is trained where, and (without a progress bar) a line per validation; nothing when `quiet`."""
-    quiet = quiet or not is_main_process()
+    quiet = quiet or _quiet or not is_main_process()
 
     def show(event: DistillEvent) -> None:
         if event.kind == "eval" and not bar and not quiet:
@@ -137,6 +169,8 @@ def distill_printer(quiet: bool, bar: bool) -> DistillProgress:
 
 
 def _note(text: str) -> None:
+    if _quiet:
+        return
     stderr.print(escape(text), highlight=False, soft_wrap=True)
 
 

@@ -29,6 +29,7 @@ def run_remote(
     options: JobOptions,
     outdir: str | os.PathLike[str],
     *,
+    overwrite: bool = False,
     progress: Progress | None = None,
     on_warning: Warn | None = None,
 ) -> Report:
@@ -41,7 +42,7 @@ def run_remote(
     from server.client import ConvertClient  # here, not at the top: grpc loads only for remote work
 
     with ConvertClient(server.address, auth_token=server.auth_token, tls=server.tls, tls_ca=server.tls_ca) as client:
-        return client.run(options, outdir, progress=progress, on_warning=on_warning)
+        return client.run(options, outdir, overwrite=overwrite, progress=progress, on_warning=on_warning)
 
 
 def serve(argv: Sequence[str]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 from convert.errors import ConvertError
@@ -82,3 +83,18 @@ class ConvertConfig:
             raise ConvertError(f"unknown transposed form {self.transposed!r}: use one of {', '.join(TRANSPOSED_FORMS)}")
         if self.min_channels < 1:
             raise ConvertError(f"min_channels {self.min_channels} is not valid: use a positive integer")
+        for name in ("include", "exclude"):
+            _check_regex(name, getattr(self, name))
+
+
+def _check_regex(name: str, pattern: str | None) -> None:
+    """Refuse a layer-name filter that is not a regular expression, naming where it breaks."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ConvertError(
+            f"`{name}` {pattern!r} is not a valid regular expression ({e}): escape special characters, "
+            r"e.g. 'layer1\.0' or 'conv\[0\]'"
+        ) from e

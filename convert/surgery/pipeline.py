@@ -19,7 +19,15 @@ from convert.surgery.analysis import analyze, layer_row
 from convert.surgery.config import ConvertConfig
 from convert.surgery.factorize import block_diagonal, singular_values, truncation_error
 from convert.surgery.find import ConvLayer
-from convert.surgery.plan import Decision, GivenPlanner, LayerPlan, Planner, UniformPlanner, standard_weight
+from convert.surgery.plan import (
+    Decision,
+    GivenPlanner,
+    LayerPlan,
+    Planner,
+    UniformPlanner,
+    check_name_filters,
+    standard_weight,
+)
 from convert.surgery.verify import compare, output_rel_error, run_model
 
 __all__ = ["ConversionResult", "convert_model", "inspect_model"]
@@ -58,7 +66,8 @@ def convert_model(
         The Conversion: the original, the inputs, the converted model and its Report.
 
     Raises:
-        ConvertError: when the model rejects the example inputs, or an option fits no layer.
+        ConvertError: when the model rejects the example inputs, or an option fits no layer (`groups`, an
+            `include` or `exclude` that matches no conv).
 
     Example:
         >>> import torch, torchvision
@@ -73,6 +82,7 @@ def convert_model(
     notify = progress or no_progress
     clock = _StageClock(notify)
     analysis = analyze(model, example_inputs, exported)
+    check_name_filters(analysis.layers, config)
     traced, inputs = analysis.traced, analysis.inputs
     plan_start = 0.1
     clock.done("trace", plan_start)
@@ -150,6 +160,7 @@ def inspect_model(
     analysis = analyze(model, example_inputs)
     views = []
     for config in configs:
+        check_name_filters(analysis.layers, config)
         decisions = UniformPlanner(config).plan(analysis).decisions
         rows = []
         for layer in analysis.layers:

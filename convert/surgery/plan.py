@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from convert.surgery.analysis import Analysis
 
 __all__ = [
+    "check_name_filters",
     "conv_cost",
     "Decision",
     "GivenPlanner",
@@ -106,6 +107,29 @@ def plan_layers(candidates: list[ConvLayer], config: ConvertConfig) -> dict[str,
             "choose a number of groups that divides them"
         )
     return decisions
+
+
+_NAMES_SHOWN = 8  # layer names a message lists before "..."
+
+
+def check_name_filters(layers: list[ConvLayer], config: ConvertConfig) -> None:
+    """Refuse an `include` or `exclude` that matches none of the model's convs: a typo would convert all or none
+    of them silently.
+
+    Raises:
+        ConvertError: naming the filter and the layers there are.
+    """
+    names = [layer.name for layer in layers]
+    for option in ("include", "exclude"):
+        pattern = getattr(config, option)
+        if pattern is None or any(re.search(pattern, name) for name in names):
+            continue
+        shown = ", ".join(names[:_NAMES_SHOWN]) + (", ..." if len(names) > _NAMES_SHOWN else "")
+        there = f"the {len(names)} convs are {shown}" if names else "the model has no convs"
+        raise ConvertError(
+            f"`{option}` {pattern!r} matches no layer ({there}): use a regex that re.search finds in "
+            "some of these names"
+        )
 
 
 def plan_layer(layer: ConvLayer, config: ConvertConfig) -> LayerPlan | str:

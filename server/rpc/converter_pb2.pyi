@@ -132,7 +132,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources", "model_args")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,13 @@ class JobOptions(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ModelArgsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     FULL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +167,7 @@ class JobOptions(_message.Message):
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ARGS_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -180,7 +188,8 @@ class JobOptions(_message.Message):
     quantize: QuantizeOptions
     accelerator: str
     resources: _containers.ScalarMap[str, float]
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    model_args: _containers.ScalarMap[str, str]
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., model_args: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
     __slots__ = ("calibration", "calibration_samples", "calibration_method", "formats", "max_quant_error")

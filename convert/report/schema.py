@@ -40,6 +40,11 @@ class LayerReport:
     macs_before: int  # multiply-accumulates on the example input, all call sites
     macs_after: int
     weight_rel_error: float | None  # ||W - W_hat||_F / ||W||_F
+    # Calibrated conversions: the layer's output rel. error on the calibration inputs (its inputs in the model
+    # converted so far, against the original conv's output in the original model), with the weight-SVD factors and
+    # with the calibrated ones (None: not calibrated)
+    calibration_error_before: float | None = None
+    calibration_error_after: float | None = None
 
 
 @dataclasses.dataclass
@@ -77,6 +82,7 @@ class Report:
     benchmark: Benchmark | None = None  # ONNX Runtime latency, original vs converted (--benchmark)
     auto: AutoReport | None = None  # how --to auto chose each layer's form, and the predicted speedup
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
+    calibration: CalibrationReport | None = None  # the factors fitted to real inputs (--calibrate)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,7 +120,9 @@ class Report:
             "|" + "---|" * len(_COLUMNS),
         ]
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in self.layers]
-        sections = [s.to_markdown() for s in (self.auto, self.distill, self.onnx, self.benchmark) if s is not None]
+        sections = [s.to_markdown() for s in (self.auto,) if s is not None]
+        sections += [self.calibration.to_markdown(self.layers)] if self.calibration is not None else []
+        sections += [s.to_markdown() for s in (self.distill, self.onnx, self.benchmark) if s is not None]
         return "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
 
     def table(self) -> Table:
@@ -163,6 +171,54 @@ def format_ratio(before: int, after: int) -> str:
     if not before or not after:
         return "n/a"
     return f"{before / after:.2f}x fewer" if after <= before else f"{after / before:.2f}x more"
+
+
+# --- calibration record --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    """How the factors were fitted to real inputs, layer by layer (--calibrate)."""
+
+    data: str  # what the calibration inputs are
+    samples: int  # inputs used
+    batch_size: int  # inputs per forward pass
+    synthetic: bool  # random inputs: the factors fit them, not real data
+    seconds: float  # wall time: both models' forward passes up to each layer, and the fits
+    calibrated: int  # converted layers whose factors were fitted
+    kept: int  # converted layers that kept their weight-SVD factors (their rows or `notes` say why)
+    output_rel_error: float  # the converted model against the original on the calibration inputs, eval mode
+    svd_output_rel_error: float  # the same with the weight-SVD factors, before calibration
+    notes: list[str]
+
+    def summary(self) -> str:
+        """One line: the data, and the output error it brought down."""
+        return (
+            f"calibrated {self.calibrated} layers on {self.data} in {self.seconds:.1f} s: output rel. error on "
+            f"them {self.svd_output_rel_error:.3g} (weight SVD) -> {self.output_rel_error:.3g}"
+        )
+
+    def to_markdown(self, layers: list[LayerReport]) -> str:
+        lines = [
+            "## Calibration",
+            "",
+            f"- {self.summary()}",
+            f"- {self.samples} inputs in batches of {self.batch_size}; {self.kept} converted layers kept their SVD "
+            "factors",
+            *(f"- {note}" for note in self.notes),
+            "",
+            "| layer | output error, weight SVD | calibrated | weight error | note |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for row in layers:
+            if row.calibration_error_before is None:
+                continue
+            after = "" if row.calibration_error_after is None else f"{row.calibration_error_after:.3g}"
+            weight = "" if row.weight_rel_error is None else f"{row.weight_rel_error:.3g}"
+            lines.append(
+                f"| {row.name} | {row.calibration_error_before:.3g} | {after} | {weight} | {row.reason or ''} |"
+            )
+        return "\n".join(lines) + "\n"
 
 
 # --- ONNX export and benchmark records -----------------------------------------------------------------------------

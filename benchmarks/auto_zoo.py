@@ -18,11 +18,11 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from zoo_models import ZOO  # noqa: E402
+from zoo_models import ZOO
 
-from convert import AutoConfig, BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx  # noqa: E402
-from convert.auto.planner import plan_for_speed  # noqa: E402
-from convert.runtime.export import OnnxConfig  # noqa: E402
+from convert import AutoConfig, BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx
+from convert.auto.planner import plan_for_speed
+from convert.runtime.export import OnnxConfig
 
 
 def main() -> None:

@@ -31,12 +31,12 @@ import grpc
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import running_server  # noqa: E402 - the tests' helper that runs `python -m server`
+from servers import running_server
 
-from convert.job import JobOptions  # noqa: E402
-from server.client import ConvertClient  # noqa: E402
-from server.rpc import converter_pb2 as pb  # noqa: E402
-from server.rpc import converter_pb2_grpc as pb_grpc  # noqa: E402
+from convert.job import JobOptions
+from server.client import ConvertClient
+from server.rpc import converter_pb2 as pb
+from server.rpc import converter_pb2_grpc as pb_grpc
 
 MB = 1e6
 MIB = 1 << 20

@@ -27,11 +27,11 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from zoo_models import ZOO  # noqa: E402 - the models the coverage suite tests
+from zoo_models import ZOO
 
-from convert import ConvertConfig, OnnxConfig, convert_model, export_onnx  # noqa: E402
-from convert.report.schema import format_count  # noqa: E402
-from convert.surgery.verify import run_model, tensors_of  # noqa: E402
+from convert import ConvertConfig, OnnxConfig, convert_model, export_onnx
+from convert.report.text import format_count
+from convert.surgery.verify import run_model, tensors_of
 
 REPEATS = 3  # rank-1 conversions timed per model (median)
 # Short names for the reasons a conv is skipped (the report has them in full).

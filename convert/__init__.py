@@ -16,7 +16,7 @@ from convert.distill.config import DistillConfig, DistillEvent
 from convert.distill.data import DistillData, image_transform, load_data
 from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError
-from convert.report.schema import (
+from convert.report import (
     Benchmark,
     DistillMetrics,
     DistillReport,
@@ -32,7 +32,7 @@ from convert.runtime.bench import BenchConfig, benchmark_conversion, benchmark_o
 from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
 from convert.runtime.parity import check_parity
 from convert.runtime.sessions import open_session, validate_onnx_file
-from convert.surgery.apply import apply_plan
+from convert.surgery.apply import SavedPlanner, apply_plan
 from convert.surgery.config import ConvertConfig
 from convert.surgery.modules import FactorizedConv
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
@@ -61,6 +61,7 @@ __all__ = [
     "OnnxReport",
     "ParityError",
     "Report",
+    "SavedPlanner",
     "Totals",
     "UniformPlanner",
     "apply_plan",

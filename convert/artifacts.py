@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
-from convert.report.schema import Report, plot_auto, plot_benchmark, plot_distill
+from convert.report import Report, plot_auto, plot_benchmark, plot_distill
 
 __all__ = [
     "Artifact",

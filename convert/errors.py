@@ -1,7 +1,7 @@
 """Errors a user can act on, and what each kind of failure means for a command's exit status or a job's outcome.
 
 Every message names the bad value and what to do instead, in the library's terms (option names as the
-dataclass fields spell them); the CLI maps those names to its flags (`convert.cli`).
+dataclass fields spell them); the CLI maps those names to its flags (`convert.cli.flags`).
 """
 
 from __future__ import annotations

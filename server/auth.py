@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 
+__all__ = ["METADATA_KEY", "TokenAuth", "call_metadata", "channel_credentials", "server_credentials"]
+
 METADATA_KEY = "authorization"
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes (Docker, Kubernetes) carry no token
 

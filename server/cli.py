@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from convert.errors import ConvertError
+from convert.errors import ConvertError, outcome_of
 from server.config import (
     AUTH_TOKEN_ENV,
     DEFAULT_FACTORIES,
@@ -23,7 +23,7 @@ from server.config import (
 )
 from server.service import serve
 
-EXIT_BAD_INPUT = 2
+__all__ = ["main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,5 +132,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(config, announce=lambda line: print(line, flush=True))
     except ConvertError as e:
         print(f"convert serve: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return outcome_of(e).exit_code  # the CLI's mapping: 2 for a bad option
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,16 +28,9 @@ from server.auth import call_metadata, channel_credentials
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 
+__all__ = ["CHUNK_BYTES", "FINAL_STATES", "ConvertClient", "JobFailed", "ServiceError"]
+
 CHUNK_BYTES = 1 << 20  # upload chunks: the protocol's largest (fewer messages, faster on loopback)
-_MODEL_FORMATS = {"pt2": pb.ModelFile.PT2, "torch.save": pb.ModelFile.PICKLE, "torchscript": pb.ModelFile.TORCHSCRIPT}
-_WEIGHTS_FORMATS = {"safetensors": pb.Factory.SAFETENSORS, "torch.save": pb.Factory.STATE_DICT}
-_DATA_FORMATS = {
-    ".npy": pb.DataFile.NPY,
-    ".npz": pb.DataFile.NPZ,
-    ".safetensors": pb.DataFile.SAFETENSORS,
-    ".pt": pb.DataFile.TORCH_SAVE,
-    ".pth": pb.DataFile.TORCH_SAVE,
-}
 FINAL_STATES = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
 
@@ -141,7 +133,7 @@ class ConvertClient:
         job = self.get(job_id)
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job) if job.state in FINAL_STATES else ConvertError(f"job {job_id} has not finished yet")
-        return Report.from_dict(json.loads(job.report_json))
+        return wire.report_of(job)
 
     def download(self, job_id: str, outdir: str | os.PathLike) -> list[str]:
         """Every artifact of a SUCCEEDED job into `outdir`, atomically (replaced as a whole, never half-written),
@@ -201,7 +193,7 @@ class ConvertClient:
         if job.state != pb.SUCCEEDED:
             raise JobFailed(job)
         self.download(job_id, outdir)
-        return Report.from_dict(json.loads(job.report_json))
+        return wire.report_of(job)
 
     def _fetch(self, job_id: str, artifact: pb.Artifact, path: Path) -> None:
         digest, size = hashlib.sha256(), 0
@@ -237,9 +229,9 @@ def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
     path = Path(options.model)
     if path.exists() or ":" not in options.model:
         if options.weights is not None:
-            raise ConvertError("--weights goes with a factory spec (package.module:callable), not a model file")
+            raise ConvertError("`weights` goes with a factory spec (package.module:callable), not a model file")
         kind = model_file_kind(path)  # from the zip's names alone: the file is not loaded here
-        header.model_file.CopyFrom(pb.ModelFile(format=_MODEL_FORMATS[kind], filename=path.name))
+        header.model_file.CopyFrom(pb.ModelFile(format=wire.model_format(kind), filename=path.name))
         upload: Path | None = path
     else:
         header.factory.spec = options.model
@@ -251,7 +243,7 @@ def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
                     f"cannot read weights from {upload}: give a state dict saved as .safetensors or with "
                     "torch.save(model.state_dict())"
                 )
-            header.factory.weights_format = _WEIGHTS_FORMATS[kind]
+            header.factory.weights_format = wire.weights_format(kind)
     header.size_bytes = upload.stat().st_size if upload is not None else 0
     return header, upload
 
@@ -287,10 +279,11 @@ def _data_files(distill: DistillJob | None) -> list[tuple[pb.DataFile, Path]]:
                     f"{option} {source} is a folder of images, which the server does not take: convert it to a "
                     "tensor file of preprocessed inputs shaped N,C,H,W first (e.g. numpy.save to a .npy), and give that"
                 )
-            kind = _DATA_FORMATS.get(path.suffix.lower())
+            kind = wire.DATA_SUFFIXES.get(path.suffix.lower())
             if kind is None:
                 raise ConvertError(
-                    f"{option} {source} is not a tensor file the server takes: give a {', '.join(_DATA_FORMATS)} file"
+                    f"{option} {source} is not a tensor file the server takes: give a "
+                    f"{', '.join(wire.DATA_SUFFIXES)} file"
                 )
             size = path.stat().st_size
             files.append((pb.DataFile(role=role, format=kind, size_bytes=size, filename=path.name), path))

@@ -9,6 +9,18 @@ from pathlib import Path
 
 from convert.errors import ConvertError
 
+__all__ = [
+    "AUTH_TOKEN_ENV",
+    "DEFAULT_FACTORIES",
+    "DEFAULT_GRACE",
+    "DEFAULT_MAX_QUEUED",
+    "DEFAULT_MAX_RPCS",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "DEFAULT_PORT",
+    "DEFAULT_TIME_LIMIT",
+    "ServerConfig",
+]
+
 DEFAULT_PORT = 50051
 DEFAULT_FACTORIES = ("torchvision.models:*",)  # built-in architectures: no code from the client
 DEFAULT_MAX_UPLOAD_MB = 2048

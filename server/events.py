@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import defaultdict
 
 from server.rpc import converter_pb2 as pb
-from server.store import FINISHED, JobRecord
+from server.store import FINISHED
+
+__all__ = ["CLOSED", "EventHub", "is_final"]
 
 CLOSED = None  # put on every subscriber's queue when the server shuts down
 
@@ -54,18 +55,6 @@ class EventHub:
             inbox.put(CLOSED)
 
 
-def state_event(record: JobRecord) -> pb.JobEvent:
-    """The event that says where a job stands now (the first event of every Watch)."""
-    return pb.JobEvent(
-        job_id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=pb.Failure.Value(record.failure) if record.failure else pb.FAILURE_UNSPECIFIED,
-        time=time.time(),
-    )
-
-
 def is_final(event: pb.JobEvent) -> bool:
+    """Whether `event` is a job's last: a final state (a log line never is)."""
     return pb.JobState.Name(event.state) in FINISHED and not event.log

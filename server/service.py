@@ -1,4 +1,5 @@
-"""Assemble and run the service: gRPC server, health, optional reflection, job store, worker pool."""
+"""Assemble and run the service: the gRPC server (RPCs, health, optional reflection), the job store, and the worker
+pool on its runner; start and stop them in order."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from server.events import EventHub
 from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
+from server.runners import LocalRunner
 from server.servicer import ConverterServicer
 from server.store import JobStore
 from server.uploads import MAX_CHUNK
+
+__all__ = ["INTERRUPTED", "SERVICE_NAME", "Service", "run_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class Service:
             logger.warning("job %s was running when the server stopped: marked FAILED", job_id)
         _remove_unrecorded(jobs_dir, self.store)
         self.hub = EventHub()
-        self.pool = WorkerPool(config, self.store, self.hub, jobs_dir)
+        self.pool = WorkerPool(config, self.store, self.hub, jobs_dir, LocalRunner(config))
         self.servicer = ConverterServicer(config, self.store, self.pool, self.hub, jobs_dir)
         self.health = health.HealthServicer()
         self.server = grpc.server(

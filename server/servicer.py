@@ -15,16 +15,17 @@ from pathlib import Path
 import grpc
 
 from convert.errors import ConvertError
-from convert.job import JobOptions
 from server import wire
 from server.config import ServerConfig
-from server.events import CLOSED, EventHub, is_final, state_event
+from server.events import CLOSED, EventHub, is_final
 from server.pool import WorkerPool
 from server.rpc import converter_pb2 as pb
 from server.rpc import converter_pb2_grpc as pb_grpc
 from server.store import FINISHED, SUCCEEDED, JobRecord, JobStore
 from server.uploads import MAX_CHUNK, UploadError, check_header, data_file_names, receive
-from server.worker.main import JOB_FILE, OUT_DIR
+from server.worker.protocol import JOB_FILE, OUT_DIR
+
+__all__ = ["ConverterServicer"]
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: the only job ids that ever become paths
 MAX_LIST = 1000
@@ -34,6 +35,8 @@ _CALL_ENDED = object()  # put in a Watch's inbox when its call ends (the client 
 
 
 class ConverterServicer(pb_grpc.ConverterServicer):
+    """The RPCs of proto/converter.proto's Converter service, under their generated names."""
+
     def __init__(self, config: ServerConfig, store: JobStore, pool: WorkerPool, hub: EventHub, jobs_dir: Path):
         self._config, self._store, self._pool, self._hub, self._jobs_dir = config, store, pool, hub, jobs_dir
         self.closing = False  # set on shutdown: no new jobs
@@ -88,7 +91,7 @@ class ConverterServicer(pb_grpc.ConverterServicer):
         inbox = self._hub.subscribe(job_id)  # before reading the state, so that no change falls in between
         context.add_callback(lambda: inbox.put(_CALL_ENDED))  # a client that goes away frees its thread at once
         try:
-            current = state_event(self._store.get(job_id))
+            current = wire.job_event(self._store.get(job_id))
             yield current
             if is_final(current):
                 return
@@ -115,12 +118,12 @@ class ConverterServicer(pb_grpc.ConverterServicer):
             self._hub.unsubscribe(job_id, inbox)
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return job_message(self._record(request.job_id, context), with_report=True)
+        return wire.job_message(self._record(request.job_id, context), with_report=True)
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         states = [pb.JobState.Name(state) for state in request.states if state != pb.JOB_STATE_UNSPECIFIED]
         limit = min(request.limit or DEFAULT_LIST, MAX_LIST)
-        return pb.ListJobsResponse(jobs=[job_message(record) for record in self._store.list(states, limit)])
+        return pb.ListJobsResponse(jobs=[wire.job_message(record) for record in self._store.list(states, limit)])
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         record = self._record(request.job_id, context)
@@ -130,7 +133,7 @@ class ConverterServicer(pb_grpc.ConverterServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {record.id} has already finished ({record.state}): nothing to cancel",
             )
-        return job_message(self._store.get(record.id))
+        return wire.job_message(self._store.get(record.id))
 
     def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadChunk]:
         record = self._record(request.job_id, context)
@@ -160,23 +163,3 @@ class ConverterServicer(pb_grpc.ConverterServicer):
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id} on this server: ListJobs shows the jobs it has")
         return record
-
-
-def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
-    """The wire form of a job record (the report only with `with_report`: it can be large)."""
-    options = JobOptions.from_dict(record.options)
-    return pb.Job(
-        id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=pb.Failure.Value(record.failure) if record.failure else pb.FAILURE_UNSPECIFIED,
-        created_at=record.created,
-        started_at=record.started,
-        finished_at=record.finished,
-        source=record.source,
-        options=wire.to_proto(options),
-        report_json=record.report if with_report else "",
-        artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
-    )

@@ -14,23 +14,25 @@ import grpc
 from convert.files import file_kind, tensor_file_kind, weights_kind
 from server.config import ServerConfig
 from server.rpc import converter_pb2 as pb
+from server.wire import DATA_FORMATS, MODEL_FORMATS, WEIGHTS_FORMATS
+
+__all__ = [
+    "MAX_CHUNK",
+    "MAX_DATA_FILES",
+    "SAFE_ALTERNATIVE",
+    "UploadError",
+    "check_header",
+    "data_file_names",
+    "receive",
+]
 
 MAX_CHUNK = 1 << 20  # bytes: the largest chunk a client may send (the server's receive limit, plus the header's)
 MAX_DATA_FILES = 32  # distillation data files in one submission
 
-# The model file formats, as convert.load.file_kind names them, and why each one is code.
-_MODEL_FORMATS = {pb.ModelFile.PT2: "pt2", pb.ModelFile.PICKLE: "torch.save", pb.ModelFile.TORCHSCRIPT: "torchscript"}
-_WEIGHTS_FORMATS = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
-# Distillation data files: the suffix each format is stored under (what convert.distill.data reads it by), each role's
-# name in the stored file's name.
-_DATA_FORMATS = {
-    pb.DataFile.NPY: ".npy",
-    pb.DataFile.NPZ: ".npz",
-    pb.DataFile.SAFETENSORS: ".safetensors",
-    pb.DataFile.TORCH_SAVE: ".pt",
-}
-_DATA_ROLES = {pb.DataFile.TRAIN: "data", pb.DataFile.VAL: "val"}
+_DATA_ROLES = {pb.DataFile.TRAIN: "data", pb.DataFile.VAL: "val"}  # each role's name in its stored file's name
+# The suffix an uploaded model or weights file is stored under, by what it holds (see server.wire's tables).
 _SUFFIX = {"pt2": ".pt2", "torch.save": ".pt", "torchscript": ".pt", "safetensors": ".safetensors"}
+# Why each model file format is code.
 _WHAT = {
     "pt2": "a .pt2 archive (torch.export.save), whose loader can fall back to unpickling",
     "torch.save": "a whole-model pickle (torch.save(model))",
@@ -80,7 +82,7 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
         what = f"data_files[{index}]"
         if file.role not in _DATA_ROLES:
             raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.role is not set: TRAIN or VAL")
-        if file.format not in _DATA_FORMATS:
+        if file.format not in DATA_FORMATS:
             raise UploadError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{what}.format is not set: NPY, NPZ, SAFETENSORS or TORCH_SAVE"
             )
@@ -103,7 +105,7 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
         raise UploadError(
             grpc.StatusCode.INVALID_ARGUMENT, "the header names no model: set model_file or factory (a factory spec)"
         )
-    kind = _MODEL_FORMATS.get(header.model_file.format)
+    kind = MODEL_FORMATS.get(header.model_file.format)
     if kind is None:
         raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, "model_file.format is not set: PT2, PICKLE or TORCHSCRIPT")
     if header.size_bytes == 0:
@@ -145,7 +147,7 @@ def receive(requests: Iterator[pb.SubmitRequest], header: pb.SubmitHeader, folde
     for index, (file, name) in enumerate(zip(header.data_files, _data_names(header), strict=True)):
         label = f"data file {_data_label(file, index)}"
         partial = _receive_file(chunks, folder / f"{name}.part", file.size_bytes, file.sha256, label)
-        declared, found = _DATA_FORMATS[file.format], tensor_file_kind(partial)
+        declared, found = DATA_FORMATS[file.format], tensor_file_kind(partial)
         if found != declared:
             raise UploadError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -202,7 +204,7 @@ def _receive_file(chunks: Iterator[bytes], partial: Path, size: int, sha256: str
 def _place_model(partial: Path, header: pb.SubmitHeader, folder: Path) -> Path | None:
     """Check that the model upload is what the header says, and name it after that (None: no upload)."""
     if header.WhichOneof("source") == "factory":
-        declared = _WEIGHTS_FORMATS.get(header.factory.weights_format)
+        declared = WEIGHTS_FORMATS.get(header.factory.weights_format)
         found = weights_kind(partial) if declared else None
         if declared and found != declared:
             raise UploadError(
@@ -211,7 +213,7 @@ def _place_model(partial: Path, header: pb.SubmitHeader, folder: Path) -> Path |
                 "or a state dict saved with torch.save(model.state_dict())",
             )
     else:
-        declared = _MODEL_FORMATS[header.model_file.format]
+        declared = MODEL_FORMATS[header.model_file.format]
         found = file_kind(partial)
         if found != declared:
             raise UploadError(
@@ -230,7 +232,7 @@ def _data_names(header: pb.SubmitHeader) -> list[str]:
     names, counts = [], dict.fromkeys(_DATA_ROLES, 0)
     for file in header.data_files:
         counts[file.role] += 1
-        names.append(f"upload-{_DATA_ROLES[file.role]}-{counts[file.role]}{_DATA_FORMATS[file.format]}")
+        names.append(f"upload-{_DATA_ROLES[file.role]}-{counts[file.role]}{DATA_FORMATS[file.format]}")
     return names
 
 

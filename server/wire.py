@@ -1,71 +1,159 @@
-"""JobOptions <-> the proto's JobOptions message: the same settings on both sides of the wire."""
+"""Every conversion between the proto's messages and the domain: JobOptions both ways, the file format tables,
+job records and workers' events as Job and JobEvent messages, and a job's report."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from collections.abc import Sequence
+from typing import Any
 
-from convert.auto.planner import AutoConfig
-from convert.distill.config import DistillConfig
+from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.distill.data import SYNTHETIC
-from convert.errors import ConvertError
+from convert.files import FileKind
 from convert.job import DistillJob, JobOptions
 from convert.load import DTYPES
-from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
-from convert.runtime.export import DEFAULT_ATOL, OnnxConfig
-from convert.surgery.config import DEFAULT_MIN_CHANNELS, ConvertConfig
+from convert.report.schema import Report
 from server.rpc import converter_pb2 as pb
+from server.store import JobRecord
+from server.worker.protocol import LogLine, StageProgress
+
+__all__ = [
+    "DATA_FORMATS",
+    "DATA_SUFFIXES",
+    "LOCAL_ONLY",
+    "MODEL_FORMATS",
+    "WEIGHTS_FORMATS",
+    "from_proto",
+    "job_event",
+    "job_message",
+    "model_format",
+    "report_of",
+    "to_proto",
+    "weights_format",
+    "worker_event",
+]
+
+# Model files: each proto format, as convert.files.file_kind names what a file's content is.
+MODEL_FORMATS: dict[int, FileKind] = {
+    pb.ModelFile.PT2: "pt2",
+    pb.ModelFile.PICKLE: "torch.save",
+    pb.ModelFile.TORCHSCRIPT: "torchscript",
+}
+# A factory's weights: each proto format, as convert.files.weights_kind names it.
+WEIGHTS_FORMATS: dict[int, str] = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
+# Distillation data files: each proto format, as convert.files.tensor_file_kind names it (the suffix the server
+# stores the file under, which convert.distill.data reads it by).
+DATA_FORMATS: dict[int, str] = {
+    pb.DataFile.NPY: ".npy",
+    pb.DataFile.NPZ: ".npz",
+    pb.DataFile.SAFETENSORS: ".safetensors",
+    pb.DataFile.TORCH_SAVE: ".pt",
+}
+# The suffixes of the tensor files a client may upload (lowercase), and the proto format of each.
+DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMATS.items()} | {
+    ".pth": pb.DataFile.TORCH_SAVE
+}
+
+
+def model_format(kind: FileKind) -> int:
+    """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
+    return next(format for format, name in MODEL_FORMATS.items() if name == kind)
+
+
+def weights_format(kind: str) -> int:
+    """The proto's Factory.WeightsFormat of a weights file of this kind (`convert.files.weights_kind`)."""
+    return next(format for format, name in WEIGHTS_FORMATS.items() if name == kind)
+
+
+def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
+    """The wire form of a job record (the report only with `with_report`: it can be large)."""
+    return pb.Job(
+        id=record.id,
+        state=pb.JobState.Value(record.state),
+        stage=record.stage,
+        progress=record.progress,
+        message=record.message,
+        failure=_failure(record.failure),
+        created_at=record.created,
+        started_at=record.started,
+        finished_at=record.finished,
+        source=record.source,
+        options=to_proto(JobOptions.from_dict(record.options)),
+        report_json=record.report if with_report else "",
+        artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
+    )
+
+
+def job_event(record: JobRecord) -> pb.JobEvent:
+    """The event that says where a job stands now (the first event of every Watch, and each change of state)."""
+    return pb.JobEvent(
+        job_id=record.id,
+        state=pb.JobState.Value(record.state),
+        stage=record.stage,
+        progress=record.progress,
+        message=record.message,
+        failure=_failure(record.failure),
+        time=time.time(),
+    )
+
+
+def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
+    """A running job's progress, or a log line of it, as Watch streams them."""
+    if isinstance(event, StageProgress):
+        return pb.JobEvent(
+            job_id=job_id, state=pb.RUNNING, stage=event.stage, progress=event.progress, time=time.time()
+        )
+    return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
+
+
+def report_of(job: pb.Job) -> Report:
+    """The report of a SUCCEEDED job, as the server sent it in GetJob."""
+    return Report.from_dict(json.loads(job.report_json))
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
     """The wire form of `options` (its model, weights and distillation data files travel separately, as the
-    upload: `distill.data` is "synthetic" or empty)."""
+    upload: `distill.data` is "synthetic" or empty).
+
+    Raises:
+        ConvertError: for fields that apply to local runs only (`LOCAL_ONLY`) set to anything but their default.
+    """
+    _refuse_local_only(options)
     config = options.config
     message = pb.JobOptions(
-        target=config.target,
         full_rank=config.rank == "full",
         no_pointwise=not config.pointwise,
-        include=config.include or "",
-        exclude=config.exclude or "",
-        min_channels=config.min_channels,
         input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
         input_dtype=options.input_dtype,
     )
+    _put(message, config)
     if isinstance(config.rank, int):
         message.rank = config.rank
-    if config.energy is not None:
-        message.energy = config.energy
-    if config.groups is not None:
-        message.groups = config.groups
     if options.onnx is not None:
-        onnx = options.onnx
-        message.onnx.CopyFrom(pb.OnnxOptions(static_shapes=not onnx.dynamic_batch, atol=onnx.atol))
-        if onnx.opset is not None:
-            message.onnx.opset = onnx.opset
-    if options.auto is not None:
-        message.auto.target_speedup = options.auto.target_speedup
-        if options.auto.max_error is not None:
-            message.auto.max_error = options.auto.max_error
-    if options.distill is not None:
-        job, config = options.distill, options.distill.config
-        local = [o for o, v in (("--resume", job.resume), ("--workers", config.workers)) if v]
-        local += ["--image-mean/--image-std"] if job.image_mean or job.image_std else []
-        if local:
-            raise ConvertError(f"{', '.join(local)} apply to local runs only: drop them with --server")
-        message.distill.CopyFrom(pb.DistillOptions(data=SYNTHETIC if job.data == (SYNTHETIC,) else ""))
-        for name in _DISTILL_FIELDS:
-            if getattr(config, name) is not None:
-                setattr(message.distill, name, getattr(config, name))
+        message.onnx.SetInParent()
+        _put(message.onnx, options.onnx)
+        message.onnx.static_shapes = not options.onnx.dynamic_batch
     if options.bench is not None:
         bench = options.bench
-        message.benchmark.CopyFrom(
-            pb.BenchOptions(device=bench.device, warmup=bench.warmup, batch_sizes=bench.batch_sizes)
-        )
-        if bench.threads is not None:
-            message.benchmark.threads = bench.threads
+        message.benchmark.SetInParent()
+        _put(message.benchmark, bench)
+        message.benchmark.batch_sizes.extend(bench.batch_sizes)
         if bench.duration is not None:
             message.benchmark.duration_seconds = bench.duration
         else:
             message.benchmark.runs = bench.runs
+    if options.auto is not None:
+        message.auto.SetInParent()
+        _put(message.auto, options.auto)
+        message.auto.threads = options.auto.threads or 0  # 0: the physical cores (unset: the benchmark's)
+    if options.distill is not None:
+        distill = options.distill
+        message.distill.SetInParent()
+        message.distill.data = SYNTHETIC if distill.data == (SYNTHETIC,) else ""
+        _put(message.distill, distill.config)
+        message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped
     return message
 
 
@@ -83,45 +171,18 @@ def from_proto(
         ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
     """
     if message.full_rank and message.HasField("rank"):
-        raise ConvertError("give either rank or full_rank, not both")
-    rank: int | str | None = "full" if message.full_rank else _optional(message, "rank")
-    config = ConvertConfig(
-        target=message.target or "separable",
-        rank=rank,  # type: ignore[arg-type]
-        energy=_optional(message, "energy"),
-        groups=_optional(message, "groups"),
-        pointwise=not message.no_pointwise,
-        include=message.include or None,
-        exclude=message.exclude or None,
-        min_channels=_optional(message, "min_channels", DEFAULT_MIN_CHANNELS),
-    )
-    onnx = bench = None
+        raise ConvertError("give either `rank` or `full_rank`, not both")
+    rank = "full" if message.full_rank else _optional(message, "rank")
+    config = ConvertConfig(rank=rank, pointwise=not message.no_pointwise, **_given(message, ConvertConfig))
+    onnx = bench = auto = None
     if message.HasField("onnx"):
-        o = message.onnx
-        onnx = OnnxConfig(_optional(o, "opset"), not o.static_shapes, _optional(o, "atol", DEFAULT_ATOL))
+        onnx = OnnxConfig(dynamic_batch=not message.onnx.static_shapes, **_given(message.onnx, OnnxConfig))
     if message.HasField("benchmark"):
-        b = message.benchmark
-        if b.HasField("runs") and b.HasField("duration_seconds"):
-            raise ConvertError("give either runs or duration_seconds for the benchmark, not both")
-        bench = BenchConfig(
-            device=b.device or "auto",
-            threads=_optional(b, "threads"),
-            warmup=_optional(b, "warmup", DEFAULT_WARMUP),
-            runs=_optional(b, "runs", DEFAULT_RUNS),
-            duration=_optional(b, "duration_seconds"),
-            batch_sizes=tuple(b.batch_sizes) or DEFAULT_BATCH_SIZES,
-        )
-    auto = None
+        bench = _bench(message.benchmark)
+    if message.HasField("auto") and config.target != "auto":
+        raise ConvertError("`auto` options go with `target`=auto")
     if config.target == "auto":
-        device, threads = (bench.device, bench.threads) if bench else ("auto", None)
-        auto = AutoConfig(
-            target_speedup=_optional(message.auto, "target_speedup", AutoConfig.target_speedup),
-            max_error=_optional(message.auto, "max_error"),
-            device=device,
-            threads=threads,
-        )
-    elif message.HasField("auto"):
-        raise ConvertError("auto options go with target 'auto'")
+        auto = _auto(message.auto, bench)
     if message.input_dtype and message.input_dtype not in DTYPES:
         raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
     for shape in message.input_shapes:
@@ -140,6 +201,56 @@ def from_proto(
         auto=auto,
         distill=_distill(message.distill, bench, data, val) if message.HasField("distill") else None,
     )
+
+
+# Fields that never travel: each with the reason. `to_proto` refuses one set to anything but its default, so that
+# it is never dropped on the way.
+LOCAL_ONLY: dict[tuple[type, str], str] = {
+    (DistillJob, "resume"): "it continues from the checkpoint in a local OUTDIR",
+    (DistillJob, "image_mean"): "it normalises folders of images, which are not uploaded (tensor files are)",
+    (DistillJob, "image_std"): "it normalises folders of images, which are not uploaded (tensor files are)",
+    (DistillConfig, "workers"): "its DataLoader processes decode folders of images, which are not uploaded",
+    (AutoConfig, "cache_dir"): "it is a folder on the client; the server keeps its own latency cache",
+    (JobOptions, "plan"): "it is a plan.json on the client (a plan upload is not supported yet)",
+}
+
+# The fields of each options class that travel under the same name in its message, set when not None (the others
+# are carried by hand in to_proto and from_proto).
+_SAME_NAME: dict[type, tuple[str, ...]] = {
+    ConvertConfig: (
+        *("target", "energy", "groups", "include", "exclude"),
+        *("min_channels", "transposed", "include_grouped"),
+    ),
+    OnnxConfig: ("opset", "atol"),
+    BenchConfig: ("device", "threads", "warmup"),
+    AutoConfig: ("target_speedup", "max_error", "device", "runs", "warmup", "max_candidates"),
+    DistillConfig: (
+        *("steps", "epochs", "batch_size", "lr", "weight_decay", "warmup", "loss", "temperature", "feature_weight"),
+        *("batchnorm", "device", "amp", "eval_every", "seed"),
+    ),
+}
+
+
+def _bench(message: pb.BenchOptions) -> BenchConfig:
+    if message.HasField("runs") and message.HasField("duration_seconds"):
+        raise ConvertError("give either `runs` or `duration_seconds` for the benchmark, not both")
+    return BenchConfig(
+        runs=_optional(message, "runs", BenchConfig.runs),
+        duration=_optional(message, "duration_seconds"),
+        batch_sizes=tuple(message.batch_sizes) or BenchConfig.batch_sizes,
+        **_given(message, BenchConfig),
+    )
+
+
+def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
+    """The latency-aware plan's settings; where the message does not say, on the benchmark's device and threads."""
+    fields = _given(message, AutoConfig)
+    fields.setdefault("device", bench.device if bench else "auto")
+    if message.HasField("threads"):
+        threads = message.threads or None
+    else:
+        threads = bench.threads if bench else None
+    return AutoConfig(threads=threads, **fields)
 
 
 def _distill(
@@ -162,26 +273,51 @@ def _distill(
             "distillation needs training inputs: upload tensor files of them (data files of role TRAIN), or set "
             "data 'synthetic'"
         )
-    fields = {f.name: value for f, value in message.ListFields() if f.name in _DISTILL_FIELDS}
-    device = "auto" if bench is None or bench.device == "tensorrt" else bench.device
-    return DistillJob(
-        data=tuple(data) or (SYNTHETIC,), config=DistillConfig(device=device, **fields), val=tuple(val) or None
-    )
+    fields = _given(message, DistillConfig)
+    if "device" not in fields:  # a client older than DistillOptions.device: the benchmark's, as it was then
+        fields["device"] = "auto" if bench is None or bench.device == "tensorrt" else bench.device
+    if message.HasField("grad_clip"):
+        fields["grad_clip"] = message.grad_clip or None  # 0: not clipped
+    return DistillJob(data=tuple(data) or (SYNTHETIC,), config=DistillConfig(**fields), val=tuple(val) or None)
 
 
-# DistillConfig fields that travel in DistillOptions under the same names
-_DISTILL_FIELDS = (
-    "steps",
-    "epochs",
-    "batch_size",
-    "lr",
-    "seed",
-    "feature_weight",
-    "loss",
-    "temperature",
-    "batchnorm",
-    "amp",
-)
+def _refuse_local_only(options: JobOptions) -> None:
+    """Raise ConvertError naming every `LOCAL_ONLY` field of `options` that is set, with the reasons."""
+    distill = options.distill
+    parts = [options, options.config, options.onnx, options.bench, options.auto, distill, distill and distill.config]
+    set_here = []
+    for part in (part for part in parts if part is not None):
+        defaults = {field.name: field for field in dataclasses.fields(part)}
+        for (cls, name), reason in LOCAL_ONLY.items():
+            if isinstance(part, cls) and getattr(part, name) != _default(defaults[name]):
+                set_here.append(f"`{name}` ({reason})")
+    if set_here:
+        verb, pronoun = ("applies", "it") if len(set_here) == 1 else ("apply", "them")
+        raise ConvertError(f"{', '.join(set_here)} {verb} to local runs only: drop {pronoun} to run on a server")
+
+
+def _put(message, options) -> None:
+    """Copy the fields of `options` that travel under the same name (`_SAME_NAME`) into `message`, but None."""
+    for name in _SAME_NAME[type(options)]:
+        value = getattr(options, name)
+        if value is not None:
+            setattr(message, name, value)
+
+
+def _given(message, cls: type) -> dict[str, Any]:
+    """The fields of `message` that the sender set (present, or not empty) and that `cls` has under the same name:
+    the others take the dataclass's defaults."""
+    names = _SAME_NAME[cls]
+    return {field.name: value for field, value in message.ListFields() if field.name in names}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _failure(name: str) -> int:
+    """A job record's failure kind ('' when none) as the proto's Failure."""
+    return pb.Failure.Value(name) if name else pb.FAILURE_UNSPECIFIED
 
 
 def _optional(message, field: str, default=None):

@@ -33,3 +33,10 @@ def hog() -> nn.Module:
     """Asks for 8 GiB at once: more than the test server's worker memory limit."""
     torch.empty(8 << 30, dtype=torch.uint8)
     return tiny()
+
+
+def mixed() -> nn.Module:
+    """A standard conv, a grouped one and a transposed one: what `include_grouped` and `transposed` choose among."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ConvTranspose2d(8, 4, 2, stride=2)
+    )

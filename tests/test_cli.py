@@ -76,6 +76,7 @@ TINY = textwrap.dedent(
     """
 )
 SHAPE = ["--input-shape", "1,3,16,16"]
+OUTPUT_FILES = ["model.pt", "model.safetensors", "plan.json", "report.json", "report.md"]
 LAYER_KEYS = {
     "name",
     "op",
@@ -142,6 +143,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "tiny.py").write_text(TINY)
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     monkeypatch.delitem(sys.modules, "tiny", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # model.pt pickles the user's class: loading it imports tiny
     yield tmp_path
     sys.modules.pop("tiny", None)
 
@@ -206,7 +208,10 @@ def test_whole_model_pickle_warns_once(work: Path) -> None:
     lines = result.stderr.strip().splitlines()
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and "runs code from the file" in warnings[0], result.stderr
-    assert lines == [warnings[0], "wrote net-separable/ (model.pt, report.json, report.md)"]
+    assert lines == [
+        warnings[0],
+        "wrote net-separable/ (model.pt, model.safetensors, plan.json, report.json, report.md)",
+    ]
     report = json.loads((work / "net-separable" / "report.json").read_text())
     assert report["totals"]["converted"] == 2 and report["output_rel_error"] < 1e-4
 
@@ -267,7 +272,13 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
     # a regex with [brackets] (rich markup) shows verbatim in the table and the report
     result = ok(run(work, "tiny:build", *SHAPE, "--exclude", "^[/]?0$"))
     out = work / "build-separable"  # ./<callable>-<target> for a factory
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.pt",
+        "model.safetensors",
+        "plan.json",
+        "report.json",
+        "report.md",
+    ]
     assert "wrote build-separable/" in result.stderr
     assert "--exclude '^[/]?0$'" in result.stdout
     first = json.loads((out / "report.json").read_text())
@@ -280,7 +291,7 @@ def test_default_outdir_and_rerun_replaces_it(work: Path, tmp_path_factory: pyte
 
     (out / "stale.txt").write_text("from an earlier run")
     ok(run(work, "tiny:build", *SHAPE, "--rank", "2"))
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
     second = json.loads((out / "report.json").read_text())
     assert second["options"]["rank"] == 2 and second["totals"]["converted"] == 2
     assert sorted(p.name for p in work.iterdir()) == ["build-separable", "tiny.py"]  # no .tmp- / .old- left
@@ -373,7 +384,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ("random-bytes", _random_bytes, ["random.bin", *SHAPE], r"not a PyTorch model file.*factory spec"),
     ("truncated", _truncated, ["truncated.pt", *SHAPE], r"truncated\.pt .*check that it is complete"),
     ("torchscript", _torchscript, ["scripted.pt", *SHAPE], r"TorchScript archive.*torch\.export\.save"),
-    ("state-dict-as-model", _state_dict, ["sd.pt", *SHAPE], r"holds weights only: .*--weights sd\.pt"),
+    ("state-dict-as-model", _state_dict, ["sd.pt", *SHAPE], r"holds weights only: .*--weights"),
     (
         "weights-do-not-fit",
         _misfit_weights,
@@ -394,7 +405,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
         "input-shape-rejected",
         None,
         ["tiny:build", "--input-shape", "1,5,16,16"],
-        r"rejects inputs of shape 1x5x16x16 .*pass --input-shape",
+        r"cannot run in eval mode on inputs of shape 1x5x16x16 .*pass --input-shape",
     ),
     ("input-shape-malformed", None, ["tiny:build", "--input-shape", "1,x,3"], r"--input-shape.*e\.g\. 1,3,224,224"),
     (
@@ -405,10 +416,10 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], None] | None, list[str], str]] = [
     ),
     ("unknown-target", None, ["tiny:build", "--to", "octagonal", *SHAPE], r"invalid choice: 'octagonal'.*separable"),
     ("unknown-transposed", None, ["tiny:build", "--transposed", "dense", *SHAPE], r"invalid choice: 'dense'.*skip"),
-    ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"add --groups G"),
+    ("grouped-without-groups", None, ["tiny:build", "--to", "grouped", *SHAPE], r"set --groups \(e\.g\. --groups 4\)"),
     ("rank-0", None, ["tiny:build", "--rank", "0", *SHAPE], r"rank 0 is not valid: use a positive integer or 'full'"),
     ("energy-1.5", None, ["tiny:build", "--energy", "1.5", *SHAPE], r"energy 1\.5 is not valid: use a fraction"),
-    ("no-input-shape", None, ["tiny:build"], r"input shape is unknown: add --input-shape"),
+    ("no-input-shape", None, ["tiny:build"], r"input shape is unknown: set --input-shape"),
     ("inspect-rejected-shape", None, ["inspect", "tiny:build", "--input-shape", "1,5"], r"pass --input-shape"),
     ("outdir-is-a-file", _existing_file, ["tiny:build", *SHAPE, "-o", "taken.pt"], r"taken\.pt .*not a folder"),
     ("outdir-holds-user-files", _user_folder, ["tiny:build", *SHAPE, "-o", "src"], r"src .*give -o a new folder"),
@@ -527,3 +538,15 @@ def test_failed_swap_puts_earlier_results_back(
     assert cli.main(["tiny:build", *SHAPE, "-o", "out", "--rank", "3", "--json"]) == 2
     assert "cannot write out (PermissionError: [Errno 13] Permission denied" in capsys.readouterr().err
     assert tree(in_process) == earlier
+
+
+def test_plan_of_an_earlier_run_applies_to_the_weights(work: Path) -> None:
+    first = json.loads(
+        ok(run(work, "tiny:build", *SHAPE, "--rank", "2", "--exclude", "^0$", "--json", "-o", "a")).stdout
+    )
+    again = json.loads(ok(run(work, "tiny:build", *SHAPE, "--plan", "a/plan.json", "--json", "-o", "b")).stdout)
+    assert [(x["name"], x["status"], x["rank"]) for x in again["layers"]] == [
+        (x["name"], x["status"], x["rank"]) for x in first["layers"]
+    ]
+    refused = run(work, "tiny:build", *SHAPE, "--plan", "a/plan.json", "--to", "auto", "-o", "c")
+    assert refused.returncode == 2 and "give either a --plan or --to auto" in refused.stderr

@@ -53,7 +53,10 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_distill_writes_report_curve_and_checkpoint_then_resumes(work: Path) -> None:
     result = ok(run(work, "tiny:classifier", *SHAPE, "--distill", "x.npy", *FEW, "-o", "out"))
     assert "distilled 6/6 steps" in result.stderr and "top-1 agreement" in result.stderr
-    assert "wrote out/ (model.pt, report.json, report.md, distill.png, distill-checkpoint.pt)" in result.stderr
+    assert (
+        "wrote out/ (model.pt, model.safetensors, plan.json, report.json, report.md, "
+        "distill.png, distill-checkpoint.pt)"
+    ) in result.stderr
     out = work / "out"
     report = json.loads((out / "report.json").read_text())
     distill = report["distill"]

@@ -49,8 +49,10 @@ HAS_GPU = torch.cuda.is_available()
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "tiny.py").write_text(TINY)
+    monkeypatch.delitem(sys.modules, "tiny", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))  # model.pt pickles the user's class: loading it imports tiny
     return tmp_path
 
 
@@ -63,12 +65,17 @@ def test_convert_with_benchmark(work: Path) -> None:
         "benchmark.png",
         "model.onnx",
         "model.pt",
+        "model.safetensors",
         "original.onnx",
+        "plan.json",
         "report.json",
         "report.md",
     ]
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "wrote out/ (model.pt, report.json, report.md, original.onnx, model.onnx, benchmark.png)" in result.stderr
+    assert (
+        "wrote out/ (model.pt, model.safetensors, plan.json, report.json, report.md, "
+        "original.onnx, model.onnx, benchmark.png)"
+    ) in result.stderr
     assert "ONNX Runtime matches PyTorch" in result.stderr
     assert "ONNX Runtime latency (ms)" in result.stdout and "speedup / MAC ratio" in result.stdout
 
@@ -122,7 +129,9 @@ def test_onnx_static_shapes_json_prints_only_json(work: Path) -> None:
     assert sorted(p.name for p in (work / "o").iterdir()) == [
         "model.onnx",
         "model.pt",
+        "model.safetensors",
         "original.onnx",
+        "plan.json",
         "report.json",
         "report.md",
     ]

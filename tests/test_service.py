@@ -7,6 +7,7 @@ tests that stop, restart or configure a server differently start their own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ from server.rpc import converter_pb2_grpc as pb_grpc
 SHAPE = ((1, 3, 16, 16),)
 TINY = JobOptions("service_models:tiny", input_shapes=SHAPE, config=ConvertConfig(rank="full"))
 SLOW = JobOptions("service_models:slow", input_shapes=SHAPE)
+FINAL = (pb.SUCCEEDED, pb.FAILED, pb.CANCELLED)
 
 pytestmark = pytest.mark.slow  # each test starts or uses a real server and its worker processes
 
@@ -150,6 +152,29 @@ def test_cli_through_the_server_prints_the_local_report(shared, weights: Path, t
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot reach the conversion server at 127.0.0.1:9" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_options_once_dropped_reach_the_worker(client: ConvertClient, tmp_path: Path) -> None:
+    """`transposed`, `include_grouped` and the distillation's `device` without a benchmark had no proto field: the
+    service ran the defaults. Now the server's run is the local one."""
+    torch.manual_seed(1)
+    save_file(service_models.mixed().state_dict(), tmp_path / "mixed.safetensors")
+    config = ConvertConfig(rank="full", transposed="skip", include_grouped=True)
+    options = JobOptions("service_models:mixed", str(tmp_path / "mixed.safetensors"), SHAPE, config=config)
+    local = run_job(options, tmp_path / "local")
+    remote = client.run(options, tmp_path / "remote")
+    assert without_timings(remote.to_dict()) == without_timings(local.to_dict())
+    assert (remote.options["transposed"], remote.options["include_grouped"]) == ("skip", True)
+    assert [layer.status for layer in remote.layers] == ["converted", "converted", "skipped"]  # the defaults' reverse
+    assert "transposed conv" in remote.layers[2].reason
+
+    device = DistillConfig(steps=1, batch_size=2, device="cuda")
+    job = wait_for(client, client.submit(dataclasses.replace(TINY, distill=DistillJob(("synthetic",), device))), *FINAL)
+    if torch.cuda.is_available():
+        assert job.state == pb.SUCCEEDED, job.message
+        assert json.loads(job.report_json)["distill"]["device"].startswith("cuda")
+    else:  # the worker was asked for CUDA, and said it has none (with "auto" it would have trained on the CPU)
+        assert (job.state, job.failure) == (pb.FAILED, pb.BAD_INPUT) and "CUDA GPU" in job.message
 
 
 # --- watch, cancel, limits ------------------------------------------------------------------------------------------
@@ -380,7 +405,7 @@ def test_bad_options(client: ConvertClient) -> None:
     # known only once the model is there: the job fails, as a local run would
     misfit = JobOptions("service_models:tiny", input_shapes=SHAPE, config=ConvertConfig(target="grouped", groups=5))
     job = wait_for(client, client.submit(misfit), pb.FAILED)
-    assert job.failure == pb.BAD_INPUT and "--groups 5 fits no layer" in job.message
+    assert job.failure == pb.BAD_INPUT and "`groups`=5 fits no layer" in job.message
 
 
 # --- distillation on uploaded inputs --------------------------------------------------------------------------------
@@ -501,8 +526,10 @@ def raw_download(address: str, job_id: str, name: str) -> bytes:
 
 def test_unknown_and_malformed_job_ids(client: ConvertClient, shared) -> None:
     def download(job_id: str, name: str = "model.pt") -> None:
-        with client._errors():
+        try:
             raw_download(shared.address, job_id, name)
+        except grpc.RpcError as e:
+            raise ServiceError(e.code(), e.details()) from None
 
     for call in (client.get, client.cancel, lambda job_id: list(client.watch(job_id)), download):
         with pytest.raises(ServiceError) as error:
@@ -579,7 +606,7 @@ def test_untrusted_code_only_when_allowed_and_only_in_the_worker(tmp_path: Path)
 
 
 def test_a_failed_job_raises_with_its_message(client: ConvertClient, tmp_path: Path) -> None:
-    with pytest.raises(JobFailed, match="pass --input-shape with the shapes it expects"):
+    with pytest.raises(JobFailed, match="pass `example_inputs` of the shapes it expects"):
         client.run(JobOptions("service_models:tiny", input_shapes=((1, 5, 16, 16),)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -1,73 +1,261 @@
-"""JobOptions survive the wire: to_proto, then from_proto, gives them back; bad ones are refused."""
+"""JobOptions survive the wire. Every field of every options class that travels (walked with dataclasses.fields)
+has a wire form, or is on server.wire.LOCAL_ONLY with its reason and is then refused, never dropped; a non-default
+value of each survives to_proto, then from_proto; bad ones are refused."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Iterator
+
 import pytest
 
-from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, OnnxConfig
-from convert.distill.config import DistillConfig
+from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.job import DistillJob, JobOptions
 from server.rpc import converter_pb2 as pb
-from server.wire import from_proto, to_proto
+from server.wire import LOCAL_ONLY, from_proto, to_proto
 
-CASES = [
-    JobOptions("m"),
-    JobOptions("m", input_shapes=((1, 3, 8, 8), (2, 5)), input_dtype="float64", config=ConvertConfig(rank="full")),
-    JobOptions("m", config=ConvertConfig(rank=3, include="layer1", exclude="fc", min_channels=4)),
-    JobOptions("m", config=ConvertConfig(energy=0.9)),
-    JobOptions("m", config=ConvertConfig(target="grouped", groups=4, pointwise=False)),
-    JobOptions("m", onnx=OnnxConfig(opset=18, dynamic_batch=False, atol=1e-3)),
-    JobOptions("m", bench=BenchConfig(device="cpu", threads=2, warmup=0, runs=7, batch_sizes=(1, 8))),
-    JobOptions("m", bench=BenchConfig(device="cuda", duration=2.5)),
-    JobOptions("m", config=ConvertConfig(target="auto")),
-    JobOptions("m", distill=DistillJob(data=("synthetic",), config=DistillConfig(steps=10, lr=0.01, seed=3))),
-    JobOptions(
-        "m",
-        distill=DistillJob(
-            data=("synthetic",), config=DistillConfig(loss="mse", temperature=2.0, batchnorm="freeze", amp="off")
-        ),
-    ),
-    JobOptions(
-        "m",
-        config=ConvertConfig(target="auto"),
-        auto=AutoConfig(target_speedup=3.0, max_error=0.2, device="cpu", threads=2),
-        bench=BenchConfig(device="cpu", threads=2, batch_sizes=(1, 4)),
-    ),
+M = "service_models:tiny"
+SYNTHETIC = ("synthetic",)
+
+
+def convert(**fields) -> JobOptions:
+    return JobOptions(M, config=ConvertConfig(**fields))
+
+
+def onnx(**fields) -> JobOptions:
+    return JobOptions(M, onnx=OnnxConfig(**fields))
+
+
+def bench(**fields) -> JobOptions:
+    return JobOptions(M, bench=BenchConfig(**fields))
+
+
+def auto(bench: BenchConfig | None = None, **fields) -> JobOptions:
+    return JobOptions(M, config=ConvertConfig(target="auto"), auto=AutoConfig(**fields), bench=bench)
+
+
+def distill(data: tuple[str, ...] = SYNTHETIC, bench: BenchConfig | None = None, **fields) -> JobOptions:
+    return JobOptions(M, bench=bench, distill=DistillJob(data, config=DistillConfig(**fields)))
+
+
+def job(**fields) -> JobOptions:
+    return JobOptions(M, distill=DistillJob(**{"data": SYNTHETIC, **fields}))
+
+
+UPLOADED = ("upload-data-1.pt", "upload-data-2.npz")  # as the server stores uploaded data files
+
+# Non-default values of every field of every options class, each in a JobOptions where it is valid. The model, its
+# weights and the distillation data files travel as SubmitHeader.source and the upload (test_service.py sends them):
+# here they are passed beside the options, as the servicer passes them.
+SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
+    JobOptions: {
+        "model": [JobOptions("torchvision.models:resnet18"), JobOptions("upload.pt2")],
+        "weights": [JobOptions(M, weights="upload.safetensors")],
+        "input_shapes": [JobOptions(M, input_shapes=((1, 3, 8, 8), (2, 5)))],
+        "input_dtype": [JobOptions(M, input_dtype="float64")],
+        "config": [convert(rank=2)],
+        "onnx": [onnx()],
+        "bench": [bench()],
+        "auto": [auto()],
+        "distill": [distill()],
+        "plan": [JobOptions(M, plan="plan.json")],
+    },
+    ConvertConfig: {
+        "target": [convert(target="grouped", groups=4), convert(target="auto")],
+        "rank": [convert(rank=3), convert(rank="full")],
+        "energy": [convert(energy=0.9)],
+        "groups": [convert(target="grouped", groups=4)],
+        "pointwise": [convert(target="grouped", groups=2, pointwise=False)],
+        "include": [convert(include="layer1")],
+        "exclude": [convert(exclude="fc")],
+        "min_channels": [convert(min_channels=4)],
+        "transposed": [convert(transposed="skip")],
+        "include_grouped": [convert(include_grouped=True)],
+    },
+    OnnxConfig: {
+        "opset": [onnx(opset=18)],
+        "dynamic_batch": [onnx(dynamic_batch=False)],
+        "atol": [onnx(atol=1e-3)],
+    },
+    BenchConfig: {
+        "device": [bench(device="cpu"), bench(device="tensorrt")],
+        "threads": [bench(threads=2), auto(bench=BenchConfig(threads=4))],  # the plan times on all cores
+        "warmup": [bench(warmup=0)],
+        "runs": [bench(runs=7)],
+        "duration": [bench(duration=2.5)],
+        "batch_sizes": [bench(batch_sizes=(1, 8))],
+    },
+    AutoConfig: {
+        "target_speedup": [auto(target_speedup=3.0)],
+        "max_error": [auto(max_error=0.2)],
+        "device": [auto(device="cuda"), auto(device="auto", bench=BenchConfig(device="cpu"))],
+        "threads": [auto(threads=2), auto(threads=2, bench=BenchConfig(threads=4))],
+        "runs": [auto(runs=7)],
+        "warmup": [auto(warmup=0)],
+        "max_candidates": [auto(max_candidates=4)],
+        "cache_dir": [auto(cache_dir="/tmp/latency")],
+    },
+    DistillJob: {
+        "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
+        "config": [distill(steps=3)],
+        "val": [job(val=("upload-val-1.safetensors",)), job(data=UPLOADED, val=("upload-val-1.npy",))],
+        "image_mean": [job(image_mean=(0.5, 0.5, 0.5))],
+        "image_std": [job(image_std=(0.2, 0.2, 0.2))],
+        "resume": [job(resume=True)],
+    },
+    DistillConfig: {
+        "steps": [distill(steps=10)],
+        "epochs": [distill(data=UPLOADED, epochs=2.5)],
+        "batch_size": [distill(batch_size=4)],
+        "lr": [distill(lr=0.01)],
+        "weight_decay": [distill(weight_decay=0.01)],
+        "warmup": [distill(warmup=0.2), distill(warmup=0.0)],
+        "loss": [distill(loss="mse")],
+        "temperature": [distill(temperature=2.0)],
+        "feature_weight": [distill(feature_weight=0.0)],
+        "batchnorm": [distill(batchnorm="freeze")],
+        # the bug this file guards: without a benchmark, the device did not travel
+        "device": [distill(device="cpu"), distill(device="cuda"), distill(device="cpu", bench=BenchConfig("cuda"))],
+        "amp": [distill(amp="off")],
+        "grad_clip": [distill(grad_clip=None), distill(grad_clip=2.0)],
+        "eval_every": [distill(eval_every=5)],
+        "seed": [distill(seed=3)],
+        "workers": [distill(workers=2)],
+    },
+}
+
+
+def nested(cls: type) -> Iterator[type]:
+    """The options classes among the types of `cls`'s fields (`X | None` included)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        for kind in (hints[field.name], *typing.get_args(hints[field.name])):
+            if dataclasses.is_dataclass(kind):
+                yield kind
+
+
+def walk(cls: type = JobOptions) -> list[type]:
+    """`cls` and every options class nested in it, recursively."""
+    found = [cls]
+    for inner in nested(cls):
+        found += [c for c in walk(inner) if c not in found]
+    return found
+
+
+def parts(options: object) -> dict[type, object]:
+    """Each options object inside `options` (itself included), by class."""
+    found = {type(options): options}
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if dataclasses.is_dataclass(value):
+            found |= parts(value)
+    return found
+
+
+FIELDS = [(cls, field) for cls in walk() for field in dataclasses.fields(cls)]
+TRAVELLING = [
+    (cls, field.name, sample)
+    for cls, field in FIELDS
+    if (cls, field.name) not in LOCAL_ONLY
+    for sample in SAMPLES.get(cls, {}).get(field.name, [])
 ]
+REFUSED = [(cls, name, sample) for (cls, name) in LOCAL_ONLY for sample in SAMPLES[cls][name]]
 
 
-# Distillation on uploaded files: the files travel as the upload's data files, stored on the server as these.
-UPLOADED = [
-    JobOptions("m", distill=DistillJob(data=("upload-data-1.npy",), config=DistillConfig(epochs=2.5, batch_size=4))),
-    JobOptions("m", distill=DistillJob(data=("upload-data-1.pt", "upload-data-2.npz"), val=("upload-val-1.npy",))),
-    JobOptions("m", distill=DistillJob(data=("synthetic",), val=("upload-val-1.safetensors",))),
-]
+def label(case: tuple[type, str, JobOptions]) -> str:
+    return f"{case[0].__name__}.{case[1]}"
 
 
-@pytest.mark.parametrize("options", CASES + UPLOADED, ids=range(len(CASES + UPLOADED)))
-def test_round_trip(options: JobOptions) -> None:
-    wire = pb.JobOptions.FromString(to_proto(options).SerializeToString())
-    distill = options.distill
-    uploaded = {} if distill is None else {"data": distill.data, "val": distill.val or ()}
-    if uploaded.get("data") == ("synthetic",):
-        uploaded["data"] = ()
-    assert wire.distill.data == ("synthetic" if distill and distill.data == ("synthetic",) else "")
-    assert from_proto(wire, "m", **uploaded) == options
+def round_trip(options: JobOptions) -> JobOptions:
+    """to_proto, serialised and parsed, then from_proto with the uploaded files' names, as the servicer does."""
+    message = pb.JobOptions.FromString(to_proto(options).SerializeToString())
+    job = options.distill
+    data = () if job is None or job.data == SYNTHETIC else job.data
+    return from_proto(message, options.model, options.weights, data, () if job is None else job.val or ())
+
+
+def test_the_walk_finds_every_options_class() -> None:
+    assert set(walk()) == {JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig}
+
+
+@pytest.mark.parametrize(("cls", "field"), FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
+def test_every_field_has_a_wire_form_or_is_local_only(cls: type, field: dataclasses.Field) -> None:
+    samples = SAMPLES.get(cls, {}).get(field.name)
+    assert samples, (
+        f"{cls.__name__}.{field.name} has no sample here: give it a proto field (proto/converter.proto), carry it "
+        "both ways in server/wire.py and add a sample value to SAMPLES; or put it on server.wire.LOCAL_ONLY with "
+        "the reason it cannot travel (and add a sample, which to_proto must refuse)"
+    )
+    if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        return  # a required field: any value will do
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    for sample in samples:
+        value = getattr(parts(sample)[cls], field.name)
+        assert value != default, f"a sample of {cls.__name__}.{field.name} keeps the default {default!r}"
+
+
+@pytest.mark.parametrize("case", TRAVELLING, ids=[label(case) for case in TRAVELLING])
+def test_a_non_default_value_survives_the_wire(case: tuple[type, str, JobOptions]) -> None:
+    cls, name, options = case
+    back = round_trip(options)
+    assert getattr(parts(back)[cls], name) == getattr(parts(options)[cls], name)
+    assert back == options
+
+
+def test_defaults_survive_the_wire() -> None:
+    assert round_trip(JobOptions(M)) == JobOptions(M)
+    assert to_proto(JobOptions(M)).distill.data == "" and not to_proto(JobOptions(M)).HasField("distill")
+    assert to_proto(distill()).distill.data == "synthetic" and to_proto(job(data=UPLOADED)).distill.data == ""
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[label(case) for case in REFUSED])
+def test_local_only_fields_are_refused_not_dropped(case: tuple[type, str, JobOptions]) -> None:
+    _, name, options = case
+    expected = f"^`{name}` \\(.+\\) applies to local runs only: drop it to run on a server$"
+    with pytest.raises(ConvertError, match=expected):
+        to_proto(options)
+
+
+def test_local_only_fields_are_named_together() -> None:
+    options = JobOptions(M, distill=DistillJob(SYNTHETIC, config=DistillConfig(workers=2), resume=True))
+    with pytest.raises(ConvertError, match="^`resume` .*, `workers` .* apply to local runs only: drop them") as error:
+        to_proto(options)
+    assert str(error.value).count("`") == 4
+
+
+def test_older_clients_get_what_they_got() -> None:
+    """Messages without the fields added since (DistillOptions.device, AutoOptions.device and .threads) mean
+    what they meant: the benchmark's device and threads."""
+    for device, expected in (("cpu", "cpu"), ("cuda", "cuda"), ("tensorrt", "auto")):
+        message = pb.JobOptions(benchmark=pb.BenchOptions(device=device), distill=pb.DistillOptions(data="synthetic"))
+        assert from_proto(message, M).distill.config.device == expected
+    message = pb.JobOptions(distill=pb.DistillOptions(data="synthetic"))
+    assert from_proto(message, M).distill.config.device == "auto"
+    message = pb.JobOptions(target="auto", benchmark=pb.BenchOptions(device="cuda", threads=3))
+    options = from_proto(message, M)
+    assert (options.auto.device, options.auto.threads) == ("cuda", 3)
+    message = pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=3))
+    assert (from_proto(message, M).auto.device, from_proto(message, M).auto.threads) == ("auto", None)
 
 
 @pytest.mark.parametrize(
     ("message", "expected"),
     [
-        (pb.JobOptions(rank=2, full_rank=True), "either rank or full_rank"),
-        (pb.JobOptions(groups=2), "--groups applies to --to grouped only"),
+        (pb.JobOptions(rank=2, full_rank=True), "either `rank` or `full_rank`"),
+        (pb.JobOptions(groups=2), "`groups` applies to `target`=grouped only"),
+        (pb.JobOptions(transposed="sideways"), "unknown transposed form 'sideways'"),
         (pb.JobOptions(input_shapes=[pb.Shape(dims=[1, 0])]), "input shape"),
-        (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either runs or duration"),
+        (pb.JobOptions(benchmark=pb.BenchOptions(runs=3, duration_seconds=1)), "either `runs` or `duration_seconds`"),
         (pb.JobOptions(benchmark=pb.BenchOptions(device="tpu")), "unknown device"),
         (pb.JobOptions(onnx=pb.OnnxOptions(atol=0)), "atol"),
-        (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "auto options go with target 'auto'"),
+        (pb.JobOptions(auto=pb.AutoOptions(target_speedup=2)), "`auto` options go with `target`=auto"),
         (pb.JobOptions(target="auto", auto=pb.AutoOptions(target_speedup=0.5)), "target speedup"),
+        (pb.JobOptions(target="auto", auto=pb.AutoOptions(max_candidates=1)), "max_candidates"),
         (pb.JobOptions(distill=pb.DistillOptions(data="images/", steps=10)), "not available on the service"),
         (pb.JobOptions(distill=pb.DistillOptions(steps=10)), "distillation needs training inputs"),
+        (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", device="tpu")), "device 'tpu' is not valid"),
+        (pb.JobOptions(distill=pb.DistillOptions(data="synthetic", warmup=1.0)), "warmup 1.0 is not valid"),
     ],
 )
 def test_refused(message: pb.JobOptions, expected: str) -> None:
@@ -90,16 +278,3 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:
     with pytest.raises(ConvertError, match=expected):
         from_proto(message, "m", **uploaded)
-
-
-@pytest.mark.parametrize(
-    "distill",
-    [
-        DistillJob(data=("synthetic",), resume=True),
-        DistillJob(data=("synthetic",), config=DistillConfig(workers=2)),
-        DistillJob(data=("synthetic",), image_mean=(0.5, 0.5, 0.5)),
-    ],
-)
-def test_local_only_distill_options_are_refused_not_dropped(distill: DistillJob) -> None:
-    with pytest.raises(ConvertError, match="apply to local runs only"):
-        to_proto(JobOptions("m", distill=distill))

@@ -34,7 +34,7 @@ class ZooModel:
         """
         torch.manual_seed(0)
         model = self.build()
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # noqa: SLF001
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()

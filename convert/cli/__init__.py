@@ -1,4 +1,4 @@
-"""The `convert` command line: parse arguments, call the library, print."""
+"""The `convert` command line: commands (subcommands -> run), args, options, flags, output, remote (the service)."""
 
 from convert.cli.commands import main
 

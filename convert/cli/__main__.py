@@ -2,6 +2,8 @@
 
 import sys
 
-from convert.cli.commands import main
+from convert.cli import main
+
+__all__: list[str] = []
 
 sys.exit(main())

@@ -1,5 +1,6 @@
-"""What a conversion did: the report.json schema, its Markdown and terminal forms, and the plots."""
+"""What a conversion did: the report.json schema, its Markdown (report.md) and terminal (rich) forms, the plots."""
 
+from convert.report.plots import plot_auto, plot_benchmark, plot_distill
 from convert.report.schema import (
     Benchmark,
     DistillMetrics,
@@ -9,8 +10,6 @@ from convert.report.schema import (
     OnnxReport,
     Report,
     Totals,
-    plot_benchmark,
-    plot_distill,
 )
 
 __all__ = [
@@ -22,6 +21,7 @@ __all__ = [
     "OnnxReport",
     "Report",
     "Totals",
+    "plot_auto",
     "plot_benchmark",
     "plot_distill",
 ]

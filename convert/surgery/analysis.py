@@ -82,7 +82,7 @@ class Analysis:
             try:
                 was_graph = isinstance(root.get_submodule(owner), torch.fx.GraphModule)
                 root, paths = rewrite_calls(root, owner, [(layer, replacement) for _, layer, replacement in calls])
-            except Exception as e:  # fx cannot trace the owner: its convs stay
+            except Exception as e:  # noqa: BLE001 - fx cannot trace the owner: its convs stay
                 for index, layer, _ in calls:
                     why = f"its functional calls are in {owner or 'the model'}, which fx cannot trace ({one_line(e)})"
                     rows[index] = layer_row(layer, None, None, why)
@@ -95,7 +95,7 @@ class Analysis:
                 )
         try:
             output = run_model(root, self.inputs, training=False)
-        except Exception:  # a swapped conv's attributes are read where no graph showed it: find which
+        except Exception:  # noqa: BLE001 - a swapped conv's attributes are read where no graph showed it
             undone = _keep_swaps_that_run(root, self.layers, swaps, self.inputs)
             for index, reason in undone.items():
                 rows[index] = layer_row(self.layers[index], None, None, reason)
@@ -130,7 +130,9 @@ class Analysis:
                 layer,
                 decisions[layer.name],
                 replaced[layer.name],
-                swaps[index][0] if index in swaps else plain_conv(layer.spec, layer.weight.detach(), _detached(layer.bias)),
+                swaps[index][0]
+                if index in swaps
+                else plain_conv(layer.spec, layer.weight.detach(), _detached(layer.bias)),
             )
             for index, layer in converted
         ]
@@ -201,7 +203,7 @@ def functional_as_modules(analysis: Analysis, names: set[str]) -> tuple[nn.Modul
         convs = [(layer, plain_conv(layer.spec, layer.weight.detach(), _detached(layer.bias))) for layer in layers]
         try:
             root, paths = rewrite_calls(root, owner, convs)
-        except Exception:  # left as functions: no hooks on them
+        except Exception:  # noqa: BLE001 - left as functions: no hooks on them
             continue
         modules |= {name: root.get_submodule(path) for name, path in paths.items()}
     return root, modules
@@ -266,7 +268,7 @@ def _keep_swaps_that_run(
         swap_module(root, layers[index].module_path, replacement)
         try:
             run_model(root, inputs, training=False)
-        except Exception:  # this swap breaks the model: undo it
+        except Exception:  # noqa: BLE001 - this swap breaks the model: undo it
             swap_module(root, layers[index].module_path, original)
             undone[index] = "its attributes (e.g. .weight) are read outside the conv call"
     return undone

@@ -90,9 +90,7 @@ class Calibrated:
     report: CalibrationReport
 
 
-def prepare_calibration(
-    calibration: CalibrationConfig | Any, model: nn.Module, example_inputs: Inputs
-) -> Calibration:
+def prepare_calibration(calibration: CalibrationConfig | Any, model: nn.Module, example_inputs: Inputs) -> Calibration:
     """Load (if need be), choose and check the calibration inputs, before any other work.
 
     Raises:

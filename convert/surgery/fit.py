@@ -245,7 +245,9 @@ def _refit_first(
     centred = moments.cross[0, :-1]  # (U, C_out): sum z y^T ...
     if bias is not None:  # ... less sum z b^T
         centred = centred - moments.gram[0, :-1, -1:] * bias[None, :]
-    rhs = torch.einsum("hao,ohj->hja", centred.reshape(groups, patch, -1) * w, dense_pointwise.reshape(-1, groups, rank))
+    rhs = torch.einsum(
+        "hao,ohj->hja", centred.reshape(groups, patch, -1) * w, dense_pointwise.reshape(-1, groups, rank)
+    )
     normal = _Normal(1, system.shape[0], 1, False)
     normal.gram, normal.cross = system[None], rhs.reshape(1, -1, 1)
     return normal.solve(first.reshape(1, -1, 1)).reshape(shape)

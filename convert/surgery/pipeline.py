@@ -191,7 +191,7 @@ def _train_mode_error(
     statistics), or None with a note when the original cannot run in train mode on these inputs."""
     try:
         return compare(model, converted, inputs, training=True)
-    except Exception as e:  # e.g. BatchNorm after global pooling on a batch of 1
+    except Exception as e:  # noqa: BLE001 - e.g. BatchNorm after global pooling on a batch of 1
         notes.append(f"train mode: not checked, the model cannot run in train mode on these inputs ({one_line(e)})")
         return None
 

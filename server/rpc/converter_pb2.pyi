@@ -132,7 +132,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     FULL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,8 @@ class JobOptions(_message.Message):
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     DISTILL_FIELD_NUMBER: _ClassVar[int]
     AUTO_FIELD_NUMBER: _ClassVar[int]
+    TRANSPOSED_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_GROUPED_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -163,15 +165,27 @@ class JobOptions(_message.Message):
     benchmark: BenchOptions
     distill: DistillOptions
     auto: AutoOptions
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ...) -> None: ...
+    transposed: str
+    include_grouped: bool
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ...) -> None: ...
 
 class AutoOptions(_message.Message):
-    __slots__ = ("target_speedup", "max_error")
+    __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates")
     TARGET_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     target_speedup: float
     max_error: float
-    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ...) -> None: ...
+    device: str
+    threads: int
+    runs: int
+    warmup: int
+    max_candidates: int
+    def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ...) -> None: ...
 
 class Shape(_message.Message):
     __slots__ = ("dims",)
@@ -206,7 +220,7 @@ class BenchOptions(_message.Message):
     def __init__(self, device: _Optional[str] = ..., threads: _Optional[int] = ..., warmup: _Optional[int] = ..., runs: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DistillOptions(_message.Message):
-    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp")
+    __slots__ = ("data", "steps", "epochs", "batch_size", "lr", "seed", "feature_weight", "loss", "temperature", "batchnorm", "amp", "device", "weight_decay", "warmup", "grad_clip", "eval_every")
     DATA_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +232,11 @@ class DistillOptions(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     BATCHNORM_FIELD_NUMBER: _ClassVar[int]
     AMP_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CLIP_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     data: str
     steps: int
     epochs: float
@@ -229,7 +248,12 @@ class DistillOptions(_message.Message):
     temperature: float
     batchnorm: str
     amp: str
-    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ..., loss: _Optional[str] = ..., temperature: _Optional[float] = ..., batchnorm: _Optional[str] = ..., amp: _Optional[str] = ...) -> None: ...
+    device: str
+    weight_decay: float
+    warmup: float
+    grad_clip: float
+    eval_every: int
+    def __init__(self, data: _Optional[str] = ..., steps: _Optional[int] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., seed: _Optional[int] = ..., feature_weight: _Optional[float] = ..., loss: _Optional[str] = ..., temperature: _Optional[float] = ..., batchnorm: _Optional[str] = ..., amp: _Optional[str] = ..., device: _Optional[str] = ..., weight_decay: _Optional[float] = ..., warmup: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_every: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "stage", "progress", "message", "failure", "created_at", "started_at", "finished_at", "source", "options", "report_json", "artifacts")

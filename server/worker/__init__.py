@@ -1,1 +1,3 @@
 """The worker process that runs one job (`python -m server.worker MEMORY_MB`), and its event protocol."""
+
+__all__: list[str] = []

@@ -2,17 +2,9 @@
 
     python -m server.worker MEMORY_MB
 
-The server starts it ahead of time (importing torch takes seconds), then writes the job's folder on its
-stdin. The worker reads `job.json` there, writes the results into `out/`, and reports on its stdout as JSON
-lines, which the server parses as plain JSON (never unpickled: with --allow-untrusted-code, the code in an
-uploaded model runs here, and must not reach the server through this channel either):
-
-    {"event": "progress", "stage": "factorize", "progress": 0.42}
-    {"event": "log", "line": "..."}
-    {"event": "succeeded"}                      (the report is out/report.json)
-    {"event": "failed", "failure": "BAD_INPUT" | "PARITY" | "WORKER", "message": "..."}
-
-Anything else the libraries print goes to stderr, which the server sends to the job's worker.log.
+The server starts it ahead of time (importing torch takes seconds), then writes the job's folder on its stdin.
+The worker runs the job there and reports on its stdout in the event lines of `server.worker.protocol`; anything
+else the libraries print goes to stderr, which the server keeps as the job's worker.log.
 """
 
 from __future__ import annotations
@@ -27,14 +19,28 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-JOB_FILE = "job.json"  # JobOptions.to_dict(), written by the server
-OUT_DIR = "out"  # the artifacts; written atomically by run_job
+from server.worker.protocol import (
+    JOB_FILE,
+    OUT_DIR,
+    WORKER_LOG,
+    Failed,
+    LogLine,
+    Ready,
+    StageProgress,
+    Succeeded,
+    WorkerEvent,
+    encode,
+)
+
+__all__ = ["main"]
+
 _PR_SET_PDEATHSIG = 1
 
 
 def main() -> int:
+    """Get ready, take one job from stdin, run it, report its outcome. Returns 0: the outcome is in the events."""
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints (libraries) go to the log, not into the event stream
     parent = os.getppid()
@@ -46,14 +52,13 @@ def main() -> int:
     # Import everything a job needs before waiting for one: this is the slow part of a worker's start.
     import torch
 
-    from convert.errors import ConvertError
+    from convert.errors import one_line, outcome_of
     from convert.job import JobOptions, run_job
-    from convert.runtime.export import ParityError
 
     threads = os.environ.get("CONVERT_WORKER_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    _send(events, event="ready")
+    _send(events, Ready())
     line = sys.stdin.readline()
     if not line.strip():  # the server closed our stdin: it is shutting down, no job for us
         return 0
@@ -65,36 +70,29 @@ def main() -> int:
         run_job(
             options,
             folder / OUT_DIR,
-            progress=lambda stage, fraction: _send(events, event="progress", stage=stage, progress=fraction),
-            on_warning=lambda message: _send(events, event="log", line=f"warning: {message}"),
+            progress=lambda stage, fraction: _send(events, StageProgress(stage, min(max(fraction, 0.0), 1.0))),
+            on_warning=lambda message: _send(events, LogLine(f"warning: {message}")),
         )
-    except ParityError as e:
-        _send(events, event="failed", failure="PARITY", message=str(e))
-    except ConvertError as e:
-        _send(events, event="failed", failure="BAD_INPUT", message=str(e))
     except MemoryError:
-        _send(
-            events,
-            event="failed",
-            failure="WORKER",
-            message=f"the job ran out of memory (the worker limit is {memory_mb} MiB): convert a smaller model or "
-            "input shape, or ask the operator for a larger --worker-memory-mb",
+        message = (
+            f"the job ran out of memory (the worker limit is {memory_mb} MiB): convert a smaller model or input "
+            "shape, or ask the operator for a larger --worker-memory-mb"
         )
+        _send(events, Failed("WORKER", message))
     except Exception as e:  # noqa: BLE001 - a bug, or the model's own code failing: this job fails, not the server
-        traceback.print_exc()
-        _send(
-            events,
-            event="failed",
-            failure="WORKER",
-            message=f"internal error: {type(e).__name__}: {e} (the traceback is in the job's worker.log on the server)",
-        )
+        outcome = outcome_of(e)  # the mapping the CLI's exit status comes from
+        message = str(e)
+        if outcome.label == "internal error":
+            traceback.print_exc()
+            message = f"internal error: {one_line(e)} (the traceback is in the job's {WORKER_LOG} on the server)"
+        _send(events, Failed(outcome.failure, message))
     else:
-        _send(events, event="succeeded")
+        _send(events, Succeeded())
     return 0
 
 
-def _send(stream: IO[str], **event: Any) -> None:
-    stream.write(json.dumps(event) + "\n")
+def _send(stream: IO[str], event: WorkerEvent) -> None:
+    stream.write(encode(event) + "\n")
 
 
 class _EventLog(logging.Handler):
@@ -105,7 +103,7 @@ class _EventLog(logging.Handler):
         self._stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
-        _send(self._stream, event="log", line=f"{record.levelname.lower()}: {record.getMessage()}")
+        _send(self._stream, LogLine(f"{record.levelname.lower()}: {record.getMessage()}"))
 
 
 def _limit_resources(memory_mb: int) -> None:

@@ -1,0 +1,123 @@
+"""The figures and table cells that report.md and the terminal tables both show, as plain text."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the schema's methods call the renderers, which read it
+    from convert.report.schema import Benchmark, LayerReport, Report
+
+__all__ = [
+    "BENCH_COLUMNS",
+    "LAYER_COLUMNS",
+    "NUMERIC_LAYER_COLUMNS",
+    "benchmark_rows",
+    "describe_benchmark",
+    "format_count",
+    "format_ms",
+    "format_ratio",
+    "layer_cells",
+    "summary",
+]
+
+LAYER_COLUMNS = ("layer", "op", "kernel", "channels", "rank", "params", "MACs", "error", "note")
+NUMERIC_LAYER_COLUMNS = frozenset({"rank", "params", "MACs", "error"})
+BENCH_COLUMNS = (
+    "model",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ms",
+    "min ms",
+    "std ms",
+    "items/s",
+    "RSS+ MiB",
+    "speedup",
+    "MAC ratio",
+    "speedup / MAC ratio",
+)
+
+
+def format_count(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def format_ratio(before: int, after: int) -> str:
+    """'8.13x fewer' for a reduction, '1.12x more' for a growth."""
+    if not before or not after:
+        return "n/a"
+    return f"{before / after:.2f}x fewer" if after <= before else f"{after / before:.2f}x more"
+
+
+def format_ms(value: float) -> str:
+    """Milliseconds to 3 significant digits, whole ones from a second up."""
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
+def summary(report: Report) -> str:
+    """One line: counts, parameters, MACs and output error."""
+    t = report.totals
+    return (
+        f"{t.converted} converted, {t.skipped} skipped"
+        f" | params {format_count(t.params_before)} -> {format_count(t.params_after)}"
+        f" ({format_ratio(t.params_before, t.params_after)})"
+        f" | MACs {format_count(t.macs_before)} -> {format_count(t.macs_after)}"
+        f" ({format_ratio(t.macs_before, t.macs_after)})"
+        f" | output rel. error {report.output_rel_error:.3g}"
+    )
+
+
+def layer_cells(row: LayerReport) -> list[str]:
+    """One layer's cells, in the order of LAYER_COLUMNS."""
+    converted = row.status == "converted"
+    rank = "" if row.rank is None else f"{row.rank}/{row.full_rank}" if row.full_rank else str(row.rank)
+    return [
+        row.name,
+        row.op,
+        "x".join(map(str, row.kernel or [])),
+        f"{row.in_channels}->{row.out_channels}" if row.in_channels else "",
+        f"{rank} g{row.groups}" if converted else "",
+        f"{format_count(row.params_before)}->{format_count(row.params_after)}"
+        if converted
+        else format_count(row.params_before),
+        format_ratio(row.macs_before, row.macs_after) if converted else "",
+        "" if row.weight_rel_error is None else f"{row.weight_rel_error:.3f}",
+        (row.reason or "") if converted else f"skipped: {row.reason}",
+    ]
+
+
+def benchmark_rows(benchmark: Benchmark) -> list[list[str]]:
+    """Cells of the latency table, in the order of BENCH_COLUMNS: one row per model and batch size."""
+    speedups = {(s.model, s.batch): s for s in benchmark.speedup}
+    rows = []
+    for index, model in enumerate(benchmark.models):
+        for lat in model.latency:
+            s = speedups.get((model.name, lat.batch))
+            rows.append(
+                [
+                    model.name,
+                    str(lat.batch),
+                    *(format_ms(v) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min, lat.std)),
+                    f"{lat.throughput:.4g}",
+                    f"{model.rss_growth_bytes / 2**20:.1f}",
+                    "baseline" if index == 0 else f"{s.speedup:.2f}x" if s else "",
+                    f"{s.mac_ratio:.2f}x" if s and s.mac_ratio else "",
+                    f"{s.of_mac_ratio:.0%}" if s and s.of_mac_ratio else "",
+                ]
+            )
+    return rows
+
+
+def describe_benchmark(benchmark: Benchmark) -> str:
+    """One line: where it ran, how, and with what."""
+    threads = f", {benchmark.threads} threads" if benchmark.threads else ""
+    timing = f"{benchmark.runs} runs" if benchmark.duration is None else f"{benchmark.duration:g} s"
+    return (
+        f"ONNX Runtime {benchmark.ort_version} on {benchmark.device} ({benchmark.reason}){threads}; "
+        f"{benchmark.warmup} warm-up + {timing} per batch size, models alternating run by run"
+    )

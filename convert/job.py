@@ -38,11 +38,12 @@ from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
 from convert.runtime.parity import parity_message
 from convert.surgery.apply import SavedPlanner, read_plan
+from convert.surgery.calibrate import DEFAULT_SAMPLES, Calibration, CalibrationConfig, prepare_calibration
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 from convert.surgery.plan import Planner
 
-__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
+__all__ = ["CalibrateJob", "DistillJob", "example_inputs", "JobOptions", "preflight", "run_job", "Warn"]
 
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
@@ -75,6 +76,23 @@ class DistillJob:
 
 
 @dataclasses.dataclass(frozen=True)
+class CalibrateJob:
+    """--calibrate: the unlabeled inputs that calibration (and quantization) fits to, and how many of them."""
+
+    # "synthetic", a folder of images, or a tensor file shaped (N, ...); several: a file per model input.
+    # Empty: the distillation's training data (`distill`).
+    data: tuple[str, ...] = ()
+    samples: int = DEFAULT_SAMPLES  # at most this many inputs (a seeded random choice of a larger source)
+
+    def __post_init__(self) -> None:
+        CalibrationConfig(self.data, samples=self.samples)  # its checks
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrateJob:
+        return cls(**{**data, "data": tuple(data.get("data", ()))})
+
+
+@dataclasses.dataclass(frozen=True)
 class JobOptions:
     """Everything one conversion job needs. Override fields with `dataclasses.replace`."""
 
@@ -99,8 +117,12 @@ class JobOptions:
     distill: DistillJob | None = None
     # A plan.json of an earlier conversion: its forms at its layers, on this model's weights, instead of planning.
     plan: str | None = None
+    # Fit the factors to real inputs, layer by layer (None: from the weights alone); quantization reads them too.
+    calibrate: CalibrateJob | None = None
 
     def __post_init__(self) -> None:
+        if self.calibrate is not None and not self.calibrate.data and self.distill is None:
+            raise ConvertError("`calibrate` needs its data: give the inputs, or `distill` data to calibrate on")
         if self.plan is not None and self.config.target == "auto":
             raise ConvertError("give either a `plan` or `target`=auto, not both: the plan says every layer's form")
         if self.config.target == "auto" and self.auto is None:
@@ -138,6 +160,7 @@ class JobOptions:
             auto=None if auto is None else AutoConfig(**auto),
             distill=None if data.get("distill") is None else DistillJob.from_dict(data["distill"]),
             plan=data.get("plan"),
+            calibrate=None if data.get("calibrate") is None else CalibrateJob.from_dict(data["calibrate"]),
         )
 
 
@@ -176,6 +199,7 @@ def run_job(
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
+    calibration = _prepare_calibration(options, loaded, inputs)
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
     conversion = convert_model(
         loaded.model,
@@ -183,6 +207,7 @@ def run_job(
         options.config,
         planner=_planner(options),
         exported=loaded.exported,
+        calibration=calibration,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
     if distill is not None:
@@ -289,6 +314,19 @@ def _prepare_distill(
     )
     check_distill_options(job.config, data)
     return data, job.config, checkpoint
+
+
+def _prepare_calibration(
+    options: JobOptions, loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]
+) -> Calibration | None:
+    """The calibration inputs, loaded and checked (the distillation's training data when `calibrate` names none);
+    None without calibration."""
+    job = options.calibrate
+    if job is None:
+        return None
+    data = job.data or (options.distill.data if options.distill is not None else ())
+    config = CalibrationConfig(list(data) if len(data) > 1 else data[0], samples=job.samples)
+    return prepare_calibration(config, loaded.model, inputs)
 
 
 def _distill_events(notify: Progress, on_event: DistillProgress | None) -> DistillProgress:

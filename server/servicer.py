@@ -52,8 +52,10 @@ class ConverterServicer(pb_grpc.ConverterServicer):
             check_header(header, self._config)
             if header.WhichOneof("source") == "factory":
                 self._config.check_factory(header.factory.spec)
-            data, val = data_file_names(header)
-            options = wire.from_proto(header.options, model="", data=data, val=val)  # refused before the upload
+            data, val, calibration = data_file_names(header)
+            options = wire.from_proto(
+                header.options, model="", data=data, val=val, calibration=calibration
+            )  # refused before the upload
         except UploadError as e:
             context.abort(e.code, str(e))
         except ConvertError as e:

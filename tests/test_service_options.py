@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from server.rpc import converter_pb2 as pb
 from server.wire import LOCAL_ONLY, from_proto, to_proto
 
@@ -60,6 +60,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "auto": [auto()],
         "distill": [distill()],
         "plan": [JobOptions(M, plan="plan.json")],
+        "calibrate": [JobOptions(M, calibrate=CalibrateJob(SYNTHETIC))],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -95,6 +96,16 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "warmup": [auto(warmup=0)],
         "max_candidates": [auto(max_candidates=4)],
         "cache_dir": [auto(cache_dir="/tmp/latency")],
+    },
+    CalibrateJob: {
+        "data": [
+            JobOptions(M, calibrate=CalibrateJob(("upload-calibrate-1.npy",))),
+            JobOptions(M, calibrate=CalibrateJob(SYNTHETIC)),
+        ],
+        "samples": [
+            JobOptions(M, calibrate=CalibrateJob(SYNTHETIC, samples=64)),
+            JobOptions(M, distill=DistillJob(UPLOADED), calibrate=CalibrateJob(samples=32)),  # the training inputs
+        ],
     },
     DistillJob: {
         "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
@@ -172,11 +183,22 @@ def round_trip(options: JobOptions) -> JobOptions:
     message = pb.JobOptions.FromString(to_proto(options).SerializeToString())
     job = options.distill
     data = () if job is None or job.data == SYNTHETIC else job.data
-    return from_proto(message, options.model, options.weights, data, () if job is None else job.val or ())
+    calibration = () if options.calibrate is None or options.calibrate.data == SYNTHETIC else options.calibrate.data
+    val = () if job is None else job.val or ()
+    return from_proto(message, options.model, options.weights, data, val, calibration)
 
 
 def test_the_walk_finds_every_options_class() -> None:
-    assert set(walk()) == {JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig}
+    assert set(walk()) == {
+        JobOptions,
+        ConvertConfig,
+        OnnxConfig,
+        BenchConfig,
+        AutoConfig,
+        DistillJob,
+        DistillConfig,
+        CalibrateJob,
+    }
 
 
 @pytest.mark.parametrize(("cls", "field"), FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
@@ -273,6 +295,13 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
             {"data": ["upload-data-1.npy"]},
             "either synthetic or uploaded",
         ),
+        (pb.JobOptions(), {"calibration": ["upload-calibrate-1.npy"]}, "go with calibration"),
+        (
+            pb.JobOptions(calibrate=pb.CalibrateOptions(data="synthetic")),
+            {"calibration": ["upload-calibrate-1.npy"]},
+            "either synthetic or uploaded files",
+        ),
+        (pb.JobOptions(calibrate=pb.CalibrateOptions()), {}, "`calibrate` needs its data"),
     ],
 )
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:

@@ -25,6 +25,7 @@ from convert.load import DTYPES, parse_input_shape
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
 from convert.runtime.devices import DEVICES
 from convert.runtime.parity import DEFAULT_ATOL
+from convert.surgery.calibrate import DEFAULT_SAMPLES
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
 __all__ = ["Parser", "bench_parser", "convert_parser", "inspect_parser"]
@@ -192,6 +193,23 @@ def convert_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
+    calibration = parser.add_argument_group("calibration (fit the factors to real inputs, layer by layer)")
+    calibration.add_argument(
+        "--calibrate",
+        action="append",
+        nargs="?",
+        const="",
+        metavar="DATA",
+        help=f"unlabeled inputs in --distill's forms ('{SYNTHETIC}', a folder of images, a tensor file; repeat for a "
+        "file per model input); without DATA: the --distill data. Each converted layer is fitted, in execution "
+        "order, to reproduce the original layer's outputs from its inputs in the model converted so far",
+    )
+    calibration.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help=f"calibrate on at most N inputs (default: {DEFAULT_SAMPLES}, a seeded random choice of more)",
+    )
     return parser
 
 

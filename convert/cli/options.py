@@ -10,7 +10,7 @@ from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS
 from convert.cli.remote import Server
 from convert.distill import DistillConfig
 from convert.errors import ConvertError
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
 from convert.surgery.config import ConvertConfig
 
@@ -42,6 +42,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         auto=auto,
         distill=_distill_job(args),
         plan=args.plan,
+        calibrate=_calibrate_job(args),
     )
 
 
@@ -128,6 +129,18 @@ def _distill_job(args: argparse.Namespace) -> DistillJob | None:
         image_std=args.image_std,
         resume=bool(args.resume),
     )
+
+
+def _calibrate_job(args: argparse.Namespace) -> CalibrateJob | None:
+    """The --calibrate settings; None without --calibrate (then --calibration-samples may not be given)."""
+    if not args.calibrate:
+        _refuse_given(args, ("calibration_samples",), "--calibrate DATA")
+        return None
+    data = tuple(source for source in args.calibrate if source)
+    if data and len(data) != len(args.calibrate):
+        raise ConvertError("--calibrate without DATA means the --distill data: give DATA to every --calibrate, or none")
+    samples = {} if args.calibration_samples is None else {"samples": args.calibration_samples}
+    return CalibrateJob(data=data, **samples)
 
 
 def _refuse_given(args: argparse.Namespace, names: tuple[str, ...], needed: str) -> None:

@@ -64,9 +64,11 @@ class DataFile(_message.Message):
         ROLE_UNSPECIFIED: _ClassVar[DataFile.Role]
         TRAIN: _ClassVar[DataFile.Role]
         VAL: _ClassVar[DataFile.Role]
+        CALIBRATE: _ClassVar[DataFile.Role]
     ROLE_UNSPECIFIED: DataFile.Role
     TRAIN: DataFile.Role
     VAL: DataFile.Role
+    CALIBRATE: DataFile.Role
     class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         FORMAT_UNSPECIFIED: _ClassVar[DataFile.Format]
@@ -132,7 +134,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "calibrate")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     FULL_RANK_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,7 @@ class JobOptions(_message.Message):
     AUTO_FIELD_NUMBER: _ClassVar[int]
     TRANSPOSED_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_GROUPED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -167,7 +170,16 @@ class JobOptions(_message.Message):
     auto: AutoOptions
     transposed: str
     include_grouped: bool
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ...) -> None: ...
+    calibrate: CalibrateOptions
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., calibrate: _Optional[_Union[CalibrateOptions, _Mapping]] = ...) -> None: ...
+
+class CalibrateOptions(_message.Message):
+    __slots__ = ("data", "samples")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    data: str
+    samples: int
+    def __init__(self, data: _Optional[str] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class AutoOptions(_message.Message):
     __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates")

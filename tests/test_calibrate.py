@@ -6,9 +6,17 @@ the fit must still reproduce the original model, whatever the inputs (every conv
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+from pathlib import Path
+
 import pytest
+import test_cli_distill
 import torch
 from conftest import assert_same_function, converted_rows
+from test_cli import tree
+from test_cli_distill import SHAPE
 from test_exactness import (
     CONV_CASES,
     SHAPES,
@@ -23,11 +31,12 @@ from test_exactness import (
 )
 from torch import nn
 
-from convert import ConvertConfig, ConvertError, convert_model
+from convert import ConvertConfig, ConvertError, cli, convert_model
 from convert.surgery.calibrate import CalibrationConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
+work = test_cli_distill.work  # the fixture: a folder with the tiny model and x.npy (48 inputs)
 CAL_TOL = 1e-4  # full rank through a least-squares refit in float64, returned in float32
 
 
@@ -156,3 +165,53 @@ def test_bad_calibration_inputs_fail_before_any_work(data: torch.Tensor, message
 def test_bad_calibration_options() -> None:
     with pytest.raises(ConvertError, match="`samples`=0"):
         CalibrationConfig(torch.randn(4, 6, 8, 8), samples=0)
+
+
+# --- the command line: --calibrate [DATA], --calibration-samples N -----------------------------------------------
+
+
+def test_cli_calibrates_on_a_tensor_file_and_reports_it(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    args = ["tiny:classifier", *SHAPE, "--rank", "1", "--calibrate", "x.npy", "--calibration-samples", "40"]
+    assert cli.main([*args, "-o", "out"]) == 0, capsys.readouterr().err
+    report = json.loads((work / "out" / "report.json").read_text())
+    assert report["calibration"]["samples"] == 40 and report["calibration"]["calibrated"] == 2
+    assert report["calibration"]["output_rel_error"] < report["calibration"]["svd_output_rel_error"]
+    assert all(row["calibration_error_after"] is not None for row in report["layers"] if row["status"] == "converted")
+    assert "## Calibration" in (work / "out" / "report.md").read_text()
+
+
+def test_cli_calibrate_without_data_reads_the_distillation_data(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    args = ["tiny:classifier", *SHAPE, "--rank", "1", "--distill", "x.npy", "--steps", "1", "--calibrate"]
+    assert cli.main([*args, "-o", "out"]) == 0, capsys.readouterr().err
+    report = json.loads((work / "out" / "report.json").read_text())
+    assert report["calibration"]["samples"] == 48 and report["distill"] is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--calibration-samples", "8"], r"--calibration-samples goes with --calibrate DATA"),
+        (["--calibrate"], r"--calibrate needs its data: give the inputs, or --distill data to calibrate on"),
+        (["--calibrate", "x.npy", "--calibration-samples", "0"], r"--calibration-samples 0 is not valid"),
+        (["--calibrate", "nope.npy"], r"nope\.npy"),
+    ],
+    ids=["samples-alone", "no-data", "zero-samples", "missing-file"],
+)
+def test_cli_bad_calibration_options(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = tree(work)
+    assert cli.main(["tiny:classifier", *SHAPE, *args, "-o", "out"]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1 and re.search(expected, captured.err), captured.err
+    assert tree(work) == before

@@ -134,7 +134,8 @@ def _distill_job(args: argparse.Namespace) -> DistillJob | None:
 def _calibrate_job(args: argparse.Namespace) -> CalibrateJob | None:
     """The --calibrate settings; None without --calibrate (then --calibration-samples may not be given)."""
     if not args.calibrate:
-        _refuse_given(args, ("calibration_samples",), "--calibrate DATA")
+        if args.calibration_samples is not None:
+            raise ConvertError("--calibration-samples goes with --calibrate DATA: add --calibrate DATA")
         return None
     data = tuple(source for source in args.calibrate if source)
     if data and len(data) != len(args.calibrate):

@@ -177,6 +177,7 @@ def test_cli_calibrates_on_a_tensor_file_and_reports_it(
     monkeypatch.setattr(sys, "path", list(sys.path))
     args = ["tiny:classifier", *SHAPE, "--rank", "1", "--calibrate", "x.npy", "--calibration-samples", "40"]
     assert cli.main([*args, "-o", "out"]) == 0, capsys.readouterr().err
+    assert "calibrated 2 layers on 40 of" in capsys.readouterr().err
     report = json.loads((work / "out" / "report.json").read_text())
     assert report["calibration"]["samples"] == 40 and report["calibration"]["calibrated"] == 2
     assert report["calibration"]["output_rel_error"] < report["calibration"]["svd_output_rel_error"]

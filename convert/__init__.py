@@ -35,6 +35,7 @@ from convert.runtime.parity import check_parity
 from convert.runtime.sessions import open_session, validate_onnx_file
 from convert.runtime.torch_bench import benchmark_torch
 from convert.surgery.apply import SavedPlanner, apply_plan
+from convert.surgery.calibrate import CalibrationConfig
 from convert.surgery.config import ConvertConfig
 from convert.surgery.modules import FactorizedConv
 from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
@@ -46,6 +47,7 @@ __all__ = [
     "LatencyPlanner",
     "BenchConfig",
     "Benchmark",
+    "CalibrationConfig",
     "Conversion",
     "ConversionResult",
     "ConvertConfig",

@@ -43,11 +43,21 @@ from convert.runtime.int8 import quantize_conversion
 from convert.runtime.parity import parity_message
 from convert.runtime.quantize import QuantizeConfig, device_formats
 from convert.surgery.apply import SavedPlanner, read_plan
+from convert.surgery.calibrate import DEFAULT_SAMPLES, Calibration, CalibrationConfig, prepare_calibration
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 from convert.surgery.plan import Planner
 
-__all__ = ["DistillJob", "example_inputs", "JobOptions", "preflight", "RESERVED_RESOURCES", "run_job", "Warn"]
+__all__ = [
+    "CalibrateJob",
+    "DistillJob",
+    "example_inputs",
+    "JobOptions",
+    "preflight",
+    "RESERVED_RESOURCES",
+    "run_job",
+    "Warn",
+]
 
 Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loading a pickle runs code)
 
@@ -77,6 +87,23 @@ class DistillJob:
             k: None if data.get(k) is None else tuple(data[k]) for k in ("data", "val", "image_mean", "image_std")
         }
         return cls(**{**data, **tuples, "config": DistillConfig(**data.get("config", {}))})
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrateJob:
+    """--calibrate: the unlabeled inputs that calibration (and quantization) fits to, and how many of them."""
+
+    # "synthetic", a folder of images, or a tensor file shaped (N, ...); several: a file per model input.
+    # Empty: the distillation's training data (`distill`).
+    data: tuple[str, ...] = ()
+    samples: int = DEFAULT_SAMPLES  # at most this many inputs (a seeded random choice of a larger source)
+
+    def __post_init__(self) -> None:
+        CalibrationConfig(self.data, samples=self.samples)  # its checks
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrateJob:
+        return cls(**{**data, "data": tuple(data.get("data", ()))})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +141,8 @@ class JobOptions:
     resources: tuple[tuple[str, float], ...] = ()
     # Keyword arguments of the factory (e.g. {"num_classes": 10}): Python literals, for a factory spec only.
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Fit the factors to real inputs, layer by layer (None: from the weights alone); quantization reads them too.
+    calibrate: CalibrateJob | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _resources(self.resources))
@@ -121,6 +150,8 @@ class JobOptions:
             raise ConvertError(
                 f"`accelerator` {self.accelerator!r} is not a Ray accelerator type: use a name such as H100 or A10G"
             )
+        if self.calibrate is not None and not self.calibrate.data and self.distill is None:
+            raise ConvertError("`calibrate` needs its data: give the inputs, or `distill` data to calibrate on")
         if self.plan is not None and self.config.target == "auto":
             raise ConvertError("give either a `plan` or `target`=auto, not both: the plan says every layer's form")
         if self.config.target == "auto" and self.auto is None:
@@ -181,6 +212,7 @@ class JobOptions:
             accelerator=data.get("accelerator"),
             resources=tuple((name, amount) for name, amount in data.get("resources", ())),
             model_args=dict(data.get("model_args") or {}),
+            calibrate=None if data.get("calibrate") is None else CalibrateJob.from_dict(data["calibrate"]),
         )
 
 
@@ -249,7 +281,8 @@ def run_job(
     inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
-    calibration = _calibration_data(options, loaded, inputs, distill)
+    quant_inputs = _calibration_data(options, loaded, inputs, distill)
+    calibration = _prepare_calibration(options, loaded, inputs)
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
     conversion = convert_model(
         loaded.model,
@@ -257,6 +290,7 @@ def run_job(
         options.config,
         planner=_planner(options),
         exported=loaded.exported,
+        calibration=calibration,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
     _warn_if_nothing_converted(conversion.report, on_warning)
@@ -269,7 +303,7 @@ def run_job(
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
     if placement is not None:
         conversion = dataclasses.replace(conversion, report=dataclasses.replace(conversion.report, placement=placement))
-    _write(conversion, outdir, overwrite, options, calibration, span(notify, convert_end, 1.0))
+    _write(conversion, outdir, overwrite, options, quant_inputs, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
 
@@ -420,7 +454,7 @@ def _image_transform(job: DistillJob | None, inputs: tuple[torch.Tensor, ...]) -
 
 def _check_quantize(options: JobOptions) -> None:
     """The refusals of `quantize` known from the options alone."""
-    if options.quantize.calibration is None and options.distill is None:
+    if _quantize_sources(options) is None and options.distill is None:
         raise ConvertError(
             "`quantize` calibrates on real inputs: set `calibration` (a folder of images or a tensor file of a "
             "hundred or more inputs; synthetic for a trial only), or `distill` (its inputs calibrate)"
@@ -429,6 +463,15 @@ def _check_quantize(options: JobOptions) -> None:
         raise ConvertError(
             f"INT8 quantization starts from a float32 model: use `input_dtype`=float32, not {options.input_dtype}"
         )
+
+
+def _quantize_sources(options: JobOptions) -> tuple[str, ...] | None:
+    """What `quantize` calibrates on: its `calibration`, else the data `calibrate` names (None: the distillation's)."""
+    if options.quantize.calibration is not None:
+        return options.quantize.calibration
+    if options.calibrate is not None and options.calibrate.data:
+        return tuple(str(source) for source in options.calibrate.data)
+    return None
 
 
 def _calibration_data(
@@ -441,14 +484,28 @@ def _calibration_data(
     quantize = options.quantize
     if quantize is None:
         return None
-    if quantize.calibration is None:
+    sources = _quantize_sources(options)
+    if sources is None:
         return distill[0]  # `preflight` saw to it that there is a distillation
     return load_data(
-        list(quantize.calibration),
+        list(sources),
         inputs,
         input_names=input_names(loaded.model),
         transform=_image_transform(options.distill, inputs),
     )
+
+
+def _prepare_calibration(
+    options: JobOptions, loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]
+) -> Calibration | None:
+    """The calibration inputs, loaded and checked (the distillation's training data when `calibrate` names none);
+    None without calibration."""
+    job = options.calibrate
+    if job is None:
+        return None
+    data = job.data or (options.distill.data if options.distill is not None else ())
+    config = CalibrationConfig(list(data) if len(data) > 1 else data[0], samples=job.samples)
+    return prepare_calibration(config, loaded.model, inputs)
 
 
 def _distill_events(notify: Progress, on_event: DistillProgress | None) -> DistillProgress:

@@ -76,8 +76,10 @@ class ConverterServicer(pb_grpc.ConverterServicer):
                 check_header(header, self._config)
                 if header.WhichOneof("source") == "factory":
                     self._config.check_factory(resolve_spec(header.factory.spec))  # timm:NAME -> timm.models:NAME
-                data, val = data_file_names(header)
-                options = wire.from_proto(header.options, model="", data=data, val=val)  # refused before the upload
+                data, val, calibration = data_file_names(header)
+                options = wire.from_proto(  # refused before the upload
+                    header.options, model="", data=data, val=val, calibration=calibration
+                )
                 check_caps(options)
                 declared = header.size_bytes + sum(file.size_bytes for file in header.data_files)
                 self._data.check_room(declared, self._config.min_free_mb)

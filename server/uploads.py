@@ -29,7 +29,11 @@ __all__ = [
 MAX_CHUNK = 1 << 20  # bytes: the largest chunk a client may send (the server's receive limit, plus the header's)
 MAX_DATA_FILES = 32  # distillation data files in one submission
 
-_DATA_ROLES = {pb.DataFile.TRAIN: "data", pb.DataFile.VAL: "val"}  # each role's name in its stored file's name
+_DATA_ROLES = {
+    pb.DataFile.TRAIN: "data",
+    pb.DataFile.VAL: "val",
+    pb.DataFile.CALIBRATE: "calibrate",
+}  # each role's name in its stored file's name
 # The suffix an uploaded model or weights file is stored under, by what it holds (see server.wire's tables).
 _SUFFIX = {"pt2": ".pt2", "torch.save": ".pt", "torchscript": ".pt", "safetensors": ".safetensors"}
 # Why each model file format is code.
@@ -81,7 +85,7 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
     for index, file in enumerate(header.data_files):
         what = f"data_files[{index}]"
         if file.role not in _DATA_ROLES:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.role is not set: TRAIN or VAL")
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}.role is not set: TRAIN, VAL or CALIBRATE")
         if file.format not in DATA_FORMATS:
             raise UploadError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{what}.format is not set: NPY, NPZ, SAFETENSORS or TORCH_SAVE"
@@ -118,14 +122,15 @@ def check_header(header: pb.SubmitHeader, config: ServerConfig) -> None:
         )
 
 
-def data_file_names(header: pb.SubmitHeader) -> tuple[list[str], list[str]]:
-    """Where `receive` keeps the header's data files in the job's folder: (training files, validation files),
-    each in upload order (`upload-data-1.npy`, `upload-val-1.pt`, ...). The client's file names are never used."""
+def data_file_names(header: pb.SubmitHeader) -> tuple[list[str], list[str], list[str]]:
+    """Where `receive` keeps the header's data files in the job's folder: (training, validation, calibration
+    files), each in upload order (`upload-data-1.npy`, `upload-val-1.pt`, `upload-calibrate-1.npy`, ...). The
+    client's file names are never used."""
     names = _data_names(header)
     roles = [file.role for file in header.data_files]
-    return (
-        [name for name, role in zip(names, roles, strict=True) if role == pb.DataFile.TRAIN],
-        [name for name, role in zip(names, roles, strict=True) if role == pb.DataFile.VAL],
+    return tuple(  # type: ignore[return-value]
+        [name for name, role in zip(names, roles, strict=True) if role == wanted]
+        for wanted in (pb.DataFile.TRAIN, pb.DataFile.VAL, pb.DataFile.CALIBRATE)
     )
 
 

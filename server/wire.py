@@ -13,7 +13,7 @@ from typing import Any
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.distill.data import SYNTHETIC
 from convert.files import FileKind
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.load import DTYPES
 from convert.report.schema import Report
 from convert.runtime.quantize import QuantizeConfig
@@ -178,6 +178,10 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.quantize.calibration = SYNTHETIC if quantize.calibration else ""
         _put(message.quantize, quantize)
         message.quantize.formats.extend(quantize.formats)
+    if options.calibrate is not None:
+        message.calibrate.SetInParent()
+        message.calibrate.data = SYNTHETIC if options.calibrate.data == (SYNTHETIC,) else ""
+        message.calibrate.samples = options.calibrate.samples
     return message
 
 
@@ -187,9 +191,11 @@ def from_proto(
     weights: str | None = None,
     data: Sequence[str] = (),
     val: Sequence[str] = (),
+    calibration: Sequence[str] = (),
 ) -> JobOptions:
     """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server, and
-    the uploaded distillation inputs stored there: `data` (training, unless the options say synthetic) and `val`.
+    the uploaded distillation inputs stored there: `data` (training, unless the options say synthetic) and `val`, and
+    the uploaded calibration inputs `calibration` (else calibration reads the training inputs).
 
     Raises:
         ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
@@ -217,6 +223,8 @@ def from_proto(
         auto = dataclasses.replace(auto, quantize=tuple(message.auto.quantize))
     if (data or val) and not message.HasField("distill"):
         raise ConvertError("data files go with distillation: set the distill options, or send no data files")
+    if calibration and not message.HasField("calibrate"):
+        raise ConvertError("calibration data files go with calibration: set the calibrate options, or send none")
     return JobOptions(
         model=model,
         weights=weights,
@@ -231,6 +239,7 @@ def from_proto(
         accelerator=message.accelerator or None,
         resources=dict(message.resources),
         model_args={name: _literal(name, text) for name, text in message.model_args.items()},
+        calibrate=_calibrate(message.calibrate, calibration) if message.HasField("calibrate") else None,
     )
 
 
@@ -344,6 +353,20 @@ def _distill(
     if message.HasField("grad_clip"):
         fields["grad_clip"] = message.grad_clip or None  # 0: not clipped
     return DistillJob(data=tuple(data) or (SYNTHETIC,), config=DistillConfig(**fields), val=tuple(val) or None)
+
+
+def _calibrate(message: pb.CalibrateOptions, files: Sequence[str]) -> CalibrateJob:
+    """The calibration settings: on `synthetic` inputs, the uploaded files `files`, or the distillation's inputs."""
+    if message.data not in ("", SYNTHETIC):
+        raise ConvertError(
+            f"calibration data {message.data!r} is not available on the service: upload the inputs as tensor files "
+            "(data files of role CALIBRATE), or leave it empty to calibrate on the distillation's inputs"
+        )
+    if message.data == SYNTHETIC and files:
+        raise ConvertError("calibration data is either synthetic or uploaded files, not both")
+    data = (SYNTHETIC,) if message.data == SYNTHETIC else tuple(files)
+    samples = {} if not message.HasField("samples") else {"samples": message.samples}
+    return CalibrateJob(data=data, **samples)
 
 
 def _refuse_local_only(options: JobOptions) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 from server.wire import LOCAL_ONLY, from_proto, to_proto
@@ -74,6 +74,7 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "accelerator": [JobOptions(M, accelerator="H100")],
         "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
         "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
+        "calibrate": [JobOptions(M, calibrate=CalibrateJob(SYNTHETIC))],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -126,6 +127,16 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "calibration_method": [quantize(calibration_method="entropy")],
         "formats": [quantize(formats=("qdq-u8s8", "qop-u8s8"))],
         "max_quant_error": [quantize(max_quant_error=0.02)],
+    },
+    CalibrateJob: {
+        "data": [
+            JobOptions(M, calibrate=CalibrateJob(("upload-calibrate-1.npy",))),
+            JobOptions(M, calibrate=CalibrateJob(SYNTHETIC)),
+        ],
+        "samples": [
+            JobOptions(M, calibrate=CalibrateJob(SYNTHETIC, samples=64)),
+            JobOptions(M, distill=DistillJob(UPLOADED), calibrate=CalibrateJob(samples=32)),  # the training inputs
+        ],
     },
     DistillJob: {
         "data": [job(data=UPLOADED), job(data=("upload-data-1.npy",), val=("upload-val-1.npy",))],
@@ -204,12 +215,22 @@ def round_trip(options: JobOptions) -> JobOptions:
     message = pb.JobOptions.FromString(to_proto(options).SerializeToString())
     job = options.distill
     data = () if job is None or job.data == SYNTHETIC else job.data
-    return from_proto(message, options.model, options.weights, data, () if job is None else job.val or ())
+    calibration = () if options.calibrate is None or options.calibrate.data == SYNTHETIC else options.calibrate.data
+    val = () if job is None else job.val or ()
+    return from_proto(message, options.model, options.weights, data, val, calibration)
 
 
 def test_the_walk_finds_every_options_class() -> None:
     assert set(walk()) == {
-        *(JobOptions, ConvertConfig, OnnxConfig, BenchConfig, AutoConfig, DistillJob, DistillConfig, QuantizeConfig)
+        JobOptions,
+        ConvertConfig,
+        OnnxConfig,
+        BenchConfig,
+        AutoConfig,
+        DistillJob,
+        DistillConfig,
+        QuantizeConfig,
+        CalibrateJob,
     }
 
 
@@ -315,6 +336,13 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
             {"data": ["upload-data-1.npy"]},
             "either synthetic or uploaded",
         ),
+        (pb.JobOptions(), {"calibration": ["upload-calibrate-1.npy"]}, "go with calibration"),
+        (
+            pb.JobOptions(calibrate=pb.CalibrateOptions(data="synthetic")),
+            {"calibration": ["upload-calibrate-1.npy"]},
+            "either synthetic or uploaded files",
+        ),
+        (pb.JobOptions(calibrate=pb.CalibrateOptions()), {}, "`calibrate` needs its data"),
     ],
 )
 def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: str) -> None:

@@ -34,6 +34,7 @@ from convert.runtime.quantize import (
     DEFAULT_MAX_QUANT_ERROR,
     FORMATS,
 )
+from convert.surgery.calibrate import DEFAULT_SAMPLES
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
 __all__ = ["LOG_LEVELS", "Parser", "bench_parser", "convert_parser", "inspect_parser", "version"]
@@ -281,6 +282,25 @@ def convert_parser() -> argparse.ArgumentParser:
     service.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
     service.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
     _distill_arguments(parser.add_argument_group("distillation (fine-tune the converted model to match the original)"))
+    calibration = parser.add_argument_group("calibration (fit the factors to real inputs, layer by layer)")
+    calibration.add_argument(
+        "--calibrate",
+        action="append",
+        nargs="?",
+        const="",
+        metavar="DATA",
+        help=f"unlabeled inputs in --distill's forms ('{SYNTHETIC}', a folder of images, a tensor file; repeat for a "
+        "file per model input); without DATA: the --distill data. Each converted layer is fitted, in execution "
+        "order, to reproduce the original layer's outputs from its inputs in the model converted so far; "
+        "--quantize int8 calibrates its activation ranges on the same DATA",
+    )
+    calibration.add_argument(
+        "--calibration-samples",
+        type=int,
+        metavar="N",
+        help=f"calibrate on at most N inputs (default: {DEFAULT_SAMPLES}, a seeded random choice of more; "
+        f"--quantize: {DEFAULT_CALIBRATION_SAMPLES})",
+    )
     return parser
 
 
@@ -292,19 +312,6 @@ def _quantize_arguments(group: argparse._ArgumentGroup) -> None:
         help="quantize both ONNX files with ONNX Runtime (static, per-channel weights): every --quant-formats format "
         "is checked against float on held-out inputs and timed on --device; the fastest that passes is kept; with "
         "--to auto the plan is for the INT8 runtime",
-    )
-    group.add_argument(
-        "--calibrate",
-        action="append",
-        metavar="DATA",
-        help="inputs to calibrate on (and to hold out for the check), in the forms --distill takes "
-        f"(default: the --distill inputs; '{SYNTHETIC}' for a trial only)",
-    )
-    group.add_argument(
-        "--calibration-samples",
-        type=int,
-        metavar="N",
-        help=f"inputs the activation ranges are measured on (default: {DEFAULT_CALIBRATION_SAMPLES})",
     )
     group.add_argument(
         "--calibration-method", choices=list(CALIBRATION_METHODS), help="activation ranges (default: minmax)"

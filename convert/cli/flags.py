@@ -7,7 +7,7 @@ import re
 
 from convert.auto import AutoConfig
 from convert.distill import DistillConfig
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
 from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
@@ -61,6 +61,7 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "quantize": Flag("--quantize int8"),
         "accelerator": Flag("--accelerator"),
         "resources": Flag("--resource"),
+        "calibrate": Flag("--calibrate"),
     },
     ConvertConfig: {
         "target": Flag("--to"),
@@ -102,6 +103,9 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "image_mean": Flag("--image-mean"),
         "image_std": Flag("--image-std"),
         "resume": Flag("--resume", switch=True),
+    },
+    CalibrateJob: {  # `data` is --calibrate itself
+        "samples": Flag("--calibration-samples"),
     },
     DistillConfig: {
         "steps": Flag("--steps"),

@@ -10,7 +10,7 @@ from convert.cli.flags import AUTO_OPTIONS, DISTILL_JOB_OPTIONS, DISTILL_OPTIONS
 from convert.cli.remote import Server
 from convert.distill import DistillConfig
 from convert.errors import ConvertError
-from convert.job import DistillJob, JobOptions
+from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.runtime import BenchConfig, OnnxConfig
 from convert.runtime.quantize import QuantizeConfig
 from convert.surgery.config import ConvertConfig
@@ -66,6 +66,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         accelerator=args.accelerator,
         resources=tuple(args.resources or ()),
         model_args=model_args(args),
+        calibrate=_calibrate_job(args),
     )
 
 
@@ -183,22 +184,41 @@ def _distill_job(args: argparse.Namespace) -> DistillJob | None:
     )
 
 
-# QuantizeConfig field -> the dest of its flag, where they differ
+# QuantizeConfig field -> the dest of its flag, where they differ (--calibrate DATA: what the conversion calibrates
+# on is what quantization calibrates on too)
 _QUANTIZE_DESTS = {"calibration": "calibrate", "formats": "quant_formats"}
 
 
 def _quantize_config(args: argparse.Namespace) -> QuantizeConfig | None:
-    """The --quantize settings; None without --quantize (then none of its options may be given)."""
+    """The --quantize settings; None without --quantize (then none of its own options may be given)."""
     dests = {name: _QUANTIZE_DESTS.get(name, name) for name in QUANTIZE_OPTIONS}
     if args.quantize is None:
-        given = [name for name, dest in dests.items() if getattr(args, dest) is not None]
+        given = [
+            name
+            for name, dest in dests.items()
+            if name not in ("calibration", "calibration_samples") and getattr(args, dest) is not None
+        ]
         if given:
             raise ConvertError(f"{flag(given[0])} goes with --quantize int8: add --quantize int8")
         return None
     fields = {name: getattr(args, dest) for name, dest in dests.items() if getattr(args, dest) is not None}
-    if "calibration" in fields:
-        fields["calibration"] = tuple(fields["calibration"])
+    data = tuple(source for source in fields.pop("calibration", ()) if source)
+    if data:  # else: the --distill inputs
+        fields["calibration"] = data
     return QuantizeConfig(**fields)
+
+
+def _calibrate_job(args: argparse.Namespace) -> CalibrateJob | None:
+    """The --calibrate settings; None without --calibrate (then --calibration-samples goes with --quantize only)."""
+    if not args.calibrate:
+        if args.calibration_samples is not None and args.quantize is None:
+            raise ConvertError("--calibration-samples goes with --calibrate DATA: add --calibrate DATA")
+        return None
+    data = tuple(source for source in args.calibrate if source)
+    if data and len(data) != len(args.calibrate):
+        raise ConvertError("--calibrate without DATA means the --distill data: give DATA to every --calibrate, or none")
+    samples = {} if args.calibration_samples is None else {"samples": args.calibration_samples}
+    return CalibrateJob(data=data, **samples)
 
 
 def _refuse_given(args: argparse.Namespace, names: tuple[str, ...], needed: str) -> None:

@@ -74,6 +74,10 @@ def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
             f"--to auto: target {report.auto.target_speedup:g}x, predicted {report.auto.predicted_speedup:.2f}x"
             + (f", measured {measured:.2f}x" if measured else "")
         )
+    if report.calibration is not None:
+        for note in report.calibration.notes:
+            warn(note)
+        _note(report.calibration.summary())
     if report.distill is not None:
         _note(_distill_summary(report.distill))
     if report.quantize is not None:

@@ -35,9 +35,11 @@ __all__ = [
     "TENSOR_SUFFIXES",
     "DataSource",
     "DistillData",
+    "UnlabeledInputs",
     "image_transform",
     "input_names",
     "load_data",
+    "load_inputs",
 ]
 
 SYNTHETIC = "synthetic"
@@ -129,6 +131,36 @@ def load_data(
         f"{count} held out of {description}",
         False,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlabeledInputs:
+    """Inputs of one source, checked (e.g. calibration inputs)."""
+
+    dataset: Dataset[Sample]
+    size: int | None  # None: `synthetic`, as many as asked for
+    description: str  # what they are, for the report
+
+    @property
+    def synthetic(self) -> bool:
+        return self.size is None
+
+
+def load_inputs(
+    source: DataSource | Sequence[DataSource],
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    input_names: Sequence[str] | None = None,
+    transform: ImageTransform | None = None,
+    seed: int = 0,
+) -> UnlabeledInputs:
+    """Load and check the inputs of one source, as `load_data` does, without a validation split.
+
+    Raises:
+        ConvertError: naming the source and what to do, for anything that cannot feed the model.
+    """
+    dataset, size, description = _load_source(source, as_inputs(example_inputs), input_names, transform, seed)
+    return UnlabeledInputs(dataset, size, description)
 
 
 def _synthetic_val(synthetic: Dataset[Sample]) -> tuple[Dataset[Sample], str]:

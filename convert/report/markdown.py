@@ -19,8 +19,10 @@ if TYPE_CHECKING:  # annotations only: the schema's methods call these functions
     from convert.report.schema import (
         AutoReport,
         Benchmark,
+        CalibrationReport,
         DistillMetrics,
         DistillReport,
+        LayerReport,
         OnnxReport,
         QuantizeReport,
         Report,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # annotations only: the schema's methods call these functions
 __all__ = [
     "auto_markdown",
     "benchmark_markdown",
+    "calibration_markdown",
     "distill_markdown",
     "onnx_markdown",
     "quantize_markdown",
@@ -55,6 +58,7 @@ def report_markdown(report: Report) -> str:
         render(section)
         for render, section in (
             (auto_markdown, report.auto),
+            (lambda c: calibration_markdown(c, report.layers), report.calibration),
             (distill_markdown, report.distill),
             (onnx_markdown, report.onnx),
             (benchmark_markdown, report.benchmark),
@@ -135,6 +139,28 @@ def auto_markdown(auto: AutoReport) -> str:
             f"{keep.latency_ms:.3g} | {chosen.latency_ms:.3g} | {chosen.error:.3g} | {chosen.output_error:.3g} | "
             f"{len(layer.candidates)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(calibration: CalibrationReport, layers: list[LayerReport]) -> str:
+    """The calibration section: the data, and each calibrated layer's output error before and after."""
+    lines = [
+        "## Calibration",
+        "",
+        f"- {calibration.summary()}",
+        f"- {calibration.samples} inputs in batches of {calibration.batch_size}; {calibration.kept} converted layers "
+        "kept their weight-SVD factors",
+        *(f"- {note}" for note in calibration.notes),
+        "",
+        "| layer | output error, weight SVD | calibrated | weight error | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in layers:
+        if row.calibration_error_before is None:
+            continue
+        after = "" if row.calibration_error_after is None else f"{row.calibration_error_after:.3g}"
+        weight = "" if row.weight_rel_error is None else f"{row.weight_rel_error:.3g}"
+        lines.append(f"| {row.name} | {row.calibration_error_before:.3g} | {after} | {weight} | {row.reason or ''} |")
     return "\n".join(lines) + "\n"
 
 

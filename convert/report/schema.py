@@ -62,6 +62,11 @@ class LayerReport:
     macs_before: int  # multiply-accumulates on the example input, all call sites
     macs_after: int
     weight_rel_error: float | None  # ||W - W_hat||_F / ||W||_F
+    # Calibrated conversions: the layer's output rel. error on the calibration inputs (its inputs in the model
+    # converted so far, against the original conv's output in the original model), with the weight-SVD factors and
+    # with the calibrated ones (None: not calibrated)
+    calibration_error_before: float | None = None
+    calibration_error_after: float | None = None
 
 
 @dataclasses.dataclass
@@ -101,6 +106,7 @@ class Report:
     distill: DistillReport | None = None  # fine-tuning against the original model (--distill)
     quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
     placement: Placement | None = None  # where the service ran the job (None: run here, by the library or the CLI)
+    calibration: CalibrationReport | None = None  # the factors fitted to real inputs (--calibrate)
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's content: plain dicts, lists and numbers."""
@@ -135,6 +141,32 @@ class Placement:
     host: str  # the hostname of the machine
     node: str | None  # ray: the node's id
     resources: dict[str, float]  # what the job took there: CPU threads, GPUs, accelerator type, custom resources
+
+
+# --- calibration record --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    """How the factors were fitted to real inputs, layer by layer (--calibrate)."""
+
+    data: str  # what the calibration inputs are
+    samples: int  # inputs used
+    batch_size: int  # inputs per forward pass
+    synthetic: bool  # random inputs: the factors fit them, not real data
+    seconds: float  # wall time: both models' forward passes up to each layer, and the fits
+    calibrated: int  # converted layers whose factors were fitted
+    kept: int  # converted layers that kept their weight-SVD factors (their rows or `notes` say why)
+    output_rel_error: float  # the converted model against the original on the calibration inputs, eval mode
+    svd_output_rel_error: float  # the same with the weight-SVD factors, before calibration
+    notes: list[str]
+
+    def summary(self) -> str:
+        """One line: the data, and the output error it brought down."""
+        return (
+            f"calibrated {self.calibrated} layers on {self.data} in {self.seconds:.1f} s: output rel. error on "
+            f"them {self.svd_output_rel_error:.3g} (weight SVD) -> {self.output_rel_error:.3g}"
+        )
 
 
 # --- ONNX export and benchmark records -----------------------------------------------------------------------------

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from convert.common import Inputs, as_inputs
+from convert.common import Inputs, Progress, as_inputs, no_progress
 from convert.errors import ConvertError, one_line
-from convert.report.schema import LayerReport
+from convert.report.schema import CalibrationReport, LayerReport
 from convert.surgery.apply import AppliedLayer
-from convert.surgery.factorize import block_diagonal, low_rank
+from convert.surgery.calibrate import Calibration, calibrate
 from convert.surgery.find import ConvLayer, find_convs
-from convert.surgery.plan import Decision, LayerPlan, conv_cost, standard_weight
+from convert.surgery.plan import Decision, LayerPlan, conv_cost, svd_factors
 from convert.surgery.rewrite import build_replacement, copy_hooks, plain_conv, rewrite_calls, swap_module
 from convert.surgery.trace import Traced, trace
 from convert.surgery.verify import run_model
@@ -39,16 +39,24 @@ class Analysis:
     layers: list[ConvLayer]  # every conv found, in graph order
     inputs: tuple[torch.Tensor, ...]
     reference: Any  # the model's output on `inputs`, in eval mode
+    # real inputs, when the conversion is calibrated: planners measure errors on them, `build` fits factors to them
+    calibration: Calibration | None = None
 
     def candidates(self) -> list[ConvLayer]:
         """The layers a planner may convert."""
         return [layer for layer in self.layers if layer.unsupported is None]
 
-    def build(self, decisions: Mapping[str, Decision]) -> Built:
+    def build(
+        self,
+        decisions: Mapping[str, Decision],
+        calibration: Calibration | None = None,
+        progress: Progress = no_progress,
+    ) -> Built:
         """A copy of the user's model with the planned convs rewritten in place (the analysis is not changed).
 
         A conv whose swap breaks the model (code that reads its attributes), or whose functional calls sit in a
-        module fx cannot trace, is left as it is, with the reason.
+        module fx cannot trace, is left as it is, with the reason. With `calibration`, the factors are then fitted
+        to those inputs (`calibrate.py`); else they come from the weights alone.
         """
         root = copy.deepcopy(self.model)
         rows: list[LayerReport] = []
@@ -97,7 +105,51 @@ class Analysis:
             if self.layers[index].name in replaced:
                 copy_hooks(original, replacement)
         applied = [AppliedLayer.of(layer, decisions[layer.name]) for layer in self.layers if layer.name in replaced]
-        return Built(root, rows, replaced, output, notes, applied)
+        report = None
+        if calibration is not None:
+            report = self._calibrate(root, decisions, replaced, swaps, rows, calibration, progress)
+            output = run_model(root, self.inputs, training=False)
+        return Built(root, rows, replaced, output, notes, applied, report)
+
+    def _calibrate(
+        self,
+        root: nn.Module,
+        decisions: Mapping[str, Decision],
+        replaced: dict[str, str],
+        swaps: dict[int, tuple[nn.Module, nn.Module]],
+        rows: list[LayerReport],
+        calibration: Calibration,
+        progress: Progress,
+    ) -> CalibrationReport:
+        """Fit the converted layers of `root` to the calibration inputs; their rows get the errors before and after.
+        Until it is calibrated, a layer computes the original conv: the copy's own module, or a conv module of a
+        functional call."""
+        converted = [(index, layer) for index, layer in enumerate(self.layers) if layer.name in replaced]
+        layers = [
+            (
+                layer,
+                decisions[layer.name],
+                replaced[layer.name],
+                swaps[index][0]
+                if index in swaps
+                else plain_conv(layer.spec, layer.weight.detach(), _detached(layer.bias)),
+            )
+            for index, layer in converted
+        ]
+        calibrated = calibrate(self, root, layers, calibration, progress)
+        for index, layer in converted:
+            fit = calibrated.fits.get(layer.name)
+            if fit is None:
+                continue
+            notes = [note for note in (rows[index].reason, fit.note) if note]
+            rows[index] = dataclasses.replace(
+                rows[index],
+                reason="; ".join(notes) or None,
+                weight_rel_error=rows[index].weight_rel_error if fit.factors is None else fit.factors.rel_error,
+                calibration_error_before=fit.before,
+                calibration_error_after=fit.after,
+            )
+        return calibrated.report
 
 
 @dataclasses.dataclass
@@ -110,6 +162,7 @@ class Built:
     output: Any  # its output on the analysis' inputs, in eval mode
     notes: list[str]  # modules that became graph modules, and why
     applied: list[AppliedLayer]  # the converted layers, as plan.json records them
+    calibration: CalibrationReport | None = None  # how the factors were fitted to real inputs, when they were
 
 
 def analyze(model: nn.Module, example_inputs: Inputs, exported: torch.export.ExportedProgram | None = None) -> Analysis:
@@ -195,12 +248,7 @@ def layer_row(layer: ConvLayer, plan: LayerPlan | None, rel_error: float | None,
 
 def _replacement(layer: ConvLayer, plan: LayerPlan, training: bool) -> tuple[nn.Module, float]:
     """The factorized module of `layer` under `plan` (in `training` mode), and its weight error."""
-    weight, outer = standard_weight(layer), layer.spec.groups
-    factors = (
-        low_rank(weight, plan.groups, plan.rank, outer)
-        if plan.pointwise
-        else block_diagonal(weight, plan.groups, outer)
-    )
+    factors = svd_factors(layer, plan)
     replacement = build_replacement(layer.spec, factors, layer.bias, training, layer.weight.requires_grad)
     return replacement, factors.rel_error
 

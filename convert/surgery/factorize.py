@@ -25,8 +25,11 @@ import torch
 __all__ = [
     "block_diagonal",
     "compose",
+    "dense",
     "Factors",
     "full_rank",
+    "group_factors",
+    "group_matrices",
     "group_svd",
     "low_rank",
     "rank_for_energy",
@@ -72,7 +75,7 @@ def transposed_layout(first: torch.Tensor, groups: int) -> torch.Tensor:
     return blocks.reshape(groups * per_group, rank, *kernel).contiguous()
 
 
-def _group_matrices(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> torch.Tensor:
+def group_matrices(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> torch.Tensor:
     """(C_out, C_in/g0, *k) -> (G, C_out/g0, (C_in/G)*K), in float32 at least (float64 stays float64).
 
     Group h of the G lies in the conv's own group h // (G/g0). float32 keeps full-rank reconstruction within
@@ -87,7 +90,7 @@ def _group_matrices(weight: torch.Tensor, groups: int, outer_groups: int = 1) ->
 
 def singular_values(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> torch.Tensor:
     """Singular values of each group's matrix, shape (G, min(C_out/g0, (C_in/G)*K)), descending."""
-    return torch.linalg.svdvals(_group_matrices(weight, groups, outer_groups))
+    return torch.linalg.svdvals(group_matrices(weight, groups, outer_groups))
 
 
 def rank_for_energy(svals: torch.Tensor, energy: float) -> int:
@@ -110,7 +113,7 @@ def truncation_error(svals: torch.Tensor, rank: int) -> float:
 def group_svd(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(U, S, Vh) of each group's matrix: (G, C_out, m), (G, m), (G, m, (C_in/G)*K); `low_rank` takes it to
     factor at several ranks from one SVD."""
-    return torch.linalg.svd(_group_matrices(weight, groups), full_matrices=False)
+    return torch.linalg.svd(group_matrices(weight, groups), full_matrices=False)
 
 
 def low_rank(
@@ -143,7 +146,7 @@ def low_rank(
     limit = full_rank(c_out, c_in, math.prod(kernel), groups, outer_groups)
     if not 1 <= rank <= limit:
         raise ValueError(f"rank={rank} is outside 1..{limit} for a weight of shape {tuple(weight.shape)}")
-    matrices = _group_matrices(weight, groups, outer_groups)  # (G, C_out/g0, (C_in/G)*K)
+    matrices = group_matrices(weight, groups, outer_groups)  # (G, C_out/g0, (C_in/G)*K)
     if rank == limit:
         columns, filters = _exact_split(matrices)
         error = 0.0
@@ -153,12 +156,29 @@ def low_rank(
         root = s[:, :rank].sqrt()  # (G, r)
         columns, filters = u[:, :, :rank] * root.unsqueeze(1), root.unsqueeze(2) * vh[:, :rank]
         error = truncation_error(s, rank)
-    # columns: (G, C_out/g0, r), group h's columns of the 1x1 conv; filters: (G, r, (C_in/G)*K)
+    return group_factors(columns, filters, weight, outer_groups, error)
+
+
+def group_factors(
+    columns: torch.Tensor, filters: torch.Tensor, weight: torch.Tensor, outer_groups: int, rel_error: float
+) -> Factors:
+    """The conv weights of per-group factors M_h ~ columns[h] @ filters[h] of `weight` (G groups, rank r).
+
+    Args:
+        columns: (G, C_out/g0, r), group h's columns of the 1x1 conv.
+        filters: (G, r, (C_in/G)*K), group h's filters of the grouped conv, in `group_matrices`' layout.
+        weight: the conv weight they factor, (C_out, C_in/g0, *k): its shape, dtype and device.
+        outer_groups: the conv's own groups g0.
+        rel_error: what `Factors.rel_error` records.
+    """
+    groups, _, rank = columns.shape
+    c_out, c_in_per, *kernel = weight.shape
+    c_in = c_in_per * outer_groups
     first = filters.reshape(groups * rank, c_in // groups, *kernel)
     inner = groups // outer_groups
     pointwise = columns.reshape(outer_groups, inner, c_out // outer_groups, rank).permute(0, 2, 1, 3)
     pointwise = pointwise.reshape(c_out, inner * rank, *([1] * len(kernel)))  # (C_out, G*r/g0, 1, ...)
-    return Factors(_like(first, weight), _like(pointwise, weight), error)
+    return Factors(_like(first, weight), _like(pointwise, weight), rel_error)
 
 
 def _exact_split(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +199,7 @@ def block_diagonal(weight: torch.Tensor, groups: int, outer_groups: int = 1) -> 
     Lossy unless W is block-diagonal already. Needs `groups` to divide both C_in and C_out. A conv with
     `outer_groups` groups of its own is first written as the standard conv it equals (zeros off its blocks).
     """
-    weight = _dense(weight, outer_groups)
+    weight = dense(weight, outer_groups)
     c_out, c_in, *kernel = weight.shape
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide both {c_in} input and {c_out} output channels")
@@ -208,12 +228,12 @@ def _like(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return tensor.to(dtype=reference.dtype, device=reference.device).contiguous()
 
 
-def _dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
+def dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """(C_out, C_in/g, *k) of a conv with g groups -> the (C_out, C_in, *k) weight of the standard conv it equals."""
     if groups == 1:
         return weight
     c_out, per, *kernel = weight.shape
-    dense = weight.new_zeros(c_out, per * groups, *kernel)
+    full = weight.new_zeros(c_out, per * groups, *kernel)
     for g, block in enumerate(weight.detach().chunk(groups)):
-        dense[g * (c_out // groups) : (g + 1) * (c_out // groups), g * per : (g + 1) * per] = block
-    return dense
+        full[g * (c_out // groups) : (g + 1) * (c_out // groups), g * per : (g + 1) * per] = block
+    return full

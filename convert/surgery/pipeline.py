@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from convert.conversion import Conversion
 from convert.errors import ConvertError, one_line
 from convert.report.schema import LayerReport, Report, Totals
 from convert.surgery.analysis import analyze, layer_row
+from convert.surgery.calibrate import Calibration, CalibrationConfig, prepare_calibration
 from convert.surgery.config import ConvertConfig
 from convert.surgery.factorize import block_diagonal, singular_values, truncation_error
 from convert.surgery.find import ConvLayer
@@ -43,6 +45,7 @@ def convert_model(
     planner: Planner | None = None,
     plans: Mapping[str, Decision] | None = None,
     exported: torch.export.ExportedProgram | None = None,
+    calibration: CalibrationConfig | Calibration | Any | None = None,
     progress: Progress | None = None,
 ) -> Conversion:
     """Rewrite the standard convolutions of `model` into depthwise-separable or grouped ones.
@@ -60,14 +63,20 @@ def convert_model(
         plans: decisions made elsewhere, per layer name (e.g. `plan_for_speed(...).plans`): the same as
             `planner=GivenPlanner(plans)`.
         exported: the ExportedProgram the model came from, if any (its graph is rewritten directly).
+        calibration: unlabeled inputs to fit the factors to (a tensor (N, ...), a tensor per input, any source
+            `load_data` takes), or a CalibrationConfig: each converted layer is then fitted, in execution order, to
+            map its inputs in the model converted so far to the original layer's outputs (whitened SVD and a
+            least-squares refit of the 1x1 conv), instead of taking its weight's SVD alone. The planner measures
+            on them too.
         progress: called with (stage, fraction done) as the stages finish.
 
     Returns:
         The Conversion: the original, the inputs, the converted model and its Report.
 
     Raises:
-        ConvertError: when the model rejects the example inputs, or an option fits no layer (`groups`, an
-            `include` or `exclude` that matches no conv).
+        ConvertError: when the model rejects the example inputs, an option fits no layer (`groups`, an `include` or
+            `exclude` that matches no conv), or the calibration inputs do not fit the model (shape, dtype, NaN or
+            infinite values).
 
     Example:
         >>> import torch, torchvision
@@ -81,16 +90,20 @@ def convert_model(
     planner = _planner(config, planner, plans)
     notify = progress or no_progress
     clock = _StageClock(notify)
+    if calibration is not None and not isinstance(calibration, Calibration):  # bad inputs fail before any work
+        calibration = prepare_calibration(calibration, model, example_inputs)
     analysis = analyze(model, example_inputs, exported)
     check_name_filters(analysis.layers, config)
+    analysis.calibration = calibration
     traced, inputs = analysis.traced, analysis.inputs
     plan_start = 0.1
     clock.done("trace", plan_start)
     plan_end = plan_start + planner.share
     plan = planner.plan(analysis, span(notify, plan_start, plan_end))
     clock.done("plan", plan_end)
-    built = analysis.build(plan.decisions)
-    clock.done("factorize", plan_end + 0.7 * (1 - plan_end))
+    build_end = plan_end + 0.7 * (1 - plan_end)
+    built = analysis.build(plan.decisions, calibration, span(notify, plan_end, build_end))
+    clock.done("factorize", build_end)  # calibration included (report.calibration.seconds has its share)
     converted, rows = built.module, built.rows
     notes = traced.notes + built.notes
     train_error = _train_mode_error(model, converted, inputs, notes)
@@ -117,6 +130,7 @@ def convert_model(
         seconds=clock.seconds,
         versions={"torch": torch.__version__},
         auto=plan.auto,
+        calibration=built.calibration,
     )
     clock.done("report", 1.0)
     return Conversion(model, inputs, converted, report, built.replaced, applied=built.applied)

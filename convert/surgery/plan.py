@@ -16,7 +16,15 @@ from convert.common import Progress, no_progress
 from convert.errors import ConvertError
 from convert.report.schema import AutoReport
 from convert.surgery.config import DEFAULT_SEPARABLE_RANK, ConvertConfig
-from convert.surgery.factorize import full_rank, rank_for_energy, singular_values, standard_layout
+from convert.surgery.factorize import (
+    Factors,
+    block_diagonal,
+    full_rank,
+    low_rank,
+    rank_for_energy,
+    singular_values,
+    standard_layout,
+)
 from convert.surgery.find import ConvLayer, ConvSpec
 
 if TYPE_CHECKING:
@@ -33,6 +41,7 @@ __all__ = [
     "plan_layers",
     "Planner",
     "standard_weight",
+    "svd_factors",
     "UniformPlanner",
 ]
 
@@ -186,6 +195,14 @@ def standard_weight(layer: ConvLayer) -> torch.Tensor:
     """The layer's weight in the standard layout (C_out, C_in/groups, *k), transposed convs included."""
     assert layer.spec is not None and layer.weight is not None
     return standard_layout(layer.weight, layer.spec.transposed, layer.spec.groups)
+
+
+def svd_factors(layer: ConvLayer, plan: LayerPlan) -> Factors:
+    """The factors of `layer` under `plan` from its weight alone: truncated SVD per group, or the block diagonal."""
+    weight, outer = standard_weight(layer), layer.spec.groups
+    if plan.pointwise:
+        return low_rank(weight, plan.groups, plan.rank, outer)
+    return block_diagonal(weight, plan.groups, outer)
 
 
 def conv_cost(

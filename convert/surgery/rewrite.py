@@ -19,7 +19,15 @@ from convert.surgery.modules import FactorizedConv
 from convert.surgery.ops import conv_call_args, is_conv_call
 from convert.surgery.trace import LeafTracer
 
-__all__ = ["build_replacement", "copy_hooks", "plain_conv", "rewrite_calls", "set_submodule", "swap_module"]
+__all__ = [
+    "build_replacement",
+    "copy_hooks",
+    "plain_conv",
+    "rewrite_calls",
+    "set_factors",
+    "set_submodule",
+    "swap_module",
+]
 
 _CONV_CLASSES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _TRANSPOSED_CLASSES: dict[int, type[nn.Module]] = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -40,27 +48,39 @@ def build_replacement(
     weight = factors.first  # (G*r, C_in/G, *k)
     groups = spec.in_channels // weight.shape[1]
     options = dict(device=weight.device, dtype=weight.dtype)
-    if spec.transposed:
-        weight = transposed_layout(weight, groups)  # (C_in, r, *k)
-    channels = weight.shape[1] * groups if spec.transposed else weight.shape[0]
+    channels = weight.shape[0]  # of the first conv's output (a transposed one's too: G groups of r)
     first = _conv(spec, channels, groups, bias is not None and factors.pointwise is None, **options)
-    last = first
+    module = first
     if factors.pointwise is not None:
         last = _CONV_CLASSES[spec.dim](
             channels, spec.out_channels, 1, groups=spec.groups, bias=bias is not None, **options
         )
-    with torch.no_grad():
-        first.weight.copy_(weight)
-        if factors.pointwise is not None:
-            last.weight.copy_(factors.pointwise)
-        if bias is not None:
-            last.bias.copy_(bias)
-    module = first if factors.pointwise is None else FactorizedConv(first, last, spec)
+        module = FactorizedConv(first, last, spec)
+    set_factors(module, spec, factors, bias)
     for param in module.parameters():
         param.requires_grad_(weight_requires_grad)
     if bias is not None:
-        last.bias.requires_grad_(bias.requires_grad)
+        _last(module).bias.requires_grad_(bias.requires_grad)
     return module.train(training)
+
+
+def set_factors(module: nn.Module, spec: ConvSpec, factors: Factors, bias: torch.Tensor | None) -> None:
+    """Copy `factors` (and `bias`, onto the last conv) into a module `build_replacement` made for their shapes;
+    requires_grad is kept."""
+    first = module[0] if isinstance(module, FactorizedConv) else module
+    weight = factors.first
+    if spec.transposed:
+        weight = transposed_layout(weight, spec.in_channels // weight.shape[1])  # (C_in, r, *k)
+    with torch.no_grad():
+        first.weight.copy_(weight)
+        if factors.pointwise is not None:
+            module[1].weight.copy_(factors.pointwise)
+        if bias is not None:
+            _last(module).bias.copy_(bias)
+
+
+def _last(module: nn.Module) -> nn.Module:
+    return module[1] if isinstance(module, FactorizedConv) else module
 
 
 def plain_conv(spec: ConvSpec, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:

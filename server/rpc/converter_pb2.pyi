@@ -64,9 +64,11 @@ class DataFile(_message.Message):
         ROLE_UNSPECIFIED: _ClassVar[DataFile.Role]
         TRAIN: _ClassVar[DataFile.Role]
         VAL: _ClassVar[DataFile.Role]
+        CALIBRATE: _ClassVar[DataFile.Role]
     ROLE_UNSPECIFIED: DataFile.Role
     TRAIN: DataFile.Role
     VAL: DataFile.Role
+    CALIBRATE: DataFile.Role
     class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         FORMAT_UNSPECIFIED: _ClassVar[DataFile.Format]
@@ -132,7 +134,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources", "model_args")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources", "model_args", "calibrate")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +170,7 @@ class JobOptions(_message.Message):
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     MODEL_ARGS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -189,7 +192,8 @@ class JobOptions(_message.Message):
     accelerator: str
     resources: _containers.ScalarMap[str, float]
     model_args: _containers.ScalarMap[str, str]
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., model_args: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    calibrate: CalibrateOptions
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., model_args: _Optional[_Mapping[str, str]] = ..., calibrate: _Optional[_Union[CalibrateOptions, _Mapping]] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
     __slots__ = ("calibration", "calibration_samples", "calibration_method", "formats", "max_quant_error")
@@ -204,6 +208,14 @@ class QuantizeOptions(_message.Message):
     formats: _containers.RepeatedScalarFieldContainer[str]
     max_quant_error: float
     def __init__(self, calibration: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., calibration_method: _Optional[str] = ..., formats: _Optional[_Iterable[str]] = ..., max_quant_error: _Optional[float] = ...) -> None: ...
+
+class CalibrateOptions(_message.Message):
+    __slots__ = ("data", "samples")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    data: str
+    samples: int
+    def __init__(self, data: _Optional[str] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class AutoOptions(_message.Message):
     __slots__ = ("target_speedup", "max_error", "device", "threads", "runs", "warmup", "max_candidates", "runtime", "compile", "dtype", "channels_last", "quantize")

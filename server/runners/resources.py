@@ -105,7 +105,8 @@ def shortfall(job: Request, nodes: Sequence[Mapping[str, float]]) -> str | None:
 
 def describe_nodes(nodes: Sequence[Mapping[str, float]]) -> str:
     """The cluster's nodes as a person reads them: "2 nodes: CPU 2, GPU 1 (A10G); CPU 2, edge-cpu 1"."""
-    return f"{len(nodes)} node{'s' * (len(nodes) != 1)}: " + "; ".join(_node(node) for node in nodes)
+    described = sorted(_node(node) for node in nodes)  # in a stable order: Ray lists its nodes in any
+    return f"{len(nodes)} node{'s' * (len(nodes) != 1)}: " + "; ".join(described)
 
 
 def _node(resources: Mapping[str, float]) -> str:

@@ -74,7 +74,8 @@ class Sandbox:
         for path in self.hidden:
             if any(path.is_relative_to(folder) for folder in binds + system):
                 args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
-        args += ["--bind", str(workdir), str(INSIDE_JOB), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        args += ["--bind", str(workdir), str(INSIDE_JOB), "--proc", "/proc", "--dev", "/dev"]
+        args += ["--perms", "1777", "--tmpfs", "/tmp"]  # writable by the sandbox's user (torch imports want a tempdir)
         for device in sorted(Path("/dev").glob("nvidia*")):  # the GPUs, when the server has them
             args += ["--dev-bind", str(device), str(device)]
         args += ["--chdir", "/", "--"]

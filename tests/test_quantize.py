@@ -386,7 +386,10 @@ def test_the_planner_times_int8_and_keeps_the_target_over_the_float_original(tmp
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--calibrate", "x.npy"], "error: --calibrate goes with --quantize int8: add --quantize int8"),
+        (
+            ["--calibration-method", "entropy"],
+            "error: --calibration-method goes with --quantize int8: add --quantize int8",
+        ),
         (["--max-quant-error", "0.2"], "error: --max-quant-error goes with --quantize int8: add --quantize int8"),
         (["--quantize", "int8", "--quant-formats", "fp4"], "formats 'fp4' are not valid"),
         (["--quantize", "int8", "--max-quant-error", "0"], "error: --max-quant-error 0.0 is not valid"),

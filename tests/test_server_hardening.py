@@ -214,7 +214,7 @@ def test_options_over_the_caps_are_refused_at_submit() -> None:
         with pytest.raises(ConvertError) as error:
             check_caps(options)
         assert expected in str(error.value), str(error.value)
-    with pytest.raises(ConvertError, match="`include` '\\(' is not a valid regex"):
+    with pytest.raises(ConvertError, match="`include` '\\(' is not a valid regular expression"):
         check_caps(JobOptions("m", config=ConvertConfig(include="(")))
 
 

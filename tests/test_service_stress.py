@@ -322,6 +322,12 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
     """Messages of `descriptor`'s type with any subset of fields set, to any value of their type (and extremes)."""
     fields = {}
     for field in descriptor.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:  # map<string, T>
+            numbers = field.message_type.fields_by_name["value"].type == field.TYPE_DOUBLE
+            values = st.floats(allow_nan=True, allow_infinity=True) if numbers else st.text(max_size=20)
+            keys = st.one_of(st.text(max_size=20), st.sampled_from(["", "edge-cpu", "../x", "\x1b[31m"]))
+            fields[field.name] = st.one_of(st.none(), st.dictionaries(keys, values, max_size=3))
+            continue
         if field.message_type is not None:
             if depth >= 2:
                 continue
@@ -355,7 +361,9 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
                 continue
             field = descriptor.fields_by_name[name]
             target = getattr(message, name) if field.is_repeated or field.message_type else None
-            if field.is_repeated:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                target.update(value)
+            elif field.is_repeated:
                 (target.extend if field.message_type is None else lambda v, t=target: [t.add().CopyFrom(x) for x in v])(
                     value
                 )

@@ -228,7 +228,27 @@ def convert_full(spec: WildModel, inputs: tuple[torch.Tensor, ...]) -> tuple[nn.
     return model, full
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if m.slow else []) for n, m in WILD.items()])
+# Failing on main after the wave-2 merges (issue 12 stays open until they pass): found by the full suite, not yet
+# diagnosed (segformer's reason is a guess from the summary line). Not strict: remove an entry once it passes.
+_PARAMETRIZED = "model.pt: torch.save of a model with parametrizations (weight_norm) fails; write it via state_dict"
+_TRAIN_NOISE = "the MEANINGFUL guard: the original's own float32 and float64 train-mode runs differ (dropout/seed?)"
+KNOWN_FAILURES = {
+    "hf_wav2vec2": _PARAMETRIZED,
+    "hf_hubert": _PARAMETRIZED,
+    "hf_swin": _TRAIN_NOISE,
+    "hf_segformer": _TRAIN_NOISE,
+    "smp_fpn_efficientnet": _TRAIN_NOISE,
+}
+
+
+def _marks(name: str, spec: WildModel) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if spec.slow else []
+    if name in KNOWN_FAILURES:
+        marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
+    return marks
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n, m)) for n, m in WILD.items()])
 def test_wild_model(name: str, tmp_path: Path) -> None:
     spec = WILD[name]
     model, full = convert_full(spec, spec.inputs())

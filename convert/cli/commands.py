@@ -46,9 +46,10 @@ class Command:
     def __call__(self, argv: Sequence[str]) -> int:
         """Parse `argv`, run, and turn any failure into one line on stderr and its exit status."""
         args = self.parser().parse_args(argv)
-        level = args.log_level.upper() if args.log_level else logging.INFO if args.verbose else logging.WARNING
+        log_level = getattr(args, "log_level", None)  # `convert jobs` has -v only
+        level = log_level.upper() if log_level else logging.INFO if args.verbose else logging.WARNING
         logging.basicConfig(level=level, format="%(name)s: %(message)s")
-        output.set_quiet(args.quiet)
+        output.set_quiet(getattr(args, "quiet", False))
         if not args.verbose:
             warnings.filterwarnings("ignore")  # torch's tracing and export warnings are not the user's business
         try:

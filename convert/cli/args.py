@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from convert.auto import AutoConfig
-from convert.cli.flags import to_cli
+from convert.cli import argtypes
 from convert.distill.config import (
     AMP_MODES,
     BATCHNORM_MODES,
@@ -21,8 +21,8 @@ from convert.distill.config import (
     LOSSES,
 )
 from convert.distill.data import SYNTHETIC
-from convert.errors import BAD_INPUT, ConvertError
-from convert.load import DTYPES, parse_input_shape, parse_model_arg
+from convert.errors import BAD_INPUT
+from convert.load import DTYPES
 from convert.runtime.bench import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP
 from convert.runtime.config import BENCH_DTYPES, RUNTIMES
 from convert.runtime.devices import DEVICES
@@ -97,7 +97,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model-arg",
         action="append",
-        type=_model_arg,
+        type=argtypes.model_arg,
         metavar="NAME=VALUE",
         help="a keyword argument of the factory, the value a Python literal (else a string); repeat for several, "
         "e.g. --model-arg num_classes=10 --model-arg in_chans=1",
@@ -105,7 +105,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--input-shape",
         action="append",
-        type=_shape,
+        type=argtypes.shape,
         metavar="N,C,...",
         help="example input shape, repeat for several inputs (default: the .pt2's example inputs)",
     )
@@ -115,7 +115,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     rank = options.add_mutually_exclusive_group()
     rank.add_argument(
         "--rank",
-        type=_rank,
+        type=argtypes.rank,
         help="filters per group: N or 'full' (exact); default 1 for "
         "separable, C_out/groups for grouped; clamped to full rank",
     )
@@ -275,7 +275,7 @@ def convert_parser() -> argparse.ArgumentParser:
         "--resource",
         dest="resources",
         action="append",
-        type=_resource,
+        type=argtypes.resource,
         metavar="NAME=AMOUNT",
         help="on a server on a Ray cluster: run on a node with this Ray custom resource, taking AMOUNT; repeatable",
     )
@@ -318,7 +318,7 @@ def _quantize_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--quant-formats",
-        type=_formats,
+        type=argtypes.formats,
         metavar="F,F,...",
         help=f"candidate formats, of {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)}; "
         "u8s7: 7-bit weights, for CPUs without VNNI)",
@@ -392,11 +392,13 @@ def _distill_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--image-mean",
-        type=_floats,
+        type=argtypes.floats,
         metavar="M,M,M",
         help="per channel, for image folders (default: ImageNet's for 3 channels, else 0.5)",
     )
-    group.add_argument("--image-std", type=_floats, metavar="S,S,S", help="per channel (default: ImageNet's or 0.5)")
+    group.add_argument(
+        "--image-std", type=argtypes.floats, metavar="S,S,S", help="per channel (default: ImageNet's or 0.5)"
+    )
     group.add_argument(
         "--resume",
         action="store_const",
@@ -428,7 +430,7 @@ def bench_parser() -> argparse.ArgumentParser:
     options.add_argument(
         "--input-shape",
         action="append",
-        type=_shape,
+        type=argtypes.shape,
         metavar="N,C,...",
         help="--runtime torch: example input shape, repeat for several inputs (default: a .pt2's example inputs, or "
         "an output folder's report.json); the batch is set by --batch-sizes",
@@ -466,7 +468,7 @@ def _benchmark_arguments(
     )
     group.add_argument(
         "--batch-sizes",
-        type=_batch_sizes,
+        type=argtypes.batch_sizes,
         default=DEFAULT_BATCH_SIZES,
         metavar="B,B,...",
         help="batch sizes to time (default: 1)",
@@ -516,61 +518,3 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or any(b < 1 for b in sizes):
-        raise argparse.ArgumentTypeError(f"batch sizes {text!r} are not valid: use positive sizes, e.g. 1,8")
-    return sizes
-
-
-def _formats(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in FORMATS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"formats {text!r} are not valid: use names of {', '.join(FORMATS)}")
-    return names
-
-
-def _resource(text: str) -> tuple[str, float]:
-    name, equals, amount = text.partition("=")
-    try:
-        return name, float(amount) if equals else 1.0
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=AMOUNT (e.g. edge-cpu=1)") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not valid: use comma-separated numbers, e.g. 0.5,0.5,0.5"
-        ) from None
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return parse_input_shape(text)
-    except ConvertError as e:
-        raise argparse.ArgumentTypeError(to_cli(str(e))) from e
-
-
-def _model_arg(text: str) -> tuple[str, object]:
-    try:
-        return parse_model_arg(text)
-    except ConvertError as e:
-        raise argparse.ArgumentTypeError(to_cli(str(e))) from e
-
-
-def _rank(text: str) -> int | str:
-    if text == "full":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rank {text!r} is not valid: use a positive integer or 'full'") from None

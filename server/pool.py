@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_REPORT_BYTES = 64 << 20
 _STOP_WAIT = 30.0  # seconds a cancel or a shutdown waits for a killed worker's job to be recorded
+# Seconds a worker may take to take its job (a spare still importing torch on a loaded machine): the server's time,
+# not the job's, so it is not counted in the job's time limit; past it the worker is stopped as wedged.
+_START_LIMIT = 300.0
 _LAUNCHES = 3  # launches of one job whose worker dies before it takes the job, before the job fails
 
 
@@ -68,15 +71,15 @@ class RunningJob:
 
     job_id: str
     execution: Execution
-    stop_reason: str | None = None  # "cancelled" | "time limit" | "shutdown" once the server stops the worker
+    stop_reason: str | None = None  # "cancelled" | "time limit" | "start limit" | "shutdown" once the server stops it
     ended: bool = False  # the worker has ended: a stop that comes later changes nothing
     limit: threading.Timer | None = None  # stops the worker at the time limit
 
-    def time_limit(self, seconds: float, stop: Callable[[RunningJob, str], None]) -> None:
-        """(Re)start the clock of the time limit."""
+    def time_limit(self, seconds: float, stop: Callable[[RunningJob, str], None], reason: str = "time limit") -> None:
+        """(Re)start the clock of the time limit: in `seconds`, `stop(self, reason)`."""
         if self.limit is not None:
             self.limit.cancel()
-        self.limit = threading.Timer(seconds, stop, (self, "time limit"))
+        self.limit = threading.Timer(seconds, stop, (self, reason))
         self.limit.daemon = True
         self.limit.start()
 
@@ -256,7 +259,7 @@ class WorkerPool:
 
     def _supervise(self, job: RunningJob) -> None:
         """Relay the job's events until its worker ends, reap the worker, and record the outcome, whatever fails."""
-        job.time_limit(self._config.job_time_limit, self._stop)  # for the worker's start; again once it has the job
+        job.time_limit(_START_LIMIT, self._stop, "start limit")  # the job's own clock starts when the worker takes it
         try:
             relayed = self._relay(job)
         except Exception as e:  # a bug or a full disk here must not leave the job RUNNING
@@ -331,6 +334,11 @@ class WorkerPool:
             fields = _failure(
                 f"the job ran past the server's time limit of {limit:g} s and was stopped: convert a smaller model or "
                 "input, or ask the operator for a longer --job-time-limit"
+            )
+        elif job.stop_reason == "start limit":
+            fields = _failure(
+                f"the server's worker did not take the job within {_START_LIMIT:g} s (the server is overloaded or "
+                "its workers cannot start: see the server's log); submit it again"
             )
         elif job.stop_reason == "shutdown":
             fields = _failure("the server shut down while the job ran: submit it again")

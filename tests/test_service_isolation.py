@@ -34,6 +34,7 @@ NEEDS_BWRAP = pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubbl
 # What the sandboxed worker's environment may hold: nothing of the server's but the import path and the locale.
 SANDBOX_ENV = {"PATH", "HOME", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "PWD"}
 SANDBOX_ENV |= {"CONVERT_WORKER_THREADS", "OMP_NUM_THREADS", "CONVERT_FACTORY_PATH"}
+SANDBOX_ENV |= {"TORCHINDUCTOR_CACHE_DIR"}  # set by torch itself inside (torch/_inductor/runtime/cache_dir_utils.py)
 
 ESCAPES = """
 import json, os, socket, sys, time

@@ -239,8 +239,8 @@ def test_every_field_has_a_wire_form_or_is_local_only(cls: type, field: dataclas
     samples = SAMPLES.get(cls, {}).get(field.name)
     assert samples, (
         f"{cls.__name__}.{field.name} has no sample here: give it a proto field (proto/converter.proto), carry it "
-        "both ways in server/wire.py and add a sample value to SAMPLES; or put it on server.wire.LOCAL_ONLY with "
-        "the reason it cannot travel (and add a sample, which to_proto must refuse)"
+        "both ways in server/wire/options.py and add a sample value to SAMPLES; or put it on server.wire.LOCAL_ONLY "
+        "with the reason it cannot travel (and add a sample, which to_proto must refuse)"
     )
     if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
         return  # a required field: any value will do

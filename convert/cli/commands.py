@@ -14,7 +14,8 @@ from convert.cli.args import bench_parser, convert_parser, inspect_parser
 from convert.cli.options import bench_config, inspect_configs, job_options, model_args, output_dir, server_of
 from convert.distill.parallel import is_main_process
 from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, ConvertError, outcome_of
-from convert.job import example_inputs, run_job
+from convert.job import run_job
+from convert.job_inputs import example_inputs
 from convert.load import load_model
 from convert.report import DistillReport, plot_benchmark
 from convert.runtime import benchmark_onnx, benchmark_torch

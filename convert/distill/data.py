@@ -8,7 +8,6 @@ bad source fails before any training starts. Image folders are checked from the 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from convert.common import as_inputs
 from convert.distill.datasets import ImageFiles, ImageTransform, Sample, SyntheticInputs, TensorInputs
 from convert.errors import ConvertError, one_line
 from convert.files import check_tensor_budget, read_tensor_file
+from convert.forward import input_names  # here too: distillation data is matched to inputs by name
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -198,18 +197,6 @@ def image_transform(
             v2.Normalize(mean, std),
         ]
     )
-
-
-def input_names(model: nn.Module) -> list[str] | None:
-    """Names of the model's positional inputs, from its forward signature; None when it takes *args."""
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
-        return None
-    return [p.name for p in parameters if p.kind in positional]
 
 
 # --- loading and checking -----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 
 from convert.cli import argtypes
 from convert.cli.args.base import Parser, examples, logging_arguments, switch
+from convert.forward import MODEL_DTYPES
 from convert.load import DTYPES
 from convert.surgery.config import TARGETS, TRANSPOSED_FORMS
 
@@ -39,7 +40,19 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
         help="a keyword argument of the factory, the value a Python literal (else a string); repeat for several, "
         "e.g. --model-arg num_classes=10 --model-arg in_chans=1",
     )
-    input_arguments(source, "example input shape, repeat for several inputs (default: the .pt2's example inputs)")
+    input_arguments(
+        source,
+        "example input shape, repeat for several inputs; NAME=N,C,... names the forward parameter it is for "
+        "(e.g. pixel_values=1,3,224,224), the names in the forward's order or any (default: the .pt2's example "
+        "inputs)",
+    )
+    source.add_argument(
+        "--dtype",
+        dest="model_dtype",
+        choices=list(MODEL_DTYPES),
+        help="cast the model and its floating inputs to this dtype before converting; the ONNX files follow "
+        "(default: the model's own)",
+    )
     options = parser.add_argument_group("conversion")
     options.add_argument("--to", dest="target", default="separable", choices=TARGETS, help="default: separable")
     rank = options.add_mutually_exclusive_group()

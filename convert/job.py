@@ -23,6 +23,7 @@ from convert.distill.data import DistillData
 from convert.distill.parallel import is_main_process
 from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError, QuantizationError
+from convert.forward import MODEL_DTYPES, cast
 from convert.job_inputs import CalibrateJob, DistillJob, example_inputs, prepare_inputs, quantize_sources
 from convert.load import load_model, make_inputs
 from convert.report.schema import Placement, Report
@@ -31,7 +32,7 @@ from convert.runtime.config import BenchConfig
 from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
 from convert.runtime.int8 import quantize_conversion
-from convert.runtime.parity import parity_message
+from convert.runtime.parity import DEFAULT_ATOL, parity_message
 from convert.runtime.quantize import QuantizeConfig, device_formats
 from convert.surgery.apply import SavedPlanner, read_plan
 from convert.surgery.config import ConvertConfig
@@ -53,6 +54,9 @@ Warn = Callable[[str], None]  # one-line warnings for the user (e.g. that loadin
 # Share of the progress bar taken by loading, and by converting (the rest is saving: export and benchmark).
 _LOAD_SHARE = 0.05
 _CONVERT_SHARE = {"plain": 0.9, "onnx": 0.4, "benchmark": 0.25}
+
+
+HALF_ATOL = 1e-2  # the parity tolerance of a float16 model (`model_dtype`) when none other is given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +96,18 @@ class JobOptions:
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Fit the factors to real inputs, layer by layer (None: from the weights alone); quantization reads them too.
     calibrate: CalibrateJob | None = None
+    # Per `input_shapes` entry, the forward parameter it is for (e.g. ("pixel_values",)); None: by position.
+    input_names: tuple[str, ...] | None = None
+    # Cast the model and its floating inputs to this dtype before converting (a key of convert.forward.MODEL_DTYPES;
+    # the ONNX files follow); None: as loaded.
+    model_dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _resources(self.resources))
+        if self.input_names is not None and len(self.input_names) != len(self.input_shapes or ()):
+            raise ConvertError("name every input or none: `input_names` go one per `input_shapes` entry")
+        if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
+            raise ConvertError(f"`model_dtype` {self.model_dtype!r} is not valid: use one of {', '.join(MODEL_DTYPES)}")
         if self.accelerator is not None and not _RESOURCE_NAME.fullmatch(self.accelerator):
             raise ConvertError(
                 f"`accelerator` {self.accelerator!r} is not a Ray accelerator type: use a name such as H100 or A10G"
@@ -121,6 +134,13 @@ class JobOptions:
             raise ConvertError("`quantize` writes ONNX files for ONNX Runtime: use `runtime`=ort")
         if self.bench is not None and self.bench.runtime == "ort" and self.onnx is None:
             object.__setattr__(self, "onnx", OnnxConfig())  # ONNX Runtime times the ONNX files
+        if self.model_dtype == "bfloat16" and self.onnx is not None:
+            raise ConvertError(
+                "ONNX Runtime has no bfloat16 convolution: use `model_dtype`=float16 for ONNX files, or drop `onnx`"
+            )
+        if self.model_dtype == "float16" and self.onnx is not None and self.onnx.atol == DEFAULT_ATOL:
+            # float16 rounds at ~1e-3: the float32 default would fail every half-precision export
+            object.__setattr__(self, "onnx", dataclasses.replace(self.onnx, atol=HALF_ATOL))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (the service stores them with each job)."""
@@ -162,6 +182,8 @@ class JobOptions:
             resources=tuple((name, amount) for name, amount in data.get("resources", ())),
             model_args=dict(data.get("model_args") or {}),
             calibrate=None if data.get("calibrate") is None else CalibrateJob.from_dict(data["calibrate"]),
+            input_names=None if data.get("input_names") is None else tuple(data["input_names"]),
+            model_dtype=data.get("model_dtype"),
         )
 
 
@@ -227,7 +249,9 @@ def run_job(
     preflight(options, outdir, overwrite)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
     loaded = load_model(options.model, options.weights, on_warning=on_warning, model_args=options.model_args)
-    inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
+    inputs = example_inputs(loaded, options.input_shapes, options.input_dtype, options.input_names)
+    if options.model_dtype is not None:
+        loaded.model, inputs = cast(loaded.model, inputs, options.model_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
     prepared = prepare_inputs(options, loaded, inputs, outdir)  # bad data fails before any work
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
@@ -367,6 +391,8 @@ def _check_quantize(options: JobOptions) -> None:
             "`quantize` calibrates on real inputs: set `calibration` (a folder of images or a tensor file of a "
             "hundred or more inputs; synthetic for a trial only), or `distill` (its inputs calibrate)"
         )
+    if options.model_dtype not in (None, "float32"):
+        raise ConvertError(f"INT8 quantization starts from a float32 model: drop `model_dtype`={options.model_dtype}")
     if options.input_dtype not in ("float32", "int64"):
         raise ConvertError(
             f"INT8 quantization starts from a float32 model: use `input_dtype`=float32, not {options.input_dtype}"

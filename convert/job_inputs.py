@@ -13,11 +13,12 @@ import torch
 
 from convert.artifacts import DISTILL_CHECKPOINT
 from convert.distill.config import DistillConfig
-from convert.distill.data import DistillData, image_transform, input_names, load_data
+from convert.distill.data import DistillData, image_transform, load_data
 from convert.distill.datasets import ImageTransform
 from convert.distill.state import load_checkpoint
 from convert.distill.trainer import check_distill_options
 from convert.errors import ConvertError
+from convert.forward import input_names, order_by_name
 from convert.load import LoadedModel, make_inputs
 from convert.surgery.calibrate import DEFAULT_SAMPLES, Calibration, CalibrationConfig, prepare_calibration
 
@@ -94,15 +95,22 @@ class JobInputs:
 
 
 def example_inputs(
-    loaded: LoadedModel, shapes: Sequence[Sequence[int]] | None, dtype: str = "float32"
+    loaded: LoadedModel,
+    shapes: Sequence[Sequence[int]] | None,
+    dtype: str = "float32",
+    names: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Random example inputs of `shapes`, else the ones stored with the model (a .pt2 archive's).
 
+    Args:
+        names: per shape, the forward parameter it is for: the inputs come back in the forward's order.
+
     Raises:
-        ConvertError: when neither is there.
+        ConvertError: when neither is there, or for names the forward does not take by position.
     """
     if shapes:
-        return make_inputs(shapes, dtype)
+        order = range(len(shapes)) if names is None else order_by_name(loaded.model, names)
+        return make_inputs([shapes[i] for i in order], dtype)
     if loaded.example_inputs is not None:
         return loaded.example_inputs
     raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")

@@ -75,6 +75,8 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
         "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
         "calibrate": [JobOptions(M, calibrate=CalibrateJob(SYNTHETIC))],
+        "input_names": [JobOptions(M, input_shapes=((1, 3, 8, 8), (1, 8)), input_names=("pixel_values", "mask"))],
+        "model_dtype": [JobOptions(M, model_dtype="float16"), JobOptions(M, model_dtype="bfloat16")],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],

@@ -9,7 +9,6 @@ bad source fails before any training starts. Image folders are checked from the 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from convert.common import as_inputs
@@ -25,6 +23,7 @@ from convert.distill.datasets import ImageTransform, Sample, SyntheticInputs, Te
 from convert.distill.images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, image_folder, image_transform
 from convert.errors import ConvertError, one_line
 from convert.files import check_tensor_budget, read_tensor_file
+from convert.forward import input_names  # here too: distillation data is matched to inputs by name
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -164,18 +163,6 @@ def _synthetic_val(synthetic: Dataset[Sample]) -> tuple[Dataset[Sample], str]:
     """A fixed set of synthetic validation inputs, none of which training draws."""
     held_out = range(_SYNTHETIC_VAL_SEED_OFFSET, _SYNTHETIC_VAL_SEED_OFFSET + SYNTHETIC_VAL_INPUTS)
     return Subset(synthetic, held_out), f"{SYNTHETIC_VAL_INPUTS} synthetic inputs"
-
-
-def input_names(model: nn.Module) -> list[str] | None:
-    """Names of the model's positional inputs, from its forward signature; None when it takes *args."""
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
-        return None
-    return [p.name for p in parameters if p.kind in positional]
 
 
 # --- loading and checking -----------------------------------------------------------------------------------------

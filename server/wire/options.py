@@ -30,8 +30,12 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     message = pb.JobOptions(
         full_rank=config.rank == "full",
         no_pointwise=not config.pointwise,
-        input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
+        input_shapes=[
+            pb.Shape(dims=shape, name=name)
+            for shape, name in zip(options.input_shapes or (), options.input_names or _unnamed(options), strict=True)
+        ],
         input_dtype=options.input_dtype,
+        model_dtype=options.model_dtype or "",
         accelerator=options.accelerator or "",
         resources=dict(options.resources),
         model_args={name: repr(value) for name, value in options.model_args.items()},
@@ -111,6 +115,9 @@ def from_proto(
         auto = _auto(message.auto, bench)
     if message.input_dtype and message.input_dtype not in DTYPES:
         raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    any_named = any(shape.name for shape in message.input_shapes)
+    if any_named and not all(shape.name for shape in message.input_shapes):
+        raise ConvertError("name every input shape or none: `input_names` go one per `input_shapes` entry")
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
@@ -136,7 +143,14 @@ def from_proto(
         resources=dict(message.resources),
         model_args={name: _literal(name, text) for name, text in message.model_args.items()},
         calibrate=_calibrate(message.calibrate, calibration) if message.HasField("calibrate") else None,
+        input_names=tuple(shape.name for shape in message.input_shapes) if any_named else None,
+        model_dtype=message.model_dtype or None,
     )
+
+
+def _unnamed(options: JobOptions) -> list[str]:
+    """The wire's names of inputs given by position: empty, one per shape."""
+    return [""] * len(options.input_shapes or ())
 
 
 def _literal(name: str, text: str) -> object:

@@ -228,17 +228,11 @@ def convert_full(spec: WildModel, inputs: tuple[torch.Tensor, ...]) -> tuple[nn.
     return model, full
 
 
-# Failing on main after the wave-2 merges (issue 12 stays open until they pass): found by the full suite, not yet
-# diagnosed (segformer's reason is a guess from the summary line). Not strict: remove an entry once it passes.
+# Failing on main after the wave-2 merges (issue 12 stays open until they pass). Not strict: remove an entry once it
+# passes.
 _PARAMETRIZED = "model.pt: torch.save of a model with parametrizations (weight_norm) fails; write it via state_dict"
-_TRAIN_NOISE = "the MEANINGFUL guard: the original's own float32 and float64 train-mode runs differ (dropout/seed?)"
-KNOWN_FAILURES = {
-    "hf_wav2vec2": _PARAMETRIZED,
-    "hf_hubert": _PARAMETRIZED,
-    "hf_swin": _TRAIN_NOISE,
-    "hf_segformer": _TRAIN_NOISE,
-    "smp_fpn_efficientnet": _TRAIN_NOISE,
-}
+_LOCAL_HOOK = "model.pt: torch.save fails on transformers' output-capturing hook (a local function)"
+KNOWN_FAILURES = {"hf_wav2vec2": _PARAMETRIZED, "hf_hubert": _PARAMETRIZED, "hf_segformer": _LOCAL_HOOK}
 
 
 def _marks(name: str, spec: WildModel) -> list[pytest.MarkDecorator]:

@@ -170,9 +170,11 @@ def check_onnx(case: Case) -> None:
 
 
 def check_plan(case: Case) -> None:
-    """plan.json + model.safetensors, applied to a freshly built original, give the converted model."""
+    """plan.json + model.safetensors, applied to a freshly built original, give the converted model (model.pt is
+    written when the model pickles)."""
     out = case.folder / "out"
     save_result(case.full, out)
+    assert (out / "model.pt").is_file() == (case.full.report.model_pt_skipped is None)  # wav2vec2's does not pickle
     plan = json.loads((out / "plan.json").read_text())
     assert plan == json.loads(json.dumps(case.full.plan()))
     rebuilt = convert.apply_plan(case.spec.model(), out / "plan.json")
@@ -228,21 +230,7 @@ def convert_full(spec: WildModel, inputs: tuple[torch.Tensor, ...]) -> tuple[nn.
     return model, full
 
 
-# Failing on main after the wave-2 merges (issue 12 stays open until they pass). Not strict: remove an entry once it
-# passes.
-_PARAMETRIZED = "model.pt: torch.save of a model with parametrizations (weight_norm) fails; write it via state_dict"
-_LOCAL_HOOK = "model.pt: torch.save fails on transformers' output-capturing hook (a local function)"
-KNOWN_FAILURES = {"hf_wav2vec2": _PARAMETRIZED, "hf_hubert": _PARAMETRIZED, "hf_segformer": _LOCAL_HOOK}
-
-
-def _marks(name: str, spec: WildModel) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.slow] if spec.slow else []
-    if name in KNOWN_FAILURES:
-        marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
-    return marks
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n, m)) for n, m in WILD.items()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if m.slow else []) for n, m in WILD.items()])
 def test_wild_model(name: str, tmp_path: Path) -> None:
     spec = WILD[name]
     model, full = convert_full(spec, spec.inputs())

@@ -208,7 +208,7 @@ def write_conversion(conversion: Conversion, folder: Path) -> None:
 
 
 def _save_module(model: torch.nn.Module, path: Path) -> str | None:
-    """torch.save `model` to `path` when it pickles; else None is written and the reason returned."""
+    """torch.save `model` to `path` when it pickles, and return None; else write nothing and return why."""
     refusal = _pickle_refusal(model)
     if refusal is None:
         torch.save(model, path)
@@ -227,7 +227,7 @@ def _pickle_refusal(model: torch.nn.Module) -> str | None:
     """Why pickle refuses `model` (one line), or None. Checked before torch.save, so that a refusal writes nothing
     and an I/O failure of torch.save is never taken for one."""
     try:
-        _Probe(_Discard(), protocol=pickle.DEFAULT_PROTOCOL).dump(model)
+        _Probe(_Discard(), protocol=torch.serialization.DEFAULT_PROTOCOL).dump(model)  # as torch.save
     # what pickling raises for an object it cannot write: parametrize's RuntimeError, PicklingError, "Can't pickle
     # local object" (AttributeError), "cannot pickle '...' object" (TypeError)
     except (RuntimeError, pickle.PicklingError, AttributeError, TypeError) as e:

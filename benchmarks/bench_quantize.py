@@ -9,14 +9,17 @@ time to quantize ResNet-50.
      writes them (`quantize_static` after `quant_pre_process`), and the tool's pick (`--quantize int8`:
      original.int8.onnx);
    - `--to auto --target-speedup 2` and `3`, each with the same distillation (model.onnx);
-   - `--to auto --target-speedup 4 --quantize int8` with the same distillation (model.int8.onnx). Target: at least
-     4x over the float original, within 1.5 points of its accuracy.
+   - `--to auto --target-speedup T --quantize int8` with the same distillation (model.onnx and model.int8.onnx), for
+     each T of --int8-targets (default 4 and 4.5: the planner's prediction has overshot the measured speedup by
+     10-15% on a shared CPU). Target: at least 4x over the float original, within 1.5 points of its accuracy.
 2. ResNet-50 (random weights, 1x3x224x224): the wall time of the quantization stage per model (prepare, calibrate
    on 128 inputs, write the four default formats, check them on 128 held-out inputs, time them). Target: < 60 s.
 
     .venv/bin/python benchmarks/bench_quantize.py [--teacher-steps 400] [--distill-steps 600] [--runs 100]
+        [--int8-targets 4 4.5]
 
-The teacher is cached in --work (default /tmp/bench-quantize): a second run reuses it, and the jobs' latency cache.
+The teacher is cached in --work (default /tmp/bench-quantize, outside the repository): a second run reuses it and
+the jobs' latency cache, and replaces the jobs' folders.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--distill-batch", type=int, default=32)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model, alternating")
+    parser.add_argument("--int8-targets", type=float, nargs="+", default=[4.0, 4.5], help="--target-speedup with INT8")
     parser.add_argument("--skip-resnet18", action="store_true")
     parser.add_argument("--skip-resnet50", action="store_true")
     args = parser.parse_args()
@@ -127,7 +131,7 @@ def resnet18(args: argparse.Namespace) -> None:
             quantize=QuantizeConfig() if quantize else None,
         )
         start = time.perf_counter()
-        report = run_job(options, outdir)
+        report = run_job(options, outdir, overwrite=True)  # a second run replaces the first
         distill = report.distill
         print(
             f"{name}: {time.perf_counter() - start:.0f} s (distillation {distill.seconds:.0f} s); predicted "
@@ -137,7 +141,8 @@ def resnet18(args: argparse.Namespace) -> None:
         return outdir
 
     auto2, auto3 = job("auto2", 2.0, False), job("auto3", 3.0, False)
-    auto4 = job("auto4-int8", 4.0, True)
+    quantized = {target: job(f"auto{target:g}-int8", target, True) for target in args.int8_targets}
+    auto4 = quantized[args.int8_targets[0]]
     practitioner = _practitioner_int8(auto4 / "original.onnx", unlabeled[:128], work)
     files = {
         "original, float": auto4 / "original.onnx",
@@ -146,9 +151,12 @@ def resnet18(args: argparse.Namespace) -> None:
         "`--quantize int8` alone (original.int8.onnx)": auto4 / "original.int8.onnx",
         "`--to auto --target-speedup 2` + distill": auto2 / "model.onnx",
         "`--to auto --target-speedup 3` + distill": auto3 / "model.onnx",
-        "`--to auto --target-speedup 4` + distill, float (model.onnx)": auto4 / "model.onnx",
-        "`--to auto --target-speedup 4 --quantize int8` + distill (model.int8.onnx)": auto4 / "model.int8.onnx",
     }
+    for target, folder in quantized.items():
+        files[f"`--to auto --target-speedup {target:g}` + distill, float (model.onnx)"] = folder / "model.onnx"
+        files[f"`--to auto --target-speedup {target:g} --quantize int8` + distill (model.int8.onnx)"] = (
+            folder / "model.int8.onnx"
+        )
     timing = benchmark_onnx(
         list(files.values()), BenchConfig(device="cpu", threads=args.threads, runs=args.runs), names=list(files)
     )
@@ -179,12 +187,15 @@ def resnet18(args: argparse.Namespace) -> None:
             f"| {name} | {p50:.3f} | {base / p50:.2f}x | {accuracy:.2%} | {100 * (accuracy - teacher_accuracy):+.2f} | "
             f"{float((pred == teacher_pred).mean()):.2%} |"
         )
-    speedup, accuracy = rows[list(files)[-1]]
-    met = speedup >= 4.0 and teacher_accuracy - accuracy <= 0.015
-    print(
-        f"\ntarget (>= 4x over the float original within 1.5 points of its accuracy): {'met' if met else 'NOT met'} "
-        f"({speedup:.2f}x, {100 * (accuracy - teacher_accuracy):+.2f} points)"
-    )
+    print()
+    for target in quantized:
+        speedup, accuracy = rows[f"`--to auto --target-speedup {target:g} --quantize int8` + distill (model.int8.onnx)"]
+        met = speedup >= 4.0 and teacher_accuracy - accuracy <= 0.015
+        print(
+            f"target (>= 4x over the float original within 1.5 points of its accuracy), --target-speedup {target:g} "
+            f"--quantize int8: {'met' if met else 'NOT met'} ({speedup:.2f}x, "
+            f"{100 * (accuracy - teacher_accuracy):+.2f} points)"
+        )
     for model in ("original", "converted"):
         record = quantize[model]
         print(f"\n{record['source']}: the tool's formats (kept: {record['format']}), timed at batch 1, 30 runs")
@@ -197,7 +208,7 @@ def resnet18(args: argparse.Namespace) -> None:
                 f"{'yes' if c['passed'] else 'no'} |"
             )
     print("\nauto plans (chosen forms):")
-    for name, folder in (("auto2", auto2), ("auto3", auto3), ("auto4-int8", auto4)):
+    for name, folder in (("auto2", auto2), ("auto3", auto3), *((f.name, f) for f in quantized.values())):
         auto = json.loads((folder / "report.json").read_text())["auto"]
         chosen = [layer["candidates"][layer["chosen"]]["label"] for layer in auto["layers"]]
         kept = sum(label == "keep" for label in chosen)
@@ -237,7 +248,7 @@ def resnet50(args: argparse.Namespace) -> None:
         quantize=QuantizeConfig(calibration=("synthetic",), max_quant_error=1.0),
     )
     start = time.perf_counter()
-    report = run_job(options, args.work / "resnet50")
+    report = run_job(options, args.work / "resnet50", overwrite=True)
     total = time.perf_counter() - start
     quantize = report.quantize
     print(

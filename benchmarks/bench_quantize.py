@@ -8,7 +8,8 @@ time to quantize ResNet-50.
    - ONNX Runtime static INT8 of the original, QDQ per-channel, U8S8 and S8S8 (ORT's default), as a practitioner
      writes them (`quantize_static` after `quant_pre_process`), and the tool's pick (`--quantize int8`:
      original.int8.onnx);
-   - `--to auto --target-speedup 2` and `3`, each with the same distillation (model.onnx);
+   - `--to auto --target-speedup T` for each T of --float-targets (default 2 and 3), each with the same
+     distillation (model.onnx);
    - `--to auto --target-speedup T --quantize int8` with the same distillation (model.onnx and model.int8.onnx), for
      each T of --int8-targets (default 4 and 4.5: the planner's prediction has overshot the measured speedup by
      10-15% on a shared CPU). Target: at least 4x over the float original, within 1.5 points of its accuracy.
@@ -17,7 +18,7 @@ time to quantize ResNet-50.
    Target: < 60 s for a quantization (prepare, calibrate, write one format); the stage's other steps are its search.
 
     .venv/bin/python benchmarks/bench_quantize.py [--teacher-steps 400] [--distill-steps 600] [--runs 100]
-        [--int8-targets 4 4.5]
+        [--float-targets 2 3] [--int8-targets 4 4.5]
 
 The teacher is cached in --work (default /tmp/bench-quantize, outside the repository): a second run reuses it and
 the jobs' latency cache, and replaces the jobs' folders.
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--distill-batch", type=int, default=32)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model, alternating")
+    parser.add_argument("--float-targets", type=float, nargs="+", default=[2.0, 3.0], help="--target-speedup, float")
     parser.add_argument("--int8-targets", type=float, nargs="+", default=[4.0, 4.5], help="--target-speedup with INT8")
     parser.add_argument("--skip-resnet18", action="store_true")
     parser.add_argument("--skip-resnet50", action="store_true")
@@ -156,7 +158,7 @@ def resnet18(args: argparse.Namespace) -> None:
         )
         return outdir
 
-    auto2, auto3 = job("auto2", 2.0, False), job("auto3", 3.0, False)
+    floats = {target: job(f"auto{target:g}", target, False) for target in args.float_targets}
     quantized = {target: job(f"auto{target:g}-int8", target, True) for target in args.int8_targets}
     auto4 = quantized[args.int8_targets[0]]
     practitioner = _practitioner_int8(auto4 / "original.onnx", unlabeled[:128], work)
@@ -165,8 +167,8 @@ def resnet18(args: argparse.Namespace) -> None:
         "ORT static INT8, QDQ per-channel, U8S8": practitioner["qdq-u8s8"],
         "ORT static INT8, QDQ per-channel, S8S8 (ORT's default)": practitioner["qdq-s8s8"],
         "`--quantize int8` alone (original.int8.onnx)": auto4 / "original.int8.onnx",
-        "`--to auto --target-speedup 2` + distill": auto2 / "model.onnx",
-        "`--to auto --target-speedup 3` + distill": auto3 / "model.onnx",
+    } | {
+        f"`--to auto --target-speedup {target:g}` + distill": folder / "model.onnx" for target, folder in floats.items()
     }
     for target, folder in quantized.items():
         files[f"`--to auto --target-speedup {target:g}` + distill, float (model.onnx)"] = folder / "model.onnx"
@@ -224,11 +226,11 @@ def resnet18(args: argparse.Namespace) -> None:
                 f"{'yes' if c['passed'] else 'no'} |"
             )
     print("\nauto plans (chosen forms):")
-    for name, folder in (("auto2", auto2), ("auto3", auto3), *((f.name, f) for f in quantized.values())):
+    for folder in (*floats.values(), *quantized.values()):
         auto = json.loads((folder / "report.json").read_text())["auto"]
         chosen = [layer["candidates"][layer["chosen"]]["label"] for layer in auto["layers"]]
         kept = sum(label == "keep" for label in chosen)
-        print(f"- {name}: {kept} of {len(chosen)} convs kept; {', '.join(chosen)}")
+        print(f"- {folder.name}: {kept} of {len(chosen)} convs kept; {', '.join(chosen)}")
 
 
 def _practitioner_int8(original: Path, calibration: torch.Tensor, work: Path) -> dict[str, Path]:

@@ -8,6 +8,7 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +40,17 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def torchscript_exports() -> Iterator[None]:
+    """Every export of the module that uses this through the TorchScript-based exporter (0.3 s a small model where
+    dynamo takes 8-20 s on a loaded CPU), for tests of what comes after the export (dynamo's path: test_onnx_export)."""
+    from convert.runtime import export  # here: the helpers above import nothing of convert/
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "_export_dynamo", export._export_torchscript)  # noqa: SLF001 - the exporter's seam
+        yield
 
 
 TOL = 1e-5  # relative error allowed between a full-rank conversion and the original (float32)

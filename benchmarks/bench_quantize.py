@@ -43,6 +43,7 @@ import onnxruntime as ort
 import torch
 import torchvision
 from bench_distill import make_images
+from common import train_classifier
 from torch import nn
 
 from convert.auto import AutoConfig
@@ -105,18 +106,7 @@ def train_teacher(steps: int, seed: int = 0) -> nn.Module:
     images, labels = make_images(10000, seed=1, size=SIZE)
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(num_classes=10)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(0, len(images), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(images[index]), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return model.eval()
+    return train_classifier(model, images, labels, steps, lr=2e-3, weight_decay=1e-4, seed=seed)
 
 
 def resnet18(args: argparse.Namespace) -> None:

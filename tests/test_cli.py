@@ -122,6 +122,15 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+def user_module(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> Path:
+    """`root`/NAME.py holding `source`, importable as NAME (model.pt pickles the user's classes: loading it imports
+    NAME); returns `root`, the working folder of a test's runs."""
+    (root / f"{name}.py").write_text(source)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
 def tiny_module(root: Path):
     """tiny.py imported from its file (not via sys.path), registered as `tiny` so its classes pickle."""
     spec = importlib.util.spec_from_file_location("tiny", root / "tiny.py")
@@ -559,6 +568,20 @@ def assert_refused(work: Path, args: list[str], expected: str) -> None:
     assert re.search(expected, lines[0]), lines[0]
     assert result.stdout == ""
     assert tree(work) == before  # no OUTDIR, no temporary folder, nothing changed
+
+
+def assert_refused_in_process(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    """As `assert_refused`, with `cli.main(args)` run in this process in `work` (quicker than a subprocess)."""
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading a factory spec puts the working folder on it
+    before = tree(work)
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert re.match(r"(convert: )?error: ", captured.err) and re.search(expected, captured.err), captured.err
+    assert tree(work) == before
 
 
 def test_unreadable_model_file(work: Path) -> None:

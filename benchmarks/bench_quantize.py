@@ -49,6 +49,7 @@ from torch import nn
 from convert.auto import AutoConfig
 from convert.distill.config import DistillConfig
 from convert.job import DistillJob, JobOptions, run_job
+from convert.report.schema import Report
 from convert.runtime.bench import BenchConfig, benchmark_onnx
 from convert.runtime.export import export_onnx
 from convert.runtime.int8 import CANDIDATE_RUNS, CHECK_INPUTS
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--distill-batch", type=int, default=32)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model, alternating")
-    parser.add_argument("--float-targets", type=float, nargs="+", default=[2.0, 3.0], help="--target-speedup, float")
+    parser.add_argument("--reuse", action="store_true", help="keep the jobs whose folders hold a report.json")
+    parser.add_argument("--float-targets", type=float, nargs="*", default=[2.0, 3.0], help="--target-speedup, float")
     parser.add_argument("--int8-targets", type=float, nargs="+", default=[4.0, 4.5], help="--target-speedup with INT8")
     parser.add_argument("--skip-resnet18", action="store_true")
     parser.add_argument("--skip-resnet50", action="store_true")
@@ -119,7 +121,8 @@ def resnet18(args: argparse.Namespace) -> None:
         torch.save(train_teacher(args.teacher_steps), teacher_path)
         print(f"\nteacher: {args.teacher_steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
     unlabeled, _ = make_images(5000, seed=2, size=SIZE)  # distillation and calibration inputs, labels dropped
-    torch.save(unlabeled, work / "unlabeled.pt")
+    if not (work / "unlabeled.pt").exists():  # the same tensors each time, and another run may be reading them
+        torch.save(unlabeled, work / "unlabeled.pt")
     test, test_labels = make_images(1000, seed=3, size=SIZE)
 
     def job(name: str, target: float, quantize: bool) -> Path:
@@ -139,7 +142,11 @@ def resnet18(args: argparse.Namespace) -> None:
             quantize=QuantizeConfig() if quantize else None,
         )
         start = time.perf_counter()
-        report = run_job(options, outdir, overwrite=True)  # a second run replaces the first
+        if args.reuse and (outdir / "report.json").exists():
+            report = Report.from_dict(json.loads((outdir / "report.json").read_text()))
+            name = f"{name} (reused)"
+        else:
+            report = run_job(options, outdir, overwrite=True)  # a second run replaces the first
         distill = report.distill
         print(
             f"{name}: {time.perf_counter() - start:.0f} s (distillation {distill.seconds:.0f} s); predicted "
@@ -148,8 +155,8 @@ def resnet18(args: argparse.Namespace) -> None:
         )
         return outdir
 
-    floats = {target: job(f"auto{target:g}", target, False) for target in args.float_targets}
     quantized = {target: job(f"auto{target:g}-int8", target, True) for target in args.int8_targets}
+    floats = {target: job(f"auto{target:g}", target, False) for target in args.float_targets}
     auto4 = quantized[args.int8_targets[0]]
     practitioner = _practitioner_int8(auto4 / "original.onnx", unlabeled[:128], work)
     files = {

@@ -24,7 +24,8 @@ from convert.cli.options import (
 from convert.distill.parallel import is_main_process
 from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, ConvertError, outcome_of
 from convert.forward import cast
-from convert.job import example_inputs, run_job
+from convert.job import run_job
+from convert.job_inputs import example_inputs
 from convert.load import load_model
 from convert.report import DistillReport, plot_benchmark
 from convert.runtime import benchmark_onnx, benchmark_torch

@@ -1,125 +1,21 @@
-"""Every conversion between the proto's messages and the domain: JobOptions both ways, the file format tables,
-job records and workers' events as Job and JobEvent messages, and a job's report."""
+"""JobOptions both ways: the proto's JobOptions message from the library's options and back, every field carried or,
+on `LOCAL_ONLY`, refused."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.distill.data import SYNTHETIC
-from convert.files import FileKind
 from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.load import DTYPES
-from convert.report.schema import Report
 from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
-from server.store import JobRecord
-from server.worker.protocol import LogLine, StageProgress
 
-__all__ = [
-    "DATA_FORMATS",
-    "DATA_SUFFIXES",
-    "LOCAL_ONLY",
-    "MAX_INLINE_REPORT",
-    "MODEL_FORMATS",
-    "WEIGHTS_FORMATS",
-    "from_proto",
-    "job_event",
-    "job_message",
-    "model_format",
-    "report_of",
-    "to_proto",
-    "weights_format",
-    "worker_event",
-]
-
-# Model files: each proto format, as convert.files.file_kind names what a file's content is.
-MODEL_FORMATS: dict[int, FileKind] = {
-    pb.ModelFile.PT2: "pt2",
-    pb.ModelFile.PICKLE: "torch.save",
-    pb.ModelFile.TORCHSCRIPT: "torchscript",
-}
-# A factory's weights: each proto format, as convert.files.weights_kind names it.
-WEIGHTS_FORMATS: dict[int, str] = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
-# Distillation data files: each proto format, as convert.files.tensor_file_kind names it (the suffix the server
-# stores the file under, which convert.distill.data reads it by).
-DATA_FORMATS: dict[int, str] = {
-    pb.DataFile.NPY: ".npy",
-    pb.DataFile.NPZ: ".npz",
-    pb.DataFile.SAFETENSORS: ".safetensors",
-    pb.DataFile.TORCH_SAVE: ".pt",
-}
-# The suffixes of the tensor files a client may upload (lowercase), and the proto format of each.
-DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMATS.items()} | {
-    ".pth": pb.DataFile.TORCH_SAVE
-}
-
-
-MAX_INLINE_REPORT = 512 << 10  # bytes of report.json that GetJob inlines; a larger one is downloaded
-
-
-def model_format(kind: FileKind) -> int:
-    """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
-    return next(format for format, name in MODEL_FORMATS.items() if name == kind)
-
-
-def weights_format(kind: str) -> int:
-    """The proto's Factory.WeightsFormat of a weights file of this kind (`convert.files.weights_kind`)."""
-    return next(format for format, name in WEIGHTS_FORMATS.items() if name == kind)
-
-
-def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
-    """The wire form of a job record (the report only with `with_report`, and only when it is small: a larger one
-    is `report_as_artifact`, for Download, so that the message stays under gRPC's limit)."""
-    inline = with_report and len(record.report.encode()) <= MAX_INLINE_REPORT
-    return pb.Job(
-        id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
-        created_at=record.created,
-        started_at=record.started,
-        finished_at=record.finished,
-        source=record.source,
-        options=to_proto(JobOptions.from_dict(record.options)),
-        report_json=record.report if inline else "",
-        artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
-        report_as_artifact=with_report and bool(record.report) and not inline,
-    )
-
-
-def job_event(record: JobRecord) -> pb.JobEvent:
-    """The event that says where a job stands now (the first event of every Watch, and each change of state)."""
-    return pb.JobEvent(
-        job_id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
-        time=time.time(),
-    )
-
-
-def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
-    """A running job's progress, or a log line of it, as Watch streams them."""
-    if isinstance(event, StageProgress):
-        return pb.JobEvent(
-            job_id=job_id, state=pb.RUNNING, stage=event.stage, progress=event.progress, time=time.time()
-        )
-    return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
-
-
-def report_of(job: pb.Job, text: str | None = None) -> Report:
-    """The report of a SUCCEEDED job, as the server sent it in GetJob (or `text`, report.json downloaded)."""
-    return Report.from_dict(json.loads(job.report_json if text is None else text))
+__all__ = ["LOCAL_ONLY", "calibration_files", "from_proto", "to_proto"]
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
@@ -173,13 +69,17 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped
     if options.quantize is not None:
         quantize = options.quantize
-        if quantize.calibration not in (None, (SYNTHETIC,)):
+        if (
+            quantize.calibration not in (None, (SYNTHETIC,))
+            and options.calibrate
+            and options.calibrate.data != quantize.calibration
+        ):
             raise ConvertError(
-                "`calibration` files are not uploaded to a server: leave it unset to calibrate on the distillation's "
-                "inputs (uploaded), or use synthetic"
+                "on a server, `quantize` calibrates on what `calibrate` reads (one upload): give `calibration` the "
+                "same inputs as `calibrate`, or leave it unset"
             )
-        message.quantize.SetInParent()
-        message.quantize.calibration = SYNTHETIC if quantize.calibration else ""
+        message.quantize.SetInParent()  # files: the upload of role CALIBRATE (`calibration_files`)
+        message.quantize.calibration = SYNTHETIC if quantize.calibration == (SYNTHETIC,) else ""
         _put(message.quantize, quantize)
         message.quantize.formats.extend(quantize.formats)
     if options.calibrate is not None:
@@ -187,6 +87,14 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.calibrate.data = SYNTHETIC if options.calibrate.data == (SYNTHETIC,) else ""
         message.calibrate.samples = options.calibrate.samples
     return message
+
+
+def calibration_files(options: JobOptions) -> tuple[str, ...]:
+    """The local files that travel as the upload of role CALIBRATE (`calibrate`'s data, else `quantize`'s
+    `calibration`; none when synthetic), which both read on the server."""
+    calibrate, quantize = options.calibrate, options.quantize
+    files = calibrate.data if calibrate is not None and calibrate.data else quantize and quantize.calibration
+    return () if files in (None, (SYNTHETIC,)) else tuple(str(source) for source in files)
 
 
 def from_proto(
@@ -199,7 +107,8 @@ def from_proto(
 ) -> JobOptions:
     """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server, and
     the uploaded distillation inputs stored there: `data` (training, unless the options say synthetic) and `val`, and
-    the uploaded calibration inputs `calibration` (else calibration reads the training inputs).
+    the uploaded calibration inputs `calibration`, which the conversion's calibration and the quantization read
+    (without them: the training inputs).
 
     Raises:
         ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
@@ -225,13 +134,14 @@ def from_proto(
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
-    quantize = _quantize(message.quantize) if message.HasField("quantize") else None
+    files = () if message.HasField("calibrate") else calibration  # else `calibrate`'s, which `quantize` reads too
+    quantize = _quantize(message.quantize, files) if message.HasField("quantize") else None
     if auto is not None and message.auto.quantize:
         auto = dataclasses.replace(auto, quantize=tuple(message.auto.quantize))
     if (data or val) and not message.HasField("distill"):
         raise ConvertError("data files go with distillation: set the distill options, or send no data files")
-    if calibration and not message.HasField("calibrate"):
-        raise ConvertError("calibration data files go with calibration: set the calibrate options, or send none")
+    if calibration and not message.HasField("calibrate") and (quantize is None or quantize.calibration == (SYNTHETIC,)):
+        raise ConvertError("calibration data files go with calibrate, or quantize not synthetic: set one, or send none")
     return JobOptions(
         model=model,
         weights=weights,
@@ -327,15 +237,16 @@ def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
     return AutoConfig(threads=threads, **fields)
 
 
-def _quantize(message: pb.QuantizeOptions) -> QuantizeConfig:
-    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the distillation's."""
+def _quantize(message: pb.QuantizeOptions, files: Sequence[str]) -> QuantizeConfig:
+    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the uploaded files `files`, else on what
+    `calibrate` reads or the distillation's inputs."""
     if message.calibration not in ("", SYNTHETIC):
         raise ConvertError(
-            f"calibration data {message.calibration!r} is not available on the service: leave it empty to calibrate "
-            "on the distillation's uploaded inputs, or use 'synthetic'"
+            f"calibration data {message.calibration!r} is not available on the service: upload tensor files of "
+            "role CALIBRATE (leave it empty), or use 'synthetic'"
         )
     return QuantizeConfig(
-        calibration=(SYNTHETIC,) if message.calibration else None,
+        calibration=(SYNTHETIC,) if message.calibration else tuple(files) or None,
         formats=tuple(message.formats) or QuantizeConfig.formats,
         **_given(message, QuantizeConfig),
     )
@@ -415,11 +326,6 @@ def _given(message, cls: type) -> dict[str, Any]:
 
 def _default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def _failure(name: str) -> int:
-    """A job record's failure kind ('' when none) as the proto's Failure."""
-    return pb.Failure.Value(name) if name else pb.FAILURE_UNSPECIFIED
 
 
 def _optional(message, field: str, default=None):

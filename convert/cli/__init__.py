@@ -1,20 +1,8 @@
 """The `convert` command line: commands (subcommands -> run), args, options, flags, output, remote (the service),
 entry (the executable)."""
 
-from __future__ import annotations
+import lazy_loader
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from convert.cli.commands import main
-
-__all__ = ["main"]
-
-
-def __getattr__(name: str) -> object:
-    """`main` on first use (PEP 562): `convert.cli.entry` starts without torch, so a Ctrl-C while it loads is caught."""
-    if name == "main":
-        from convert.cli.commands import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `main` on first use, from __init__.pyi: `convert.cli.entry` starts without torch, so a Ctrl-C while it loads is
+# caught
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

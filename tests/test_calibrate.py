@@ -11,11 +11,13 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_cli_distill
 import torch
 from conftest import assert_same_function, converted_rows
-from test_cli import tree
+from PIL import Image
+from test_cli import tiny_module, tree
 from test_cli_distill import SHAPE
 from test_exactness import (
     CONV_CASES,
@@ -216,3 +218,30 @@ def test_cli_bad_calibration_options(
     captured = capsys.readouterr()
     assert len(captured.err.splitlines()) == 1 and re.search(expected, captured.err), captured.err
     assert tree(work) == before
+
+
+def test_cli_calibration_on_image_folders_honours_image_mean_and_std(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 12, 12, 3), dtype=np.uint8)
+    (work / "images").mkdir()
+    for index, image in enumerate(pixels):
+        Image.fromarray(image).save(work / "images" / f"{index:02d}.png")
+    mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.3)
+    norm = ["--image-mean", ",".join(map(str, mean)), "--image-std", ",".join(map(str, std))]
+    args = ["tiny:classifier", *SHAPE, "--rank", "1", "--distill", "images", *norm, "--steps", "1", "--calibrate"]
+    torch.manual_seed(0)
+    assert cli.main([*args, "-o", "out"]) == 0, capsys.readouterr().err
+    got = json.loads((work / "out" / "report.json").read_text())["calibration"]
+    # the reference: the same model calibrated in the library on the images normalised by hand
+    torch.manual_seed(0)
+    model = tiny_module(work).classifier().eval()
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    images = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    expected = convert_model(model, images[:1], ConvertConfig(rank=1), calibration=CalibrationConfig(images))
+    report = expected.report.calibration
+    assert got["samples"] == report.samples == 20
+    assert got["svd_output_rel_error"] == pytest.approx(report.svd_output_rel_error, rel=1e-5)
+    assert got["output_rel_error"] == pytest.approx(report.output_rel_error, rel=1e-5)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,6 +58,8 @@ class CalibrationConfig:
     batch_size: int = DEFAULT_BATCH_SIZE  # inputs per forward pass
     seed: int = 0  # for the choice of inputs, and synthetic ones
     description: str | None = None  # what `data` is, for the report (None: said by the source)
+    # PIL image -> (C, H, W) tensor for a folder of images (None: `convert.distill.data.image_transform`'s default)
+    transform: Callable[[Any], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for name in ("samples", "batch_size"):
@@ -105,7 +107,9 @@ def prepare_calibration(calibration: CalibrationConfig | Any, model: nn.Module, 
     if isinstance(config.data, Dataset):
         dataset, size, description = config.data, len(config.data), config.description or "a dataset of inputs"
     else:
-        source = load_inputs(config.data, examples, input_names=input_names(model), seed=config.seed)
+        source = load_inputs(
+            config.data, examples, input_names=input_names(model), transform=config.transform, seed=config.seed
+        )
         dataset, size, description = source.dataset, source.size, config.description or source.description
     count = config.samples if size is None else min(size, config.samples)
     if size is None or size <= config.samples:

@@ -25,7 +25,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import make_images, predictions, train_teacher
+from bench_distill import make_images, predictions, teacher_cnn, train_teacher
 
 from convert import CalibrationConfig, ConvertConfig, convert_model
 from convert.auto import AutoConfig, LatencyPlanner
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=4)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher", type=Path, help="the teacher's state dict: read if it exists, else trained there")
     parser.add_argument(
         "--each-layer", action="store_true", help="also each conv alone in the rank-1 form, weight SVD and calibrated"
     )
@@ -58,8 +59,16 @@ def main() -> None:
     unlabeled, _ = make_images(max(int(n) for n in args.samples.split(",")), seed=2)
     test_x, test_y = make_images(args.test, seed=3)
     clock = time.perf_counter()
-    teacher = train_teacher(train_x, train_y, args.teacher_epochs, args.seed)
-    print(f"teacher trained in {time.perf_counter() - clock:.0f} s")
+    if args.teacher is not None and args.teacher.exists():
+        teacher = teacher_cnn()
+        teacher.load_state_dict(torch.load(args.teacher))
+        teacher.eval()
+        print(f"teacher read from {args.teacher}")
+    else:
+        teacher = train_teacher(train_x, train_y, args.teacher_epochs, args.seed)
+        print(f"teacher trained in {time.perf_counter() - clock:.0f} s")
+        if args.teacher is not None:
+            torch.save(teacher.state_dict(), args.teacher)
     teacher_pred = predictions(teacher, test_x)
     with torch.no_grad():
         reference = teacher(test_x)

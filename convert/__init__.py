@@ -9,81 +9,9 @@
 >>> result = distill_result(result, model, load_data("images/", x), DistillConfig(steps=600))
 """
 
-from convert.artifacts import save_result
-from convert.auto import AutoConfig, AutoPlan, LatencyPlanner, plan_for_speed
-from convert.conversion import Conversion
-from convert.distill.config import DistillConfig, DistillEvent
-from convert.distill.data import DistillData, image_transform, load_data
-from convert.distill.trainer import distill_result
-from convert.errors import ConvertError, ParityError
-from convert.report import (
-    Benchmark,
-    DistillMetrics,
-    DistillReport,
-    LayerReport,
-    OnnxExport,
-    OnnxReport,
-    Report,
-    Totals,
-    plot_benchmark,
-    plot_distill,
-)
-from convert.runtime.bench import benchmark_conversion, benchmark_onnx
-from convert.runtime.config import BenchConfig
-from convert.runtime.export import OnnxConfig, export_conversion, export_onnx
-from convert.runtime.parity import check_parity
-from convert.runtime.sessions import open_session, validate_onnx_file
-from convert.runtime.torch_bench import benchmark_torch
-from convert.surgery.apply import SavedPlanner, apply_plan
-from convert.surgery.calibrate import CalibrationConfig
-from convert.surgery.config import ConvertConfig
-from convert.surgery.modules import FactorizedConv
-from convert.surgery.pipeline import ConversionResult, convert_model, inspect_model
-from convert.surgery.plan import GivenPlanner, UniformPlanner
+# The names below are imported when first used, from the table in __init__.pyi (the one list; type checkers read it
+# too): `import convert.cli` or `convert.errors` (the CLI's start, the server's) does not import torch.export, onnx,
+# the distillation and the benchmark when the command needs none of them. https://scientific-python.org/specs/spec-0001/
+import lazy_loader
 
-__all__ = [
-    "AutoConfig",
-    "AutoPlan",
-    "LatencyPlanner",
-    "BenchConfig",
-    "Benchmark",
-    "CalibrationConfig",
-    "Conversion",
-    "ConversionResult",
-    "ConvertConfig",
-    "ConvertError",
-    "FactorizedConv",
-    "GivenPlanner",
-    "DistillConfig",
-    "DistillData",
-    "DistillEvent",
-    "DistillMetrics",
-    "DistillReport",
-    "LayerReport",
-    "OnnxConfig",
-    "OnnxExport",
-    "OnnxReport",
-    "ParityError",
-    "Report",
-    "SavedPlanner",
-    "Totals",
-    "UniformPlanner",
-    "apply_plan",
-    "benchmark_conversion",
-    "benchmark_onnx",
-    "benchmark_torch",
-    "check_parity",
-    "convert_model",
-    "distill_result",
-    "export_conversion",
-    "export_onnx",
-    "image_transform",
-    "inspect_model",
-    "load_data",
-    "open_session",
-    "plan_for_speed",
-    "plot_benchmark",
-    "plot_distill",
-    "save_result",
-    "validate_onnx_file",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -10,48 +10,38 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from convert.artifacts import (
-    DISTILL_CHECKPOINT,
-    atomic_dir,
-    check_outdir,
-    failed_parity_dir,
-    keep_failed,
-    write_conversion,
-)
+from convert.artifacts import atomic_dir, check_outdir, failed_parity_dir, keep_failed, write_conversion
 from convert.auto import AutoConfig, LatencyPlanner
 from convert.common import Progress, no_progress, span
 from convert.conversion import Conversion
-from convert.distill.config import DistillConfig, DistillEvent, DistillProgress
-from convert.distill.data import DistillData, image_transform, input_names, load_data
-from convert.distill.datasets import ImageTransform
+from convert.distill.config import DistillEvent, DistillProgress
+from convert.distill.data import DistillData
 from convert.distill.parallel import is_main_process
-from convert.distill.state import load_checkpoint
-from convert.distill.trainer import check_distill_options, distill_result
+from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError, QuantizationError
-from convert.load import LoadedModel, load_model, make_inputs
+from convert.forward import MODEL_DTYPES, cast
+from convert.job_inputs import CalibrateJob, DistillJob, example_inputs, prepare_inputs, quantize_sources
+from convert.load import load_model, make_inputs
 from convert.report.schema import Placement, Report
 from convert.runtime.bench import benchmark_conversion
 from convert.runtime.config import BenchConfig
 from convert.runtime.devices import resolve_device
 from convert.runtime.export import OnnxConfig, export_conversion
 from convert.runtime.int8 import quantize_conversion
-from convert.runtime.parity import parity_message
+from convert.runtime.parity import DEFAULT_ATOL, parity_message
 from convert.runtime.quantize import QuantizeConfig, device_formats
 from convert.surgery.apply import SavedPlanner, read_plan
-from convert.surgery.calibrate import DEFAULT_SAMPLES, Calibration, CalibrationConfig, prepare_calibration
 from convert.surgery.config import ConvertConfig
 from convert.surgery.pipeline import convert_model
 from convert.surgery.plan import Planner
 
 __all__ = [
-    "CalibrateJob",
+    "CalibrateJob",  # from convert.job_inputs: the parts of JobOptions, importable beside it
     "DistillJob",
-    "example_inputs",
     "JobOptions",
     "preflight",
     "RESERVED_RESOURCES",
@@ -66,44 +56,7 @@ _LOAD_SHARE = 0.05
 _CONVERT_SHARE = {"plain": 0.9, "onnx": 0.4, "benchmark": 0.25}
 
 
-@dataclasses.dataclass(frozen=True)
-class DistillJob:
-    """--distill: where the training inputs come from, and how to train."""
-
-    # "synthetic", a folder of images, or a tensor file shaped (N, ...); several: a file per model input.
-    data: tuple[str, ...]
-    config: DistillConfig = dataclasses.field(default_factory=DistillConfig)
-    # Validation inputs in the same forms; None: a split of `data` is held out.
-    val: tuple[str, ...] | None = None
-    # Image normalisation per channel; None: ImageNet's for 3 channels, else 0.5 (see convert.distill.data).
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-    # Continue from OUTDIR/distill-checkpoint.pt, written by an earlier run that stopped.
-    resume: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DistillJob:
-        tuples = {
-            k: None if data.get(k) is None else tuple(data[k]) for k in ("data", "val", "image_mean", "image_std")
-        }
-        return cls(**{**data, **tuples, "config": DistillConfig(**data.get("config", {}))})
-
-
-@dataclasses.dataclass(frozen=True)
-class CalibrateJob:
-    """--calibrate: the unlabeled inputs that calibration (and quantization) fits to, and how many of them."""
-
-    # "synthetic", a folder of images, or a tensor file shaped (N, ...); several: a file per model input.
-    # Empty: the distillation's training data (`distill`).
-    data: tuple[str, ...] = ()
-    samples: int = DEFAULT_SAMPLES  # at most this many inputs (a seeded random choice of a larger source)
-
-    def __post_init__(self) -> None:
-        CalibrationConfig(self.data, samples=self.samples)  # its checks
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CalibrateJob:
-        return cls(**{**data, "data": tuple(data.get("data", ()))})
+HALF_ATOL = 1e-2  # the parity tolerance of a float16 model (`model_dtype`) when none other is given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +96,18 @@ class JobOptions:
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Fit the factors to real inputs, layer by layer (None: from the weights alone); quantization reads them too.
     calibrate: CalibrateJob | None = None
+    # Per `input_shapes` entry, the forward parameter it is for (e.g. ("pixel_values",)); None: by position.
+    input_names: tuple[str, ...] | None = None
+    # Cast the model and its floating inputs to this dtype before converting (a key of convert.forward.MODEL_DTYPES;
+    # the ONNX files follow); None: as loaded.
+    model_dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _resources(self.resources))
+        if self.input_names is not None and len(self.input_names) != len(self.input_shapes or ()):
+            raise ConvertError("name every input or none: `input_names` go one per `input_shapes` entry")
+        if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
+            raise ConvertError(f"`model_dtype` {self.model_dtype!r} is not valid: use one of {', '.join(MODEL_DTYPES)}")
         if self.accelerator is not None and not _RESOURCE_NAME.fullmatch(self.accelerator):
             raise ConvertError(
                 f"`accelerator` {self.accelerator!r} is not a Ray accelerator type: use a name such as H100 or A10G"
@@ -172,6 +134,13 @@ class JobOptions:
             raise ConvertError("`quantize` writes ONNX files for ONNX Runtime: use `runtime`=ort")
         if self.bench is not None and self.bench.runtime == "ort" and self.onnx is None:
             object.__setattr__(self, "onnx", OnnxConfig())  # ONNX Runtime times the ONNX files
+        if self.model_dtype == "bfloat16" and self.onnx is not None:
+            raise ConvertError(
+                "ONNX Runtime has no bfloat16 convolution: use `model_dtype`=float16 for ONNX files, or drop `onnx`"
+            )
+        if self.model_dtype == "float16" and self.onnx is not None and self.onnx.atol == DEFAULT_ATOL:
+            # float16 rounds at ~1e-3: the float32 default would fail every half-precision export
+            object.__setattr__(self, "onnx", dataclasses.replace(self.onnx, atol=HALF_ATOL))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields (the service stores them with each job)."""
@@ -213,6 +182,8 @@ class JobOptions:
             resources=tuple((name, amount) for name, amount in data.get("resources", ())),
             model_args=dict(data.get("model_args") or {}),
             calibrate=None if data.get("calibrate") is None else CalibrateJob.from_dict(data["calibrate"]),
+            input_names=None if data.get("input_names") is None else tuple(data["input_names"]),
+            model_dtype=data.get("model_dtype"),
         )
 
 
@@ -278,11 +249,11 @@ def run_job(
     preflight(options, outdir, overwrite)  # before the work, so a bad outdir or device costs nothing
     notify("load", 0.0)
     loaded = load_model(options.model, options.weights, on_warning=on_warning, model_args=options.model_args)
-    inputs = example_inputs(loaded, options.input_shapes, options.input_dtype)
+    inputs = example_inputs(loaded, options.input_shapes, options.input_dtype, options.input_names)
+    if options.model_dtype is not None:
+        loaded.model, inputs = cast(loaded.model, inputs, options.model_dtype)
     _check_static_batch(inputs, options.onnx, options.bench)
-    distill = _prepare_distill(options.distill, loaded, inputs, outdir)  # bad data fails before any work
-    quant_inputs = _calibration_data(options, loaded, inputs, distill)
-    calibration = _prepare_calibration(options, loaded, inputs)
+    prepared = prepare_inputs(options, loaded, inputs, outdir)  # bad data fails before any work
     convert_end = _LOAD_SHARE + _CONVERT_SHARE["benchmark" if options.bench else "onnx" if options.onnx else "plain"]
     conversion = convert_model(
         loaded.model,
@@ -290,20 +261,24 @@ def run_job(
         options.config,
         planner=_planner(options),
         exported=loaded.exported,
-        calibration=calibration,
+        calibration=prepared.calibration,
         progress=span(notify, _LOAD_SHARE, convert_end),
     )
     _warn_if_nothing_converted(conversion.report, on_warning)
-    if distill is not None:
-        data, config, checkpoint = distill
+    if (distill := prepared.distill) is not None:
         conversion = distill_result(
-            conversion, loaded.model, data, config, progress=_distill_events(notify, on_event), checkpoint=checkpoint
+            conversion,
+            loaded.model,
+            distill.data,
+            distill.config,
+            progress=_distill_events(notify, on_event),
+            checkpoint=distill.checkpoint,
         )
         if not is_main_process():
             return conversion.report  # a torchrun worker: rank 0 writes OUTDIR
     if placement is not None:
         conversion = dataclasses.replace(conversion, report=dataclasses.replace(conversion.report, placement=placement))
-    _write(conversion, outdir, overwrite, options, quant_inputs, span(notify, convert_end, 1.0))
+    _write(conversion, outdir, overwrite, options, prepared.quantize, span(notify, convert_end, 1.0))
     notify("done", 1.0)
     return conversion.report
 
@@ -409,104 +384,19 @@ def _write(
         write_conversion(conversion, staging)
 
 
-def example_inputs(
-    loaded: LoadedModel, shapes: Sequence[Sequence[int]] | None, dtype: str = "float32"
-) -> tuple[torch.Tensor, ...]:
-    """Random example inputs of `shapes`, else the ones stored with the model (a .pt2 archive's).
-
-    Raises:
-        ConvertError: when neither is there.
-    """
-    if shapes:
-        return make_inputs(shapes, dtype)
-    if loaded.example_inputs is not None:
-        return loaded.example_inputs
-    raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")
-
-
-def _prepare_distill(
-    job: DistillJob | None, loaded: LoadedModel, inputs: tuple[torch.Tensor, ...], outdir: str | os.PathLike[str]
-) -> tuple[DistillData, DistillConfig, dict | None] | None:
-    """The data, options and checkpoint of a distillation, all checked; None without one."""
-    if job is None:
-        return None
-    checkpoint = load_checkpoint(Path(outdir) / DISTILL_CHECKPOINT) if job.resume else None
-    data = load_data(
-        list(job.data),
-        inputs,
-        val=None if job.val is None else list(job.val),
-        input_names=input_names(loaded.model),
-        transform=_image_transform(job, inputs),
-        seed=job.config.seed,
-    )
-    check_distill_options(job.config, data)
-    return data, job.config, checkpoint
-
-
-def _image_transform(job: DistillJob | None, inputs: tuple[torch.Tensor, ...]) -> ImageTransform | None:
-    """The transform of image folders: the default one, unless the distillation sets `image_mean`/`image_std`."""
-    if job is None or (job.image_mean is None and job.image_std is None):
-        return None
-    if inputs[0].dim() != 4:
-        raise ConvertError("`image_mean` and `image_std` go with a folder of images and an N,C,H,W input")
-    return image_transform(inputs[0].shape, job.image_mean, job.image_std)
-
-
 def _check_quantize(options: JobOptions) -> None:
     """The refusals of `quantize` known from the options alone."""
-    if _quantize_sources(options) is None and options.distill is None:
+    if quantize_sources(options) is None and options.distill is None:
         raise ConvertError(
             "`quantize` calibrates on real inputs: set `calibration` (a folder of images or a tensor file of a "
             "hundred or more inputs; synthetic for a trial only), or `distill` (its inputs calibrate)"
         )
+    if options.model_dtype not in (None, "float32"):
+        raise ConvertError(f"INT8 quantization starts from a float32 model: drop `model_dtype`={options.model_dtype}")
     if options.input_dtype not in ("float32", "int64"):
         raise ConvertError(
             f"INT8 quantization starts from a float32 model: use `input_dtype`=float32, not {options.input_dtype}"
         )
-
-
-def _quantize_sources(options: JobOptions) -> tuple[str, ...] | None:
-    """What `quantize` calibrates on: its `calibration`, else the data `calibrate` names (None: the distillation's)."""
-    if options.quantize.calibration is not None:
-        return options.quantize.calibration
-    if options.calibrate is not None and options.calibrate.data:
-        return tuple(str(source) for source in options.calibrate.data)
-    return None
-
-
-def _calibration_data(
-    options: JobOptions,
-    loaded: LoadedModel,
-    inputs: tuple[torch.Tensor, ...],
-    distill: tuple[DistillData, DistillConfig, dict | None] | None,
-) -> DistillData | None:
-    """The inputs `quantize` calibrates on (and holds out for its check), all checked; None without `quantize`."""
-    quantize = options.quantize
-    if quantize is None:
-        return None
-    sources = _quantize_sources(options)
-    if sources is None:
-        return distill[0]  # `preflight` saw to it that there is a distillation
-    return load_data(
-        list(sources),
-        inputs,
-        input_names=input_names(loaded.model),
-        transform=_image_transform(options.distill, inputs),
-    )
-
-
-def _prepare_calibration(
-    options: JobOptions, loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]
-) -> Calibration | None:
-    """The calibration inputs, loaded and checked (the distillation's training data when `calibrate` names none);
-    None without calibration."""
-    job = options.calibrate
-    if job is None:
-        return None
-    data = job.data or (options.distill.data if options.distill is not None else ())
-    source = list(data) if len(data) > 1 else data[0]
-    config = CalibrationConfig(source, samples=job.samples, transform=_image_transform(options.distill, inputs))
-    return prepare_calibration(config, loaded.model, inputs)
 
 
 def _distill_events(notify: Progress, on_event: DistillProgress | None) -> DistillProgress:

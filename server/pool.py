@@ -6,21 +6,17 @@ each job, cancelling (which stops its worker), the validation of every event a w
 (`server.worker.protocol`), a second launch for a job whose worker died before it took the job, and the record of
 the outcome. Supervision always ends in a recorded state and a reaped worker, whatever fails on the way (a full
 disk, a bug). Once the worker has ended, its out/ folder is moved out of the job's folder into the server's own
-artifacts folder, and the artifacts' sizes and sha256 are computed there: nothing the worker started can change
-them any more.
+artifacts folder, and the artifacts' sizes and sha256 are computed there (`server.results`, which also words each
+outcome): nothing the worker started can change them any more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 from collections import deque
@@ -28,18 +24,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from convert.artifacts import REPORT_JSON
 from convert.errors import one_line
 from convert.job import JobOptions
 from server import wire
 from server.config import ServerConfig
 from server.datadir import remove_work
 from server.events import EventHub
+from server.results import Relayed, failure, no_result, stopped, succeeded
 from server.runners.base import Execution, Runner
 from server.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from server.worker.protocol import (
     OUT_DIR,
-    WORKER_LOG,
     Failed,
     LogLine,
     ProtocolError,
@@ -49,11 +44,10 @@ from server.worker.protocol import (
     decode,
 )
 
-__all__ = ["QueueFull", "RunningJob", "WorkerPool", "list_artifacts"]
+__all__ = ["QueueFull", "RunningJob", "WorkerPool"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_REPORT_BYTES = 64 << 20
 _STOP_WAIT = 30.0  # seconds a cancel or a shutdown waits for a killed worker's job to be recorded
 # Seconds a worker may take to take its job (a spare still importing torch on a loaded machine): the server's time,
 # not the job's, so it is not counted in the job's time limit; past it the worker is stopped as wedged.
@@ -82,16 +76,6 @@ class RunningJob:
         self.limit = threading.Timer(seconds, stop, (self, reason))
         self.limit.daemon = True
         self.limit.start()
-
-
-@dataclasses.dataclass
-class _Relayed:
-    """What the pool learnt from a job's event lines."""
-
-    outcome: Succeeded | Failed | None = None
-    malformed: str | None = None  # why the last bad line was refused
-    took_job: bool = False  # the worker sent Ready: it has the job (before it, a death costs the job nothing)
-    error: str | None = None  # the server failed while following the job
 
 
 class WorkerPool:
@@ -251,7 +235,7 @@ class WorkerPool:
                     job = RunningJob(job_id, self._runner.launch(self._jobs_dir / job_id))
                 except Exception as e:  # the runner's failure fails this job, never the dispatcher
                     logger.exception("job %s: the runner could not start it", job_id)
-                    self._finish_or_keep(job_id, _failure(f"the server could not start a worker ({one_line(e)})"))
+                    self._finish_or_keep(job_id, failure(f"the server could not start a worker ({one_line(e)})"))
                     continue
                 self._running[job_id] = job
             self._publish(job_id)
@@ -264,7 +248,7 @@ class WorkerPool:
             relayed = self._relay(job)
         except Exception as e:  # a bug or a full disk here must not leave the job RUNNING
             logger.exception("job %s: following its worker failed", job.job_id)
-            relayed = _Relayed(error=f"the server failed while following the job ({one_line(e)})")
+            relayed = Relayed(error=f"the server failed while following the job ({one_line(e)})")
             with contextlib.suppress(Exception):
                 job.execution.kill()
         finally:
@@ -279,14 +263,14 @@ class WorkerPool:
             self._record_outcome(job, relayed, ended)
         except Exception as e:  # a bug in recording: the job still gets a final state
             logger.exception("job %s: recording its outcome failed", job.job_id)
-            self._finish_or_keep(job.job_id, _failure(f"the server failed while recording the job ({one_line(e)})"))
+            self._finish_or_keep(job.job_id, failure(f"the server failed while recording the job ({one_line(e)})"))
         finally:
             with self._cond:
                 self._running.pop(job.job_id, None)
                 self._cond.notify_all()
 
-    def _relay(self, job: RunningJob) -> _Relayed:
-        relayed = _Relayed()
+    def _relay(self, job: RunningJob) -> Relayed:
+        relayed = Relayed()
         lines = job.execution.lines()
         try:
             for line in lines:
@@ -321,43 +305,26 @@ class WorkerPool:
             job.stop_reason = job.stop_reason or reason
         job.execution.kill()
 
-    def _record_outcome(self, job: RunningJob, relayed: _Relayed, ended: str | None) -> None:
+    def _record_outcome(self, job: RunningJob, relayed: Relayed, ended: str | None) -> None:
         job_id, folder, limit = job.job_id, self._jobs_dir / job.job_id, self._config.job_time_limit
         results = self._artifacts_dir / job_id
         if job.stop_reason is None and not relayed.took_job and relayed.error is None and self._launch_again(job_id):
             return
         with self._cond:
             self._launches.pop(job_id, None)
-        if job.stop_reason == "cancelled":
-            fields = {"state": CANCELLED, "message": "cancelled by a client while it ran", "failure": ""}
-        elif job.stop_reason == "time limit":
-            fields = _failure(
-                f"the job ran past the server's time limit of {limit:g} s and was stopped: convert a smaller model or "
-                "input, or ask the operator for a longer --job-time-limit"
-            )
-        elif job.stop_reason == "start limit":
-            fields = _failure(
-                f"the server's worker did not take the job within {_START_LIMIT:g} s (the server is overloaded or "
-                "its workers cannot start: see the server's log); submit it again"
-            )
-        elif job.stop_reason == "shutdown":
-            fields = _failure("the server shut down while the job ran: submit it again")
+        if job.stop_reason is not None:
+            fields = stopped(job.stop_reason, limit, _START_LIMIT)
         elif relayed.error is not None:
-            fields = _failure(f"{relayed.error}: submit it again")
+            fields = failure(f"{relayed.error}: submit it again")
         elif isinstance(relayed.outcome, Succeeded) and ended is None:
             try:
-                _take_results(folder / OUT_DIR, results)
-                artifacts = list_artifacts(results)
-                report = _read_report(results / REPORT_JSON)
+                fields = succeeded(folder / OUT_DIR, results) | {"progress": 1.0, "stage": "done"}
             except (OSError, ValueError) as e:
-                fields = _failure(f"the worker's results are unreadable ({one_line(e)})")
-            else:
-                fields = {"state": SUCCEEDED, "message": "", "failure": "", "report": report}
-                fields |= {"artifacts": artifacts, "progress": 1.0, "stage": "done"}
+                fields = failure(f"the worker's results are unreadable ({one_line(e)})")
         elif isinstance(relayed.outcome, Failed):
             fields = {"state": FAILED, "message": relayed.outcome.message, "failure": relayed.outcome.failure}
         else:
-            fields = _failure(_no_result(ended, relayed.malformed, relayed.took_job))
+            fields = failure(no_result(ended, relayed.malformed, relayed.took_job, _LAUNCHES))
         if fields["state"] != SUCCEEDED:
             shutil.rmtree(results, ignore_errors=True)
         remove_work(folder)
@@ -411,60 +378,5 @@ class WorkerPool:
             self._hub.publish(wire.job_event(record))
 
 
-def list_artifacts(folder: Path) -> list[dict[str, Any]]:
-    """Name, size and sha256 of each regular file in `folder` (links, hard links included, are skipped: never
-    served)."""
-    artifacts = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        info = entry.stat(follow_symlinks=False)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            continue
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-        artifacts.append({"name": entry.name, "size_bytes": size, "sha256": digest.hexdigest()})
-    return artifacts
-
-
-def _take_results(out: Path, results: Path) -> None:
-    """Move the worker's out/ folder to `results`, where no worker can reach it (a link is not a folder)."""
-    if not stat.S_ISDIR(os.lstat(out).st_mode):
-        raise ValueError(f"{OUT_DIR} is not a folder")
-    shutil.rmtree(results, ignore_errors=True)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(out, results)
-
-
-def _read_report(path: Path) -> str:
-    info = os.lstat(path)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_REPORT_BYTES:
-        raise ValueError(f"{REPORT_JSON} is not a plain file of a sensible size")
-    text = path.read_text()
-    json.loads(text)  # must be JSON
-    return text
-
-
-def _failure(message: str) -> dict[str, Any]:
-    return {"state": FAILED, "message": message, "failure": "WORKER"}
-
-
 def _rest(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if key not in ("state", "message", "failure")}
-
-
-def _no_result(ended: str | None, malformed: str | None, took_job: bool) -> str:
-    """Why a job whose worker ended without a valid result failed."""
-    if not took_job:
-        return (
-            f"no worker process could take the job ({ended or 'it exited at once'}), {_LAUNCHES} times: see the "
-            f"job's {WORKER_LOG} on the server"
-        )
-    if ended is not None:
-        return ended
-    if malformed is not None:
-        return (
-            f"the worker sent a malformed event ({malformed}) and no result: see the job's {WORKER_LOG} on the server"
-        )
-    return f"the worker process exited without a result: see the job's {WORKER_LOG} on the server"

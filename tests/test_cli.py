@@ -122,6 +122,15 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+def user_module(root: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> Path:
+    """`root`/NAME.py holding `source`, importable as NAME (model.pt pickles the user's classes: loading it imports
+    NAME); returns `root`, the working folder of a test's runs."""
+    (root / f"{name}.py").write_text(source)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
 def tiny_module(root: Path):
     """tiny.py imported from its file (not via sys.path), registered as `tiny` so its classes pickle."""
     spec = importlib.util.spec_from_file_location("tiny", root / "tiny.py")

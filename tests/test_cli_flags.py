@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_OPTIONS = {
     "planner": "convert_model's planner object: the CLI chooses it from --to",
     "plans": "convert_model's given per-layer plans: Python callers only",
-    "full_rank": "the proto's spelling of rank='full' (server/wire.py, for gRPC clients)",
-    "duration_seconds": "the proto's spelling of BenchConfig.duration (server/wire.py, for gRPC clients)",
+    "full_rank": "the proto's spelling of rank='full' (server/wire/options.py, for gRPC clients)",
+    "duration_seconds": "the proto's spelling of BenchConfig.duration (server/wire/options.py, for gRPC clients)",
 }
 # Where library errors are raised: the library and the service (the CLI's own messages speak flags already).
 LIBRARY = [ROOT / "convert", ROOT / "server"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_refused, ok, run, tree
+from test_cli import assert_refused, ok, run, tree, user_module
 from test_sessions import outside_weights, watch
 from torch import nn
 
@@ -50,10 +50,7 @@ HAS_GPU = torch.cuda.is_available()
 
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "tiny.py").write_text(TINY)
-    monkeypatch.delitem(sys.modules, "tiny", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))  # model.pt pickles the user's class: loading it imports tiny
-    return tmp_path
+    return user_module(tmp_path, monkeypatch, "tiny", TINY)
 
 
 def test_convert_with_benchmark(work: Path) -> None:

@@ -75,6 +75,8 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "resources": [JobOptions(M, resources={"edge-cpu": 1}), JobOptions(M, resources=(("a", 0.5), ("b", 2)))],
         "model_args": [JobOptions(M, model_args={"num_classes": 10, "act": "relu", "sizes": (1, 2), "bias": False})],
         "calibrate": [JobOptions(M, calibrate=CalibrateJob(SYNTHETIC))],
+        "input_names": [JobOptions(M, input_shapes=((1, 3, 8, 8), (1, 8)), input_names=("pixel_values", "mask"))],
+        "model_dtype": [JobOptions(M, model_dtype="float16"), JobOptions(M, model_dtype="bfloat16")],
     },
     ConvertConfig: {
         "target": [convert(target="grouped", groups=4), convert(target="auto")],
@@ -239,8 +241,8 @@ def test_every_field_has_a_wire_form_or_is_local_only(cls: type, field: dataclas
     samples = SAMPLES.get(cls, {}).get(field.name)
     assert samples, (
         f"{cls.__name__}.{field.name} has no sample here: give it a proto field (proto/converter.proto), carry it "
-        "both ways in server/wire.py and add a sample value to SAMPLES; or put it on server.wire.LOCAL_ONLY with "
-        "the reason it cannot travel (and add a sample, which to_proto must refuse)"
+        "both ways in server/wire/options.py and add a sample value to SAMPLES; or put it on server.wire.LOCAL_ONLY "
+        "with the reason it cannot travel (and add a sample, which to_proto must refuse)"
     )
     if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
         return  # a required field: any value will do

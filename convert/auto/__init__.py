@@ -1,6 +1,6 @@
 """The latency-aware planner (`--to auto`): candidates, latency measurement and cache, search, planner."""
 
-from convert.auto.config import AutoConfig
-from convert.auto.planner import AutoPlan, LatencyPlanner, plan_for_speed
+import lazy_loader
 
-__all__ = ["AutoConfig", "AutoPlan", "LatencyPlanner", "plan_for_speed"]
+# imported on first use, from the table in __init__.pyi (as `convert`'s own names)
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

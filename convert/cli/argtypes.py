@@ -47,9 +47,13 @@ def floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def shape(text: str) -> tuple[int, ...]:
+def shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """'1,3,224,224' -> (None, (1, 3, 224, 224)); 'pixel_values=1,3,224,224' -> ("pixel_values", (1, 3, 224, 224))."""
+    name, equals, dims = text.rpartition("=")
+    if equals and not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: use N,C,... or NAME=N,C,..., e.g. x=1,3,224,224")
     try:
-        return parse_input_shape(text)
+        return name or None, parse_input_shape(dims)
     except ConvertError as e:
         raise argparse.ArgumentTypeError(to_cli(str(e))) from e
 

@@ -11,10 +11,21 @@ from collections.abc import Callable, Sequence
 
 from convert.cli import jobs, output, remote
 from convert.cli.args import bench_parser, convert_parser, inspect_parser
-from convert.cli.options import bench_config, inspect_configs, job_options, model_args, output_dir, server_of
+from convert.cli.options import (
+    bench_config,
+    input_names,
+    input_shapes,
+    inspect_configs,
+    job_options,
+    model_args,
+    output_dir,
+    server_of,
+)
 from convert.distill.parallel import is_main_process
 from convert.errors import DISTILL_NAN, INTERNAL, INTERRUPTED, ConvertError, outcome_of
-from convert.job import example_inputs, run_job
+from convert.forward import cast
+from convert.job import run_job
+from convert.job_inputs import example_inputs
 from convert.load import load_model
 from convert.report import DistillReport, plot_benchmark
 from convert.runtime import benchmark_onnx, benchmark_torch
@@ -90,7 +101,9 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     """`convert inspect MODEL ...`: what each target would save, per standard conv; writes nothing."""
     loaded = load_model(args.model, args.weights, on_warning=output.warn, model_args=model_args(args))
-    inputs = example_inputs(loaded, args.input_shape, args.input_dtype)
+    inputs = example_inputs(loaded, input_shapes(args), args.input_dtype, input_names(args))
+    if args.model_dtype is not None:
+        loaded.model, inputs = cast(loaded.model, inputs, args.model_dtype)
     configs = inspect_configs(args)
     views = inspect_model(loaded.model, inputs, list(configs.values()))
     output.print_inspection(list(configs), views, grouped=len(configs) > 1, as_json=args.json)
@@ -101,7 +114,9 @@ def run_bench(args: argparse.Namespace) -> int:
     """`convert bench FILE ...`: time ONNX files side by side, or (--runtime torch) PyTorch models."""
     config = bench_config(args)
     if config.runtime == "torch":
-        models, inputs = load_timed_models(args.files, args.input_shape, args.input_dtype, on_warning=output.warn)
+        if input_names(args):
+            raise ConvertError("convert bench takes --input-shape by position (N,C,...), not NAME=N,C,...")
+        models, inputs = load_timed_models(args.files, input_shapes(args), args.input_dtype, on_warning=output.warn)
         with output.progress_bar() as progress:
             result = benchmark_torch(models, inputs, config, names=args.files, progress=progress)
     else:

@@ -54,6 +54,8 @@ FLAGS: dict[type, dict[str, Flag]] = {
         "model_args": Flag("--model-arg"),
         "input_shapes": Flag("--input-shape"),
         "input_dtype": Flag("--input-dtype"),
+        "input_names": Flag("--input-shape"),  # its NAME=N,C,... form
+        "model_dtype": Flag("--dtype"),
         "onnx": Flag("--onnx"),
         "bench": Flag("--benchmark"),
         "auto": Flag("--to auto"),

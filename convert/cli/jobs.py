@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
-from convert.cli.args import Parser
+from convert.cli.args.base import Parser, switch
+from convert.cli.args.service import connection_arguments
 from convert.errors import ConvertError
 
 __all__ = ["parser", "run"]
@@ -18,15 +17,8 @@ _STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 def parser() -> argparse.ArgumentParser:
     """The arguments of `convert jobs list|delete` (each a subcommand, so that options and ids mix freely)."""
     server = Parser(add_help=False)
-    server.add_argument("--server", required=True, metavar="HOST:PORT", help="the `convert serve` server")
-    server.add_argument(
-        "--auth-token",
-        default=os.environ.get("CONVERT_AUTH_TOKEN"),
-        help="the server's token (default: $CONVERT_AUTH_TOKEN)",
-    )
-    server.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
-    server.add_argument("--tls-ca", type=Path, metavar="PEM", help="speak TLS, trusting this CA certificate")
-    server.add_argument("-v", "--verbose", action="store_true", help="log details")
+    connection_arguments(server, "the `convert serve` server", required=True)
+    switch(server, "-v", "--verbose", help="log details")
     p = Parser(prog="convert jobs", description="List or delete the jobs of a conversion server.")
     actions = p.add_subparsers(dest="action", required=True, metavar="list|delete")
     listing = actions.add_parser("list", parents=[server], help="the server's jobs, newest first")

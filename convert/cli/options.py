@@ -21,6 +21,8 @@ from convert.surgery.config import ConvertConfig
 __all__ = [
     "bench_config",
     "convert_config",
+    "input_names",
+    "input_shapes",
     "inspect_configs",
     "job_options",
     "model_args",
@@ -51,8 +53,10 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     return JobOptions(
         model=args.model,
         weights=args.weights,
-        input_shapes=tuple(args.input_shape) if args.input_shape else None,
+        input_shapes=input_shapes(args),
         input_dtype=args.input_dtype,
+        input_names=input_names(args),
+        model_dtype=args.model_dtype,
         config=config,
         # the PyTorch runtime times the modules themselves: no ONNX export unless --onnx asks for one
         onnx=OnnxConfig(args.opset, not args.static_shapes, args.atol)
@@ -68,6 +72,25 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         model_args=model_args(args),
         calibrate=_calibrate_job(args),
     )
+
+
+def input_shapes(args: argparse.Namespace) -> tuple[tuple[int, ...], ...] | None:
+    """--input-shape [NAME=]N,C,..., repeated: the shapes (None: not given)."""
+    return tuple(shape for _, shape in args.input_shape) if args.input_shape else None
+
+
+def input_names(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The names of --input-shape NAME=N,C,...: one per input, or None when the inputs go by position.
+
+    Raises:
+        ConvertError: when some inputs are named and some are not.
+    """
+    names = [name for name, _ in args.input_shape or ()]
+    if not any(names):
+        return None
+    if not all(names):
+        raise ConvertError("name every --input-shape or none, e.g. --input-shape pixel_values=1,3,224,224")
+    return tuple(names)
 
 
 def model_args(args: argparse.Namespace) -> dict[str, object]:

@@ -1,8 +1,7 @@
 """Knowledge distillation of the converted model with the original as teacher: config, data (+ datasets), losses,
 features, state (the checkpoint), parallel (torchrun), summary (the report), trainer."""
 
-from convert.distill.config import DistillConfig, DistillEvent
-from convert.distill.data import DistillData, image_transform, load_data
-from convert.distill.trainer import distill_result
+import lazy_loader
 
-__all__ = ["DistillConfig", "DistillData", "DistillEvent", "distill_result", "image_transform", "load_data"]
+# imported on first use, from the table in __init__.pyi (as `convert`'s own names)
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -2,13 +2,13 @@
 
 Every source becomes a torch Dataset of samples (`convert.distill.datasets`): tuples of tensors, one per model
 input, each shaped like one example input without its batch dimension. Everything is checked when loaded, so a
-bad source fails before any training starts. Image folders are checked from the file headers and decoded lazily.
+bad source fails before any training starts. Image folders are checked from the file headers and decoded lazily
+(`convert.distill.images`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from convert.common import as_inputs
-from convert.distill.datasets import ImageFiles, ImageTransform, Sample, SyntheticInputs, TensorInputs
+from convert.distill.datasets import ImageTransform, Sample, SyntheticInputs, TensorInputs
+from convert.distill.images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, image_folder, image_transform
 from convert.errors import ConvertError, one_line
 from convert.files import check_tensor_budget, read_tensor_file
+from convert.forward import input_names  # here too: distillation data is matched to inputs by name
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -46,12 +47,7 @@ SYNTHETIC = "synthetic"
 DEFAULT_VAL_FRACTION = 0.1  # of the training inputs held out for validation when no `val` is given ...
 MAX_VAL_INPUTS = 1000  # ... but at most this many: validation runs several times per distillation
 SYNTHETIC_VAL_INPUTS = 256  # random validation inputs for `synthetic` without `val`
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TENSOR_SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the default normalisation of 3-channel images
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OTHER_MEAN, OTHER_STD = 0.5, 0.5  # per channel, for 1- and 4-channel images
-_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # model input channels -> PIL mode the images must have
 _SYNTHETIC_VAL_SEED_OFFSET = 1 << 31  # validation draws never coincide with training draws
 
 DataSource = str | os.PathLike[str] | torch.Tensor | Sequence[Any] | Mapping[str, torch.Tensor]
@@ -169,49 +165,6 @@ def _synthetic_val(synthetic: Dataset[Sample]) -> tuple[Dataset[Sample], str]:
     return Subset(synthetic, held_out), f"{SYNTHETIC_VAL_INPUTS} synthetic inputs"
 
 
-def image_transform(
-    shape: Sequence[int], mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> ImageTransform:
-    """The default image transform for a model input of `shape` (N, C, H, W).
-
-    PIL image (already in mode L, RGB or RGBA for C = 1, 3, 4) -> uint8 tensor -> resized to H x W
-    (bilinear, antialiased; the aspect ratio is not kept) -> float in [0, 1] -> (x - mean) / std per channel,
-    with ImageNet's mean and std for 3 channels and 0.5, 0.5 otherwise.
-    """
-    from torchvision.transforms import v2
-
-    channels, height, width = shape[1], shape[2], shape[3]
-    mean = list(mean) if mean is not None else list(IMAGENET_MEAN if channels == 3 else [OTHER_MEAN] * channels)
-    std = list(std) if std is not None else list(IMAGENET_STD if channels == 3 else [OTHER_STD] * channels)
-    for name, values in (("mean", mean), ("std", std)):
-        if len(values) != channels:
-            raise ConvertError(
-                f"image {name} has {len(values)} values, the model takes {channels} channels: give one per channel"
-            )
-    if any(s <= 0 for s in std):
-        raise ConvertError(f"image std {std} is not valid: use positive values")
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize((height, width), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
-
-
-def input_names(model: nn.Module) -> list[str] | None:
-    """Names of the model's positional inputs, from its forward signature; None when it takes *args."""
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
-        return None
-    return [p.name for p in parameters if p.kind in positional]
-
-
 # --- loading and checking -----------------------------------------------------------------------------------------
 
 
@@ -230,7 +183,7 @@ def _load_source(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            return _image_folder(path, examples, transform)
+            return image_folder(path, examples, transform)
         tensors = _read_tensors(path)
         return _checked(tensors, examples, names, str(path))
     if isinstance(source, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in source):
@@ -356,66 +309,3 @@ def _check_tensor(tensor: torch.Tensor, example: torch.Tensor, what: str) -> tor
     if tensor.is_complex() or (tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all())):
         raise ConvertError(f"{what} holds NaN, infinite or complex values: give finite real inputs")
     return tensor.to(example.dtype).contiguous()
-
-
-def _image_folder(
-    folder: Path, examples: tuple[torch.Tensor, ...], transform: ImageTransform | None
-) -> tuple[Dataset[Sample], int, str]:
-    from PIL import Image, UnidentifiedImageError
-
-    if len(examples) != 1 or examples[0].dim() != 4 or not examples[0].dtype.is_floating_point:
-        shapes = ", ".join("x".join(map(str, t.shape)) for t in examples)
-        raise ConvertError(
-            f"a folder of images feeds a model with one float input shaped N,C,H,W, not {shapes}: "
-            "give tensor files of inputs instead"
-        )
-    shape = tuple(examples[0].shape)
-    channels = shape[1]
-    if transform is None and channels not in _IMAGE_MODES:
-        raise ConvertError(
-            f"the model takes {channels}-channel inputs, which images do not have (1, 3 or 4 channels): "
-            "give tensor files of inputs, or an image transform (library)"
-        )
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    paths = [p for p in paths if p.is_file()]
-    if not paths:
-        raise ConvertError(
-            f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}, searched in subfolders too): "
-            "add images, or give a tensor file or synthetic"
-        )
-    mode = _IMAGE_MODES.get(channels, "RGB")
-    for path in paths:  # headers only: cheap, and every bad file is found before training
-        try:
-            with Image.open(path) as image:
-                native = _native_mode(image)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ConvertError(f"cannot read image {path} ({one_line(e)}): remove or replace the file") from e
-        bands = 3 if native == "P" else Image.getmodebands(native)
-        if transform is None and bands != channels:
-            raise ConvertError(
-                f"image {path} has {bands} channel(s) (mode {native}), the model takes {channels}: convert the "
-                f"images to {mode}, or set `input_shapes` with {bands} channel(s)"
-            )
-    dataset = ImageFiles(paths, mode, transform or image_transform(shape), examples[0].dtype)
-    first = dataset[0][0]
-    if tuple(first.shape) != shape[1:]:
-        raise ConvertError(
-            f"the image transform gives tensors shaped {'x'.join(map(str, first.shape))}, the model takes "
-            f"{'x'.join(map(str, shape[1:]))}: make the transform resize to the input shape"
-        )
-    classes = {p.parent for p in paths}
-    layout = (
-        f"ImageFolder layout, {len(classes)} class folders"
-        if all(p.parent.parent == folder for p in paths) and len(classes) > 1
-        else "flat"
-        if classes == {folder}
-        else "nested folders"
-    )
-    return dataset, len(paths), f"{len(paths)} images in {folder}/ ({layout})"
-
-
-def _native_mode(image: Any) -> str:
-    """The image's mode; a palette image counts as the mode its palette holds (RGB, or RGBA with transparency)."""
-    if image.mode == "P":
-        return "RGBA" if "transparency" in image.info else "P"
-    return image.mode

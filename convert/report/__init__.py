@@ -1,29 +1,6 @@
 """What a conversion did: the report.json schema, its Markdown (report.md) and terminal (rich) forms, the plots."""
 
-from convert.report.plots import plot_auto, plot_benchmark, plot_distill
-from convert.report.schema import (
-    Benchmark,
-    DistillMetrics,
-    DistillReport,
-    LayerReport,
-    OnnxExport,
-    OnnxReport,
-    QuantizeReport,
-    Report,
-    Totals,
-)
+import lazy_loader
 
-__all__ = [
-    "Benchmark",
-    "DistillMetrics",
-    "DistillReport",
-    "LayerReport",
-    "OnnxExport",
-    "OnnxReport",
-    "QuantizeReport",
-    "Report",
-    "Totals",
-    "plot_auto",
-    "plot_benchmark",
-    "plot_distill",
-]
+# imported on first use, from the table in __init__.pyi (as `convert`'s own names)
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,22 +1,7 @@
 """The runtimes a converted model is timed on: ONNX Runtime (devices, sessions, export + parity, benchmark) and
 PyTorch itself (`torch_bench`), sharing one harness (`timing`) and one `BenchConfig` (`config`)."""
 
-from convert.errors import ParityError
-from convert.runtime.bench import benchmark_onnx
-from convert.runtime.config import BenchConfig
-from convert.runtime.export import OnnxConfig, export_onnx
-from convert.runtime.parity import check_parity
-from convert.runtime.sessions import open_session, validate_onnx_file
-from convert.runtime.torch_bench import benchmark_torch
+import lazy_loader
 
-__all__ = [
-    "BenchConfig",
-    "OnnxConfig",
-    "ParityError",
-    "benchmark_onnx",
-    "benchmark_torch",
-    "check_parity",
-    "export_onnx",
-    "open_session",
-    "validate_onnx_file",
-]
+# imported on first use, from the table in __init__.pyi (as `convert`'s own names)
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -18,6 +18,7 @@ from torch import nn
 
 from convert.common import Inputs, Progress, as_inputs, no_progress
 from convert.errors import ConvertError, one_line
+from convert.forward import forward_hint
 from convert.report.schema import CalibrationReport, LayerReport
 from convert.surgery.apply import AppliedLayer
 from convert.surgery.calibrate import Calibration, calibrate
@@ -184,7 +185,7 @@ def analyze(model: nn.Module, example_inputs: Inputs, exported: torch.export.Exp
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise ConvertError(
             f"the model cannot run in eval mode on inputs of shape {shapes} ({one_line(e)}): "
-            "pass `example_inputs` of the shapes it expects"
+            f"{forward_hint(work, inputs, e)}"
         ) from e
     traced = trace(work, inputs, reference, exported)
     return Analysis(model, traced, find_convs(traced), inputs, reference)

@@ -134,7 +134,7 @@ class SubmitResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobOptions(_message.Message):
-    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources", "model_args", "calibrate")
+    __slots__ = ("target", "rank", "full_rank", "energy", "groups", "no_pointwise", "include", "exclude", "min_channels", "input_shapes", "input_dtype", "onnx", "benchmark", "distill", "auto", "transposed", "include_grouped", "quantize", "accelerator", "resources", "model_args", "calibrate", "model_dtype")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,7 @@ class JobOptions(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     MODEL_ARGS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DTYPE_FIELD_NUMBER: _ClassVar[int]
     target: str
     rank: int
     full_rank: bool
@@ -193,7 +194,8 @@ class JobOptions(_message.Message):
     resources: _containers.ScalarMap[str, float]
     model_args: _containers.ScalarMap[str, str]
     calibrate: CalibrateOptions
-    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., model_args: _Optional[_Mapping[str, str]] = ..., calibrate: _Optional[_Union[CalibrateOptions, _Mapping]] = ...) -> None: ...
+    model_dtype: str
+    def __init__(self, target: _Optional[str] = ..., rank: _Optional[int] = ..., full_rank: _Optional[bool] = ..., energy: _Optional[float] = ..., groups: _Optional[int] = ..., no_pointwise: _Optional[bool] = ..., include: _Optional[str] = ..., exclude: _Optional[str] = ..., min_channels: _Optional[int] = ..., input_shapes: _Optional[_Iterable[_Union[Shape, _Mapping]]] = ..., input_dtype: _Optional[str] = ..., onnx: _Optional[_Union[OnnxOptions, _Mapping]] = ..., benchmark: _Optional[_Union[BenchOptions, _Mapping]] = ..., distill: _Optional[_Union[DistillOptions, _Mapping]] = ..., auto: _Optional[_Union[AutoOptions, _Mapping]] = ..., transposed: _Optional[str] = ..., include_grouped: _Optional[bool] = ..., quantize: _Optional[_Union[QuantizeOptions, _Mapping]] = ..., accelerator: _Optional[str] = ..., resources: _Optional[_Mapping[str, float]] = ..., model_args: _Optional[_Mapping[str, str]] = ..., calibrate: _Optional[_Union[CalibrateOptions, _Mapping]] = ..., model_dtype: _Optional[str] = ...) -> None: ...
 
 class QuantizeOptions(_message.Message):
     __slots__ = ("calibration", "calibration_samples", "calibration_method", "formats", "max_quant_error")
@@ -246,10 +248,12 @@ class AutoOptions(_message.Message):
     def __init__(self, target_speedup: _Optional[float] = ..., max_error: _Optional[float] = ..., device: _Optional[str] = ..., threads: _Optional[int] = ..., runs: _Optional[int] = ..., warmup: _Optional[int] = ..., max_candidates: _Optional[int] = ..., runtime: _Optional[str] = ..., compile: _Optional[bool] = ..., dtype: _Optional[str] = ..., channels_last: _Optional[bool] = ..., quantize: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Shape(_message.Message):
-    __slots__ = ("dims",)
+    __slots__ = ("dims", "name")
     DIMS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     dims: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
+    name: str
+    def __init__(self, dims: _Optional[_Iterable[int]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class OnnxOptions(_message.Message):
     __slots__ = ("opset", "static_shapes", "atol")

@@ -1,125 +1,21 @@
-"""Every conversion between the proto's messages and the domain: JobOptions both ways, the file format tables,
-job records and workers' events as Job and JobEvent messages, and a job's report."""
+"""JobOptions both ways: the proto's JobOptions message from the library's options and back, every field carried or,
+on `LOCAL_ONLY`, refused."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, DistillConfig, OnnxConfig
 from convert.distill.data import SYNTHETIC
-from convert.files import FileKind
 from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.load import DTYPES
-from convert.report.schema import Report
 from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
-from server.store import JobRecord
-from server.worker.protocol import LogLine, StageProgress
 
-__all__ = [
-    "DATA_FORMATS",
-    "DATA_SUFFIXES",
-    "LOCAL_ONLY",
-    "MAX_INLINE_REPORT",
-    "MODEL_FORMATS",
-    "WEIGHTS_FORMATS",
-    "from_proto",
-    "job_event",
-    "job_message",
-    "model_format",
-    "report_of",
-    "to_proto",
-    "weights_format",
-    "worker_event",
-]
-
-# Model files: each proto format, as convert.files.file_kind names what a file's content is.
-MODEL_FORMATS: dict[int, FileKind] = {
-    pb.ModelFile.PT2: "pt2",
-    pb.ModelFile.PICKLE: "torch.save",
-    pb.ModelFile.TORCHSCRIPT: "torchscript",
-}
-# A factory's weights: each proto format, as convert.files.weights_kind names it.
-WEIGHTS_FORMATS: dict[int, str] = {pb.Factory.SAFETENSORS: "safetensors", pb.Factory.STATE_DICT: "torch.save"}
-# Distillation data files: each proto format, as convert.files.tensor_file_kind names it (the suffix the server
-# stores the file under, which convert.distill.data reads it by).
-DATA_FORMATS: dict[int, str] = {
-    pb.DataFile.NPY: ".npy",
-    pb.DataFile.NPZ: ".npz",
-    pb.DataFile.SAFETENSORS: ".safetensors",
-    pb.DataFile.TORCH_SAVE: ".pt",
-}
-# The suffixes of the tensor files a client may upload (lowercase), and the proto format of each.
-DATA_SUFFIXES: dict[str, int] = {suffix: format for format, suffix in DATA_FORMATS.items()} | {
-    ".pth": pb.DataFile.TORCH_SAVE
-}
-
-
-MAX_INLINE_REPORT = 512 << 10  # bytes of report.json that GetJob inlines; a larger one is downloaded
-
-
-def model_format(kind: FileKind) -> int:
-    """The proto's ModelFile.Format of a model file of this kind (`convert.files.file_kind`)."""
-    return next(format for format, name in MODEL_FORMATS.items() if name == kind)
-
-
-def weights_format(kind: str) -> int:
-    """The proto's Factory.WeightsFormat of a weights file of this kind (`convert.files.weights_kind`)."""
-    return next(format for format, name in WEIGHTS_FORMATS.items() if name == kind)
-
-
-def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
-    """The wire form of a job record (the report only with `with_report`, and only when it is small: a larger one
-    is `report_as_artifact`, for Download, so that the message stays under gRPC's limit)."""
-    inline = with_report and len(record.report.encode()) <= MAX_INLINE_REPORT
-    return pb.Job(
-        id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
-        created_at=record.created,
-        started_at=record.started,
-        finished_at=record.finished,
-        source=record.source,
-        options=to_proto(JobOptions.from_dict(record.options)),
-        report_json=record.report if inline else "",
-        artifacts=[pb.Artifact(**artifact) for artifact in record.artifacts],
-        report_as_artifact=with_report and bool(record.report) and not inline,
-    )
-
-
-def job_event(record: JobRecord) -> pb.JobEvent:
-    """The event that says where a job stands now (the first event of every Watch, and each change of state)."""
-    return pb.JobEvent(
-        job_id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
-        time=time.time(),
-    )
-
-
-def worker_event(job_id: str, event: StageProgress | LogLine) -> pb.JobEvent:
-    """A running job's progress, or a log line of it, as Watch streams them."""
-    if isinstance(event, StageProgress):
-        return pb.JobEvent(
-            job_id=job_id, state=pb.RUNNING, stage=event.stage, progress=event.progress, time=time.time()
-        )
-    return pb.JobEvent(job_id=job_id, state=pb.RUNNING, log=event.line, time=time.time())
-
-
-def report_of(job: pb.Job, text: str | None = None) -> Report:
-    """The report of a SUCCEEDED job, as the server sent it in GetJob (or `text`, report.json downloaded)."""
-    return Report.from_dict(json.loads(job.report_json if text is None else text))
+__all__ = ["LOCAL_ONLY", "from_proto", "to_proto"]
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
@@ -134,8 +30,12 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
     message = pb.JobOptions(
         full_rank=config.rank == "full",
         no_pointwise=not config.pointwise,
-        input_shapes=[pb.Shape(dims=shape) for shape in options.input_shapes or ()],
+        input_shapes=[
+            pb.Shape(dims=shape, name=name)
+            for shape, name in zip(options.input_shapes or (), options.input_names or _unnamed(options), strict=True)
+        ],
         input_dtype=options.input_dtype,
+        model_dtype=options.model_dtype or "",
         accelerator=options.accelerator or "",
         resources=dict(options.resources),
         model_args={name: repr(value) for name, value in options.model_args.items()},
@@ -215,6 +115,9 @@ def from_proto(
         auto = _auto(message.auto, bench)
     if message.input_dtype and message.input_dtype not in DTYPES:
         raise ConvertError(f"input dtype {message.input_dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    any_named = any(shape.name for shape in message.input_shapes)
+    if any_named and not all(shape.name for shape in message.input_shapes):
+        raise ConvertError("name every input shape or none: `input_names` go one per `input_shapes` entry")
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
@@ -240,7 +143,14 @@ def from_proto(
         resources=dict(message.resources),
         model_args={name: _literal(name, text) for name, text in message.model_args.items()},
         calibrate=_calibrate(message.calibrate, calibration) if message.HasField("calibrate") else None,
+        input_names=tuple(shape.name for shape in message.input_shapes) if any_named else None,
+        model_dtype=message.model_dtype or None,
     )
+
+
+def _unnamed(options: JobOptions) -> list[str]:
+    """The wire's names of inputs given by position: empty, one per shape."""
+    return [""] * len(options.input_shapes or ())
 
 
 def _literal(name: str, text: str) -> object:
@@ -401,11 +311,6 @@ def _given(message, cls: type) -> dict[str, Any]:
 
 def _default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def _failure(name: str) -> int:
-    """A job record's failure kind ('' when none) as the proto's Failure."""
-    return pb.Failure.Value(name) if name else pb.FAILURE_UNSPECIFIED
 
 
 def _optional(message, field: str, default=None):

@@ -33,6 +33,7 @@ from test_exactness import (
 )
 from torch import nn
 
+import convert.surgery.calibrate as calibrate_module
 from convert import ConvertConfig, ConvertError, cli, convert_model
 from convert.surgery.calibrate import CalibrationConfig
 
@@ -245,3 +246,23 @@ def test_cli_calibration_on_image_folders_honours_image_mean_and_std(
     assert got["samples"] == report.samples == 20
     assert got["svd_output_rel_error"] == pytest.approx(report.svd_output_rel_error, rel=1e-5)
     assert got["output_rel_error"] == pytest.approx(report.output_rel_error, rel=1e-5)
+
+
+def test_the_original_is_run_once_for_the_layers_that_fit_ahead_with_the_same_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*(m for _ in range(4) for m in (nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()))).eval()
+    data, outputs, passes = correlated(24, 2), [], []
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    for budget in (0, calibrate_module.AHEAD_BYTES):  # one layer per pass of the original, then all four at once
+        monkeypatch.setattr(calibrate_module, "AHEAD_BYTES", budget)
+        calls.clear()
+        calibration = CalibrationConfig(data, batch_size=8)
+        result = convert_model(model, data[:1], ConvertConfig(rank=1), calibration=calibration)
+        outputs.append(result.model(data))
+        passes.append(len(calls))
+    handle.remove()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert passes[0] - passes[1] == 3 * 3  # 3 batches: the original's passes for layers 2, 3 and 4 are saved

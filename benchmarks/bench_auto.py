@@ -28,6 +28,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 import torchvision
+from common import train_classifier
 from torch import nn
 
 from convert import AutoConfig, BenchConfig, ConvertConfig, benchmark_onnx, convert_model, export_onnx, plan_for_speed
@@ -118,18 +119,7 @@ def small_cnn() -> nn.Module:
 
 def train(model: nn.Module, steps: int = 300) -> float:
     images, labels = shapes_task(8000, seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
-    model.train()
-    g = torch.Generator().manual_seed(2)
-    for _ in range(steps):
-        index = torch.randint(0, len(images), (64,), generator=g)
-        loss = nn.functional.cross_entropy(model(images[index]), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
+    train_classifier(model, images, labels, steps, lr=3e-3, weight_decay=0.01, seed=2)  # 0.01: AdamW's default
     test, test_labels = shapes_task(1000, seed=3)
     with torch.no_grad():
         return float((model(test).argmax(1) == test_labels).float().mean())

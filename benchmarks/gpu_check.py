@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import json
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
 import torchvision
+from gpu_report import Check
 from torch import nn
 
 from convert import (
@@ -90,96 +86,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": torchvision.models.resnet50,
     "tiny": tiny,
 }
-
-
-@dataclasses.dataclass
-class Row:
-    section: str
-    check: str
-    result: str
-    status: str  # ok | FAIL | SLOWER | skipped
-
-
-class Check:
-    """The rows so far and the figures behind them, written to --json after every row."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.rows, self.start = args, [], time.monotonic()
-        self.details: dict[str, dict] = {"benchmarks": {}, "auto": {}, "pytest": {}}
-        self.environment = environment(args.device)
-
-    def add(self, section: str, check: str, result: str, status: str = "ok") -> None:
-        self.rows.append(Row(section, check, result, status))
-        print(f"[{time.monotonic() - self.start:6.1f}s] {status:7s} {section}: {check}: {result}", flush=True)
-        self.save()
-
-    def step(self, section: str, name: str, cost: float, run: Callable[[], None]) -> bool:
-        """Run one step of `section`, unless it was not asked for or would overrun the time limit; a failure
-        becomes a FAIL row (with its traceback on stderr), and the next steps go on."""
-        if section not in self.args.sections:
-            return False
-        left = self.args.time_limit - (time.monotonic() - self.start)
-        if left < cost:
-            self.add(
-                section, name, f"skipped: {left:.0f} s of --time-limit left, the step needs ~{cost:.0f} s", "skipped"
-            )
-            return False
-        try:
-            run()
-            return True
-        except Exception as e:  # noqa: BLE001 - the check goes on, and says what failed
-            traceback.print_exc()
-            self.add(
-                section, name, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", "FAIL"
-            )
-            return False
-
-    def save(self) -> None:
-        if self.args.json is None:
-            return
-        document = {
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "argv": sys.argv[1:],
-            "seconds": round(time.monotonic() - self.start, 1),
-            "environment": self.environment,
-            "rows": [dataclasses.asdict(row) for row in self.rows],
-            **self.details,
-        }
-        Path(self.args.json).write_text(json.dumps(document, indent=2))
-
-    def table(self) -> str:
-        """The rows as aligned text: status, section, check, result."""
-        header = Row("section", "check", "result", "status")
-        cells = [(row.status, row.section, row.check, row.result) for row in [header, *self.rows]]
-        widths = [max(len(cell[i]) for cell in cells) for i in range(3)]
-        return "\n".join(
-            "  ".join([*(c.ljust(w) for c, w in zip(cell[:3], widths, strict=True)), cell[3]]) for cell in cells
-        )
-
-
-def environment(device: str) -> dict[str, str]:
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if device == "cuda":
-        env |= {"gpu": torch.cuda.get_device_name(), "cuda": str(torch.version.cuda)}
-        env |= {"cudnn": str(torch.backends.cudnn.version()), "driver": _driver()}
-    return env
-
-
-def _driver() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        return out.stdout.strip() or "?"
-    except OSError:
-        return "?"
 
 
 @dataclasses.dataclass
@@ -237,18 +143,7 @@ def build(check: Check, name: str, dtypes: list[str], store: dict[str, Variants]
     separable = convert_model(original, x, ConvertConfig(target="separable", rank=1))
     auto = {}
     for dtype in dtypes:
-        config = AutoConfig(
-            target_speedup=args.target_speedup,
-            device=args.device,
-            threads=args.threads,
-            runs=args.plan_runs,
-            warmup=args.warmup,
-            max_candidates=args.max_candidates,
-            runtime="torch",
-            dtype=dtype,
-            channels_last=True,
-        )
-        auto[dtype], report = _auto(original, x, config)
+        auto[dtype], report = _auto(original, x, _auto_config(args, runtime="torch", dtype=dtype, channels_last=True))
         check.details["auto"][f"{name} torch {dtype}"] = dataclasses.asdict(report)
         check.add("eager", f"{name} --to auto --runtime torch, {dtype}, batch {args.plan_batch}", *_kept(report))
     store[name] = Variants(original, separable, auto)
@@ -257,6 +152,19 @@ def build(check: Check, name: str, dtypes: list[str], store: dict[str, Variants]
 def _auto(model: nn.Module, x: torch.Tensor, config: AutoConfig) -> tuple[nn.Module, AutoReport]:
     conversion = convert_model(model, x, ConvertConfig(target="auto"), planner=LatencyPlanner(config))
     return conversion.model, conversion.report.auto
+
+
+def _auto_config(args: argparse.Namespace, **runtime: object) -> AutoConfig:
+    """The `--to auto` settings of the check's arguments, on `runtime` ("torch" with its dtype, or "ort")."""
+    return AutoConfig(
+        target_speedup=args.target_speedup,
+        device=args.device,
+        threads=args.threads,
+        runs=args.plan_runs,
+        warmup=args.warmup,
+        max_candidates=args.max_candidates,
+        **runtime,
+    )
 
 
 def _kept(report: AutoReport) -> tuple[str, str]:
@@ -364,16 +272,7 @@ def onnx_runtime(check: Check, name: str, variants: Variants) -> None:
         )
         return
     x = inputs(args, args.plan_batch)
-    config = AutoConfig(
-        target_speedup=args.target_speedup,
-        device=args.device,
-        threads=args.threads,
-        runs=args.plan_runs,
-        warmup=args.warmup,
-        max_candidates=args.max_candidates,
-        runtime="ort",
-    )
-    auto, report = _auto(variants.original, x, config)
+    auto, report = _auto(variants.original, x, _auto_config(args, runtime="ort"))
     check.details["auto"][f"{name} ort"] = dataclasses.asdict(report)
     check.add("ort", f"{name} --to auto --runtime ort, batch {args.plan_batch}", *_kept(report))
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:

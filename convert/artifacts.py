@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -74,7 +77,7 @@ class Artifact:
 
 # Every file a run can write into OUTDIR, in the order they are listed.
 FILES: tuple[Artifact, ...] = (
-    Artifact(MODEL, "the converted model (torch.save of the module)", lambda r: True),
+    Artifact(MODEL, "the converted model (torch.save of the module)", lambda r: r.model_pt_skipped is None),
     Artifact(WEIGHTS, "the converted state dict (safetensors: no code)", lambda r: True),
     Artifact(PLAN, "the converted layers and their forms, for apply_plan on a freshly built original", lambda r: True),
     Artifact(REPORT_JSON, "the report, machine-readable", lambda r: True),
@@ -184,9 +187,13 @@ def keep_failed(staging: Path, outdir: str | os.PathLike[str]) -> Path:
 def write_conversion(conversion: Conversion, folder: Path) -> None:
     """Write `conversion` into `folder`: model.pt, model.safetensors, plan.json, report.json, report.md, and what
     its report calls for (the plots of its benchmark, plan and distillation; the distillation checkpoint). Files
-    that stages wrote there before (the ONNX files) stay."""
+    that stages wrote there before (the ONNX files) stay.
+
+    A model that does not pickle (weight_norm's parametrizations, a hook that is a local function: the user's model
+    did not pickle either) gets no model.pt: the report's `model_pt_skipped` says why, and plan.json with
+    model.safetensors load it."""
     report = conversion.report
-    torch.save(conversion.model, folder / MODEL)
+    report.model_pt_skipped = _save_module(conversion.model, folder / MODEL)
     save_file(_own_storage(conversion.model.state_dict()), folder / WEIGHTS)
     (folder / PLAN).write_text(json.dumps(conversion.plan(), indent=2) + "\n")
     if conversion.checkpoint is not None:
@@ -198,6 +205,44 @@ def write_conversion(conversion: Conversion, folder: Path) -> None:
     if report.auto is not None:
         plot_auto(report.auto, folder / AUTO_PLOT)
     write_report(report, folder)
+
+
+def _save_module(model: torch.nn.Module, path: Path) -> str | None:
+    """torch.save `model` to `path` when it pickles, and return None; else write nothing and return why."""
+    refusal = _pickle_refusal(model)
+    if refusal is None:
+        torch.save(model, path)
+    return refusal
+
+
+class _Probe(pickle.Pickler):
+    """A pickler that writes nothing and leaves tensors' storages out: it walks what torch.save would pickle."""
+
+    def persistent_id(self, obj: object) -> object:
+        # torch.save writes storages beside the pickle; here they are named only, so no tensor data is copied
+        return id(obj) if isinstance(obj, torch.storage.UntypedStorage | torch.storage.TypedStorage) else None
+
+
+def _pickle_refusal(model: torch.nn.Module) -> str | None:
+    """Why pickle refuses `model` (one line), or None. Checked before torch.save, so that a refusal writes nothing
+    and an I/O failure of torch.save is never taken for one."""
+    try:
+        _Probe(_Discard(), protocol=torch.serialization.DEFAULT_PROTOCOL).dump(model)  # as torch.save
+    # what pickling raises for an object it cannot write: parametrize's RuntimeError, PicklingError, "Can't pickle
+    # local object" (AttributeError), "cannot pickle '...' object" (TypeError)
+    except (RuntimeError, pickle.PicklingError, AttributeError, TypeError) as e:
+        return one_line(e).removesuffix(" See:")  # parametrize's first line ends so, before a link
+    return None
+
+
+class _Discard(io.RawIOBase):
+    """A file that takes every byte and keeps none."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
 
 
 def _own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from convert.artifacts import REPORT_JSON, atomic_dir, check_outdir
 from convert.distill.data import SYNTHETIC
 from convert.errors import ConvertError
 from convert.files import model_file_kind, weights_kind
-from convert.job import CalibrateJob, DistillJob, JobOptions, Progress, Warn
+from convert.job import DistillJob, JobOptions, Progress, Warn
 from convert.report.schema import Report
 from convert.runtime.export import ParityError
 from server import wire
@@ -103,7 +103,7 @@ class ConvertClient:
                 images); ServiceError for what the server refuses.
         """
         header, upload = _header(options)
-        data = _data_files(options.distill, options.calibrate)
+        data = _data_files(options.distill, wire.calibration_files(options))
         header.data_files.extend(file for file, _ in data)
         if sha256:
             if upload is not None:
@@ -330,16 +330,15 @@ def _header(options: JobOptions) -> tuple[pb.SubmitHeader, Path | None]:
     return header, upload
 
 
-def _data_files(distill: DistillJob | None, calibrate: CalibrateJob | None = None) -> list[tuple[pb.DataFile, Path]]:
+def _data_files(distill: DistillJob | None, calibration: Sequence[str] = ()) -> list[tuple[pb.DataFile, Path]]:
     """The distillation inputs to upload (training files unless synthetic, then validation files), and the
-    calibration inputs (unless synthetic or the training inputs), each with its DataFile (sha256 not set). Checked
-    from their names and sizes alone: nothing is loaded here.
+    calibration files (`wire.calibration_files`), each with its DataFile (sha256 not set). Checked from their names
+    and sizes alone: nothing is loaded here.
 
     Raises:
         ConvertError: for a folder of images (they stay local), `synthetic` validation, or an unknown format.
     """
     train = () if distill is None or distill.data == (SYNTHETIC,) else distill.data
-    calibration = () if calibrate is None or calibrate.data == (SYNTHETIC,) else calibrate.data
     files = []
     for role, option, sources in (
         (pb.DataFile.TRAIN, "--distill", train),

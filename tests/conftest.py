@@ -3,15 +3,18 @@ rebuilding the dense weight a replacement conv computes (independently of conver
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 # pytest (>= 9) attaches its log-capture handlers to every non-propagating logger, torch's structured-trace
@@ -39,6 +42,17 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def torchscript_exports() -> Iterator[None]:
+    """Every export of the module that uses this through the TorchScript-based exporter (0.3 s a small model where
+    dynamo takes 8-20 s on a loaded CPU), for tests of what comes after the export (dynamo's path: test_onnx_export)."""
+    from convert.runtime import export  # here: the helpers above import nothing of convert/
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "_export_dynamo", export._export_torchscript)  # noqa: SLF001 - the exporter's seam
+        yield
+
+
 TOL = 1e-5  # relative error allowed between a full-rank conversion and the original (float32)
 TOL64 = 1e-10  # the same in float64
 
@@ -49,10 +63,32 @@ PATHS = ("fx", "export", "module-walk")
 FUNCTIONAL_REWRITTEN = frozenset({"fx"})
 
 
+class _Float32Draws(TorchFunctionMode):
+    """torch.rand(_like) in float64 draws the numbers float32 does (cast up), so that a float64 run sees the float32
+    run's random masks. CPU torch.rand draws other bits for float64 from the same seed, and drop-path as
+    transformers (Swin, SegFormer) and smp's EfficientNet write it (`floor(keep + rand(dtype=x.dtype))`) drops other
+    samples; dropout's bernoulli_ and timm's drop-path draw the same in both dtypes already."""
+
+    _DTYPE = {
+        torch.rand: lambda args, kwargs: kwargs.get("dtype") or torch.get_default_dtype(),
+        torch.rand_like: lambda args, kwargs: kwargs.get("dtype") or args[0].dtype,
+    }
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self._DTYPE and self._DTYPE[func](args, kwargs) == torch.float64:
+            return func(*args, **{**kwargs, "dtype": torch.float32}).double()
+        return func(*args, **kwargs)
+
+
 def forward(model: nn.Module, *inputs: torch.Tensor, seed: int = 0) -> Any:
-    """The output of a deep copy of `model` (so its buffers stay as they are), without autograd."""
+    """The output of a deep copy of `model` (so its buffers stay as they are), without autograd, with the random
+    numbers of `seed`: the same ones in float32 and float64 (_Float32Draws, for float64 inputs only: it costs 10-40%
+    of a small model's forward)."""
     model = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    float64 = any(t.dtype == torch.float64 for t in inputs)
+    draws = _Float32Draws() if float64 else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), draws:
         torch.manual_seed(seed)
         return model(*inputs)
 

@@ -7,7 +7,6 @@ the fit must still reproduce the original model, whatever the inputs (every conv
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import test_cli_distill
 import torch
 from conftest import assert_same_function, converted_rows
 from PIL import Image
-from test_cli import tiny_module, tree
+from test_cli import assert_refused_in_process, tiny_module
 from test_cli_distill import SHAPE
 from test_exactness import (
     CONV_CASES,
@@ -212,13 +211,7 @@ def test_cli_calibrate_without_data_reads_the_distillation_data(
 def test_cli_bad_calibration_options(
     work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
 ) -> None:
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = tree(work)
-    assert cli.main(["tiny:classifier", *SHAPE, *args, "-o", "out"]) == 2
-    captured = capsys.readouterr()
-    assert len(captured.err.splitlines()) == 1 and re.search(expected, captured.err), captured.err
-    assert tree(work) == before
+    assert_refused_in_process(work, monkeypatch, capsys, ["tiny:classifier", *SHAPE, *args, "-o", "out"], expected)
 
 
 def test_cli_calibration_on_image_folders_honours_image_mean_and_std(

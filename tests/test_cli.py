@@ -570,6 +570,20 @@ def assert_refused(work: Path, args: list[str], expected: str) -> None:
     assert tree(work) == before  # no OUTDIR, no temporary folder, nothing changed
 
 
+def assert_refused_in_process(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    """As `assert_refused`, with `cli.main(args)` run in this process in `work` (quicker than a subprocess)."""
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # loading a factory spec puts the working folder on it
+    before = tree(work)
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert re.match(r"(convert: )?error: ", captured.err) and re.search(expected, captured.err), captured.err
+    assert tree(work) == before
+
+
 def test_unreadable_model_file(work: Path) -> None:
     path = work / "locked.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)), path)

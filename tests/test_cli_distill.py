@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli import COMMAND, assert_refused, load_output, ok, run, tiny_module, tree
+from test_cli import COMMAND, assert_refused, assert_refused_in_process, load_output, ok, run, tiny_module
 
-from convert import cli, load_data
+from convert import load_data
 
 MODEL = textwrap.dedent(
     """
@@ -186,14 +185,7 @@ if not torch.cuda.is_available():
 def test_bad_options(
     work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
 ) -> None:
-    monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = tree(work)
-    assert cli.main(["tiny:classifier", *SHAPE, *args, "-o", "out"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
-    assert re.match(r"(convert: )?error: ", captured.err) and re.search(expected, captured.err), captured.err
-    assert tree(work) == before
+    assert_refused_in_process(work, monkeypatch, capsys, ["tiny:classifier", *SHAPE, *args, "-o", "out"], expected)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ any batch size; and it loads without unpickling (plan.json + model.safetensors +
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from conftest import TOL, assert_outputs_close, forward
 from safetensors.torch import load_file
+from test_cli import ok
+from test_cli import run as run_cli
 from timm.layers import Conv2dSame, StdConv2d
 from torch import fx, nn
 
-from convert import ConvertConfig, ConvertError, FactorizedConv, apply_plan, convert_model
+from convert import ConvertConfig, ConvertError, FactorizedConv, Report, apply_plan, convert_model
+from convert.artifacts import output_files
 from convert.job import JobOptions, run_job
 from convert.surgery.apply import SavedPlanner
 
@@ -294,3 +298,46 @@ def test_a_saved_plan_applies_to_retrained_weights() -> None:
     assert not torch.equal(again.model.stem.depthwise.weight, first.model.stem.depthwise.weight)
     with pytest.raises(ConvertError, match="the plan does not fit the model: its layer stem"):
         convert_model(nn.Sequential(nn.Conv2d(3, 8, 5)), torch.randn(1, 3, 8, 8), planner=SavedPlanner(first.plan()))
+
+
+class WeightNormed(nn.Module):
+    """wav2vec2's positional conv in miniature: a grouped (so left as it is) weight-normed conv, a parametrization,
+    which pickle refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1, groups=2))
+        self.head = nn.Conv1d(4, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)))
+
+
+def weight_normed() -> WeightNormed:
+    torch.manual_seed(0)
+    return WeightNormed()
+
+
+def test_a_model_that_does_not_pickle_is_written_without_model_pt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save refuses it (as it refuses the user's model): OUTDIR has the rest, the report and the message say
+    why and how to load it, and `convert bench` on the folder says what to do instead of failing on model.pt."""
+    (tmp_path / "nets.py").write_text("from test_dropin import weight_normed  # noqa: F401\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    result = ok(run_cli(tmp_path, "nets:weight_normed", "--rank", "full", "--input-shape", "2,4,16", "-o", "out"))
+
+    out = tmp_path / "out"
+    report = Report.from_dict(json.loads((out / "report.json").read_text()))
+    assert report.model_pt_skipped.startswith("RuntimeError: Serialization of parametrized modules")
+    assert "model.pt not written" in result.stderr and "convert.apply_plan" in result.stderr
+    assert "model.pt not written" in (out / "report.md").read_text()
+    assert "model.pt" not in output_files(report)
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_files(report))
+    rebuilt = apply_plan(weight_normed(), out / "plan.json")
+    rebuilt.load_state_dict(load_file(out / "model.safetensors"))
+    assert_both_modes(rebuilt, weight_normed(), torch.randn(3, 4, 16))
+
+    refused = run_cli(tmp_path, "bench", "out", "--runtime", "torch")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "out has no model.pt: the model does not pickle" in refused.stderr

@@ -1,5 +1,5 @@
 """INT8 quantization: the files ONNX Runtime writes, the calibration, the accuracy check, the choice of format, the
-job's four models, the planner's INT8 latencies, and the refusals."""
+job's four models and the refusals (the planner's INT8 latencies: test_quantize_plan)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from torch import nn
 from convert import ConvertConfig, ConvertError, OnnxConfig, convert_model, export_conversion, export_onnx, load_data
 from convert.artifacts import CONVERTED_INT8_ONNX, ORIGINAL_INT8_ONNX, failed_parity_dir, output_files
 from convert.auto import AutoConfig
-from convert.auto.latency import LatencyCache, LayerShape, measure_layer
 from convert.conversion import Conversion
 from convert.distill.data import DistillData
 from convert.errors import QuantizationError, outcome_of
 from convert.job import JobOptions, run_job
-from convert.report.markdown import auto_markdown
 from convert.report.schema import Benchmark, Latency, ModelTiming, QuantizeReport
 from convert.runtime import int8
 from convert.runtime.bench import BenchConfig
@@ -40,10 +38,11 @@ from convert.runtime.quantize import (
     quantize_file,
 )
 from convert.runtime.sessions import open_session
-from convert.surgery.find import ConvSpec
-from convert.surgery.plan import LayerPlan
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("torchscript_exports"),
+]
 
 SHAPE = (1, 3, 16, 16)
 FAST = BenchConfig(device="cpu", threads=1, warmup=1, runs=3)
@@ -333,54 +332,6 @@ def test_options_with_quantize_round_trip_and_plan_for_int8() -> None:
     assert JobOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     with pytest.raises(ConvertError, match="`auto` plans for INT8 formats with `quantize` only"):
         JobOptions(model="m", config=ConvertConfig(target="auto"), auto=AutoConfig(quantize=("qdq-u8s8",)))
-
-
-# --- the planner -----------------------------------------------------------------------------------------------------
-
-
-def test_layer_latencies_are_measured_and_cached_per_int8_format(tmp_path: Path) -> None:
-    spec = ConvSpec(2, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros")
-    layer, plans = LayerShape(spec, (1, 16, 8, 8), False), [None, LayerPlan(16, 1, True, 9)]
-    cache = LatencyCache(tmp_path)
-    float_ms = measure_layer(layer, plans, FAST, cache)
-    int8_ms = measure_layer(layer, plans, FAST, cache, quantize=FORMATS["qdq-u8s8"])
-    assert cache.measured == 4 and cache.hits == 0  # INT8 latencies are not the float ones
-    assert measure_layer(layer, plans, FAST, cache, quantize=FORMATS["qdq-u8s8"]) == int8_ms
-    assert measure_layer(layer, plans, FAST, cache, quantize=FORMATS["qop-u8s8"]) and cache.measured == 6
-    assert cache.hits == 2 and all(ms > 0 for ms in float_ms + int8_ms)
-    formats = [json.loads(p.read_text())["what"].get("quantize", {}).get("name") for p in tmp_path.glob("*.json")]
-    assert sorted(formats, key=str) == sorted([None, None, "qdq-u8s8", "qdq-u8s8", "qop-u8s8", "qop-u8s8"], key=str)
-
-
-@pytest.mark.slow
-def test_the_planner_times_int8_and_keeps_the_target_over_the_float_original(tmp_path: Path) -> None:
-    from convert.auto import plan_for_speed
-
-    model, x = classifier(), torch.randn(SHAPE)
-    config = AutoConfig(
-        target_speedup=1.5, device="cpu", threads=1, runs=3, warmup=1, max_candidates=2,
-        cache_dir=str(tmp_path / "cache"), quantize=("qdq-u8s8", "qop-u8s8"),
-    )  # fmt: skip
-    report = plan_for_speed(model, x, config).report
-    assert report.quantize in ("qdq-u8s8", "qop-u8s8") and report.quantized_ms > 0
-    timed = {}  # the end-to-end timings in the cache, by file
-    for path in (tmp_path / "cache").glob("*.json"):
-        entry = json.loads(path.read_text())
-        if "model" in entry["what"]:
-            timed[entry["what"]["model"]] = entry["ms"]
-    # the float original (the target's baseline) and in each format (model0), the fastest plan in the one chosen
-    assert set(timed) == {"model0.onnx", "model0.qdq-u8s8.onnx", "model0.qop-u8s8.onnx",
-                          f"model1.{report.quantize}.onnx"}  # fmt: skip
-    assert report.baseline_ms == timed["model0.onnx"] and report.fastest_ms == timed[f"model1.{report.quantize}.onnx"]
-    assert (
-        report.quantized_ms
-        == timed[f"model0.{report.quantize}.onnx"]
-        == min(timed["model0.qdq-u8s8.onnx"], timed["model0.qop-u8s8.onnx"])
-    )
-    assert report.predicted_speedup == pytest.approx(report.baseline_ms / report.predicted_ms)
-    layers = [json.loads(p.read_text())["what"] for p in (tmp_path / "cache").glob("*.json")]
-    assert {w["quantize"]["name"] for w in layers if "layer" in w} == {report.quantize}
-    assert "planned for INT8" in auto_markdown(report)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from convert import AutoConfig, BenchConfig, ConvertConfig, ConvertError, Distil
 from convert.job import CalibrateJob, DistillJob, JobOptions
 from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
-from server.wire import LOCAL_ONLY, from_proto, to_proto
+from server.wire import LOCAL_ONLY, calibration_files, from_proto, to_proto
 
 M = "service_models:tiny"
 SYNTHETIC = ("synthetic",)
@@ -124,7 +124,10 @@ SAMPLES: dict[type, dict[str, list[JobOptions]]] = {
         "quantize": [quantize(AutoConfig()), quantize(AutoConfig(quantize=("qdq-u8s8",)))],  # all, or some formats
     },
     QuantizeConfig: {
-        "calibration": [quantize()],
+        "calibration": [
+            quantize(),
+            quantize(calibration=("upload-calibrate-1.npy",)),  # the upload of role CALIBRATE, for quantize alone
+        ],
         "calibration_samples": [quantize(calibration_samples=32)],
         "calibration_method": [quantize(calibration_method="entropy")],
         "formats": [quantize(formats=("qdq-u8s8", "qop-u8s8"))],
@@ -217,9 +220,8 @@ def round_trip(options: JobOptions) -> JobOptions:
     message = pb.JobOptions.FromString(to_proto(options).SerializeToString())
     job = options.distill
     data = () if job is None or job.data == SYNTHETIC else job.data
-    calibration = () if options.calibrate is None or options.calibrate.data == SYNTHETIC else options.calibrate.data
     val = () if job is None else job.val or ()
-    return from_proto(message, options.model, options.weights, data, val, calibration)
+    return from_proto(message, options.model, options.weights, data, val, calibration_files(options))
 
 
 def test_the_walk_finds_every_options_class() -> None:
@@ -338,7 +340,12 @@ def test_refused(message: pb.JobOptions, expected: str) -> None:
             {"data": ["upload-data-1.npy"]},
             "either synthetic or uploaded",
         ),
-        (pb.JobOptions(), {"calibration": ["upload-calibrate-1.npy"]}, "go with calibration"),
+        (pb.JobOptions(), {"calibration": ["upload-calibrate-1.npy"]}, "go with calibrate, or quantize not synthetic"),
+        (
+            pb.JobOptions(quantize=pb.QuantizeOptions(calibration="synthetic")),
+            {"calibration": ["upload-calibrate-1.npy"]},
+            "go with calibrate, or quantize not synthetic",
+        ),
         (
             pb.JobOptions(calibrate=pb.CalibrateOptions(data="synthetic")),
             {"calibration": ["upload-calibrate-1.npy"]},
@@ -352,6 +359,16 @@ def test_data_files_refused(message: pb.JobOptions, uploaded: dict, expected: st
         from_proto(message, "m", **uploaded)
 
 
-def test_calibration_files_are_refused_not_dropped() -> None:
-    with pytest.raises(ConvertError, match="^`calibration` files are not uploaded to a server"):
-        to_proto(JobOptions(M, quantize=QuantizeConfig(calibration=("inputs.npy",))))
+def test_quantize_and_calibrate_read_one_upload() -> None:
+    shared = JobOptions(M, calibrate=CalibrateJob(("in.npy",)), quantize=QuantizeConfig(calibration=("in.npy",)))
+    assert calibration_files(shared) == ("in.npy",)  # what the CLI's --calibrate DATA --quantize int8 makes
+    read = JobOptions(M, calibrate=CalibrateJob(("upload-calibrate-1.npy",)), quantize=QuantizeConfig())
+    assert round_trip(read) == read  # on the server too, `quantize` reads what `calibrate` reads
+    assert calibration_files(JobOptions(M, quantize=QuantizeConfig(calibration=("a.npy", "b.npy")))) == (
+        "a.npy",
+        "b.npy",
+    )
+    assert calibration_files(JobOptions(M, quantize=QuantizeConfig(calibration=SYNTHETIC))) == ()
+    for calibrate in (CalibrateJob(("other.npy",)), CalibrateJob(SYNTHETIC)):
+        with pytest.raises(ConvertError, match="^on a server, `quantize` calibrates on what `calibrate` reads"):
+            to_proto(JobOptions(M, calibrate=calibrate, quantize=QuantizeConfig(calibration=("in.npy",))))

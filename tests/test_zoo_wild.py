@@ -73,16 +73,42 @@ def output_error(candidate: Any, reference: Any) -> float:
     return (diff / sum(float(r.double().square().sum()) for r in ref)) ** 0.5
 
 
-def assert_same(candidate: nn.Module, original: nn.Module, mode: str, inputs: tuple[torch.Tensor, ...]) -> float:
-    """`candidate` computes what `original` does in `mode` on `inputs`: within EXACT_TOL in float64, and in float32
-    within max(ZOO_TOL, FLOAT32_NOISE x the original's own float32 error). Returns that float32 tolerance."""
-    exact = run(original, mode, inputs, torch.float64)
-    assert output_error(run(candidate, mode, inputs, torch.float64), exact) <= EXACT_TOL, f"{mode}: float64 differs"
-    expected = run(original, mode, inputs)
-    noise = output_error(expected, exact)
+class Runs:
+    """`run`, each output computed once: the checks of a model compare the same runs in several ways. The models it
+    runs are held, so that their ids (its keys) stay theirs."""
+
+    def __init__(self) -> None:
+        self._outputs: dict[tuple[Any, ...], Any] = {}
+        self._models: list[nn.Module] = []
+
+    def __call__(
+        self, model: nn.Module, mode: str, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype = torch.float32
+    ) -> Any:
+        key = (id(model), mode, dtype, *((t.dtype, tuple(t.shape), t.numpy().tobytes()) for t in inputs))
+        if key not in self._outputs:
+            self._outputs[key] = run(model, mode, inputs, dtype)
+            self._models.append(model)
+        return self._outputs[key]
+
+
+def float32_tol(original: nn.Module, mode: str, inputs: tuple[torch.Tensor, ...], runs: Runs) -> float:
+    """What another float32 computation of `original` may differ by in `mode` on `inputs`: max(ZOO_TOL,
+    FLOAT32_NOISE x the original's own float32 error against float64), which must be under MEANINGFUL."""
+    noise = output_error(runs(original, mode, inputs), runs(original, mode, inputs, torch.float64))
     assert noise <= MEANINGFUL, f"{mode}: the original's float32 and float64 runs differ by {noise:.2g}"
-    tol = max(ZOO_TOL, FLOAT32_NOISE * noise)
-    error = output_error(run(candidate, mode, inputs), expected)
+    return max(ZOO_TOL, FLOAT32_NOISE * noise)
+
+
+def assert_same(
+    candidate: nn.Module, original: nn.Module, mode: str, inputs: tuple[torch.Tensor, ...], runs: Runs | None = None
+) -> float:
+    """`candidate` computes what `original` does in `mode` on `inputs`: within EXACT_TOL in float64, and in float32
+    within `float32_tol`, which it returns."""
+    runs = runs or Runs()
+    exact = runs(original, mode, inputs, torch.float64)
+    assert output_error(runs(candidate, mode, inputs, torch.float64), exact) <= EXACT_TOL, f"{mode}: float64 differs"
+    tol = float32_tol(original, mode, inputs, runs)
+    error = output_error(runs(candidate, mode, inputs), runs(original, mode, inputs))
     assert error <= tol, f"{mode}, batch {len(inputs[0])}: relative error {error:.3g} > {tol:.3g}"
     return tol
 
@@ -101,6 +127,7 @@ class Case:
     inputs: tuple[torch.Tensor, ...]
     full: Conversion
     folder: Path
+    runs: Runs = dataclasses.field(default_factory=Runs)
 
     def modes(self) -> Iterator[str]:
         """The modes its function is checked in."""
@@ -150,10 +177,10 @@ def check_function(case: Case) -> None:
     report = case.full.report
     for mode in case.modes():
         for batch in (BATCH, OTHER_BATCH):
-            assert_same(case.full.model, case.model, mode, case.spec.inputs(batch))
+            assert_same(case.full.model, case.model, mode, case.spec.inputs(batch), case.runs)
     reported = {"eval": report.output_rel_error, "train": getattr(report, "train_output_rel_error", "missing")}
     for mode in case.modes():
-        measured = output_error(run(case.full.model, mode, case.inputs), run(case.model, mode, case.inputs))
+        measured = output_error(case.runs(case.full.model, mode, case.inputs), case.runs(case.model, mode, case.inputs))
         assert reported[mode] == pytest.approx(measured, rel=1e-3, abs=1e-9), (
             f"report: {mode} error {reported[mode]}, measured {measured:.3g}"
         )
@@ -161,8 +188,7 @@ def check_function(case: Case) -> None:
 
 def check_onnx(case: Case) -> None:
     """ONNX Runtime matches PyTorch (eval mode, static shapes: the dynamic batch is test_onnx_export.py's)."""
-    exact = run(case.model, "eval", case.inputs, torch.float64)
-    tol = max(ZOO_TOL, FLOAT32_NOISE * output_error(run(case.model, "eval", case.inputs), exact))
+    tol = float32_tol(case.model, "eval", case.inputs, case.runs)
     exported = export_onnx(
         case.full.model, case.inputs, case.folder / "model.onnx", OnnxConfig(dynamic_batch=False, atol=tol)
     )
@@ -170,16 +196,18 @@ def check_onnx(case: Case) -> None:
 
 
 def check_plan(case: Case) -> None:
-    """plan.json + model.safetensors, applied to a freshly built original, give the converted model."""
+    """plan.json + model.safetensors, applied to a freshly built original, give the converted model (model.pt is
+    written when the model pickles)."""
     out = case.folder / "out"
     save_result(case.full, out)
+    assert (out / "model.pt").is_file() == (case.full.report.model_pt_skipped is None)  # wav2vec2's does not pickle
     plan = json.loads((out / "plan.json").read_text())
     assert plan == json.loads(json.dumps(case.full.plan()))
     rebuilt = convert.apply_plan(case.spec.model(), out / "plan.json")
     assert type(rebuilt) is type(case.model)
     rebuilt.load_state_dict(load_file(out / "model.safetensors"))
     for mode in case.modes():
-        assert_outputs_close(run(rebuilt, mode, case.inputs), run(case.full.model, mode, case.inputs), tol=0)
+        assert_outputs_close(run(rebuilt, mode, case.inputs), case.runs(case.full.model, mode, case.inputs), tol=0)
     from_dict = convert.apply_plan(case.spec.model(), plan)  # the plan as a dict, as Conversion.plan() returns it
     shapes = {k: v.shape for k, v in case.full.model.state_dict().items()}
     assert {k: v.shape for k, v in from_dict.state_dict().items()} == shapes
@@ -192,7 +220,7 @@ def check_rank1(case: Case) -> None:
     if not converted_rows(low.report):
         return
     for mode in case.modes():
-        error = output_error(run(low.model, mode, case.inputs), run(case.model, mode, case.inputs))
+        error = output_error(run(low.model, mode, case.inputs), case.runs(case.model, mode, case.inputs))
         assert error > DIFFERS, f"{mode}: rank 1 changes the output by {error:.2g} only"
 
 
@@ -228,27 +256,7 @@ def convert_full(spec: WildModel, inputs: tuple[torch.Tensor, ...]) -> tuple[nn.
     return model, full
 
 
-# Failing on main after the wave-2 merges (issue 12 stays open until they pass): found by the full suite, not yet
-# diagnosed (segformer's reason is a guess from the summary line). Not strict: remove an entry once it passes.
-_PARAMETRIZED = "model.pt: torch.save of a model with parametrizations (weight_norm) fails; write it via state_dict"
-_TRAIN_NOISE = "the MEANINGFUL guard: the original's own float32 and float64 train-mode runs differ (dropout/seed?)"
-KNOWN_FAILURES = {
-    "hf_wav2vec2": _PARAMETRIZED,
-    "hf_hubert": _PARAMETRIZED,
-    "hf_swin": _TRAIN_NOISE,
-    "hf_segformer": _TRAIN_NOISE,
-    "smp_fpn_efficientnet": _TRAIN_NOISE,
-}
-
-
-def _marks(name: str, spec: WildModel) -> list[pytest.MarkDecorator]:
-    marks = [pytest.mark.slow] if spec.slow else []
-    if name in KNOWN_FAILURES:
-        marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
-    return marks
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_marks(n, m)) for n, m in WILD.items()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if m.slow else []) for n, m in WILD.items()])
 def test_wild_model(name: str, tmp_path: Path) -> None:
     spec = WILD[name]
     model, full = convert_full(spec, spec.inputs())
@@ -352,23 +360,8 @@ def test_cli_converts_a_timm_model_right_in_eval_mode(tmp_path: Path) -> None:
     torch.save(original.state_dict(), tmp_path / "w.pt")
     shape = ",".join(map(str, (BATCH, *spec.shape)))
     model = "timm.models.byobnet:repvgg_a0"
-    ok(
-        run_cli(
-            tmp_path,
-            model,
-            "--weights",
-            "w.pt",
-            "--to",
-            "separable",
-            "--rank",
-            "full",
-            "--input-shape",
-            shape,
-            "--onnx",
-            "-o",
-            "out",
-        )
-    )
+    args = ["--weights", "w.pt", "--to", "separable", "--rank", "full", "--input-shape", shape, "--onnx", "-o", "out"]
+    ok(run_cli(tmp_path, model, *args))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     rebuilt = rebuilt_from(tmp_path / "out", timm.create_model("repvgg_a0"))
     assert type(rebuilt) is type(original)

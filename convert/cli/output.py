@@ -21,6 +21,7 @@ from convert.distill.parallel import is_main_process
 from convert.errors import INTERNAL, INTERRUPTED, StrictError, outcome_of
 from convert.report import Benchmark, DistillMetrics, DistillReport, LayerReport, QuantizeReport, Report
 from convert.report.terminal import benchmark_table, inspect_table, report_table
+from convert.report.text import model_pt_note
 
 __all__ = [
     "distill_printer",
@@ -84,6 +85,9 @@ def print_conversion(report: Report, outdir: Path, as_json: bool) -> None:
         for note in report.quantize.notes:
             warn(note)
         _note(_quantize_summary(report.quantize))
+    model_pt = model_pt_note(report)
+    if model_pt is not None:
+        warn(model_pt)
     _note(f"wrote {outdir}/ ({', '.join(output_files(report))})")
 
 

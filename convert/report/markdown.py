@@ -12,6 +12,7 @@ from convert.report.text import (
     describe_benchmark,
     format_ms,
     layer_cells,
+    model_pt_note,
     summary,
 )
 
@@ -43,12 +44,14 @@ def report_markdown(report: Report) -> str:
     """The whole of report.md: the per-layer table, then the sections of --to auto, distillation, ONNX, benchmark,
     INT8 quantization."""
     notes = f" ({'; '.join(report.trace_notes)})" if report.trace_notes else ""
+    model_pt = model_pt_note(report)
     lines = [
         f"# Conversion report: {report.target}",
         "",
         f"- trace path: `{report.trace}`{notes}",
         f"- input: {', '.join('x'.join(map(str, s)) for s in report.input_shapes)} ({report.input_dtype})",
         f"- {summary(report)}",
+        *([f"- {model_pt}"] if model_pt else []),
         "",
         "| " + " | ".join(LAYER_COLUMNS) + " |",
         "|" + "---|" * len(LAYER_COLUMNS),

@@ -132,6 +132,9 @@ class Report:
     quantize: QuantizeReport | None = None  # INT8 versions of both ONNX files, and their accuracy check (--quantize)
     placement: Placement | None = None  # where the service ran the job (None: run here, by the library or the CLI)
     calibration: CalibrationReport | None = None  # the factors fitted to real inputs (--calibrate)
+    # why model.pt was not written: torch.save refused the model (e.g. weight_norm's parametrizations, a hook that
+    # is a local function); plan.json + model.safetensors load it (convert.apply_plan). None: it was written
+    model_pt_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """report.json's content: plain dicts, lists and numbers."""

@@ -19,6 +19,7 @@ __all__ = [
     "format_ratio",
     "format_speedup",
     "layer_cells",
+    "model_pt_note",
     "runtime_name",
     "summary",
     "torch_settings",
@@ -155,3 +156,14 @@ def auto_where(auto: AutoReport) -> str:
     """Where --to auto timed its layers: 'cpu (ONNX Runtime)', or e.g. 'cuda (PyTorch, eager, bfloat16)'."""
     runtime = "ONNX Runtime" if auto.torch is None else f"PyTorch, {torch_settings(auto.torch)}"
     return f"{auto.device} ({runtime})"
+
+
+def model_pt_note(report: Report) -> str | None:
+    """Why the folder has no model.pt, and how to load the model without it; None when model.pt was written."""
+    if report.model_pt_skipped is None:
+        return None
+    return (
+        f"model.pt not written: the model does not pickle ({report.model_pt_skipped}); load it as "
+        "convert.apply_plan(<the model freshly built>, 'plan.json') and then "
+        "load_state_dict(safetensors.torch.load_file('model.safetensors'))"
+    )

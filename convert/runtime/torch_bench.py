@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import _dynamo as dynamo  # torch.compile's front end; reset() and config are its documented API
@@ -159,12 +160,14 @@ def load_timed_models(
     for source in sources:
         folder = Path(source)
         if folder.is_dir():
-            if not (folder / REPORT_JSON).is_file() or not (folder / MODEL).is_file():
+            if not (folder / REPORT_JSON).is_file():
                 raise ConvertError(
                     f"{source} is a folder without {REPORT_JSON} and {MODEL}: give a model file, a factory spec, or "
                     "the output folder of a conversion"
                 )
             report = json.loads((folder / REPORT_JSON).read_text())
+            if not (folder / MODEL).is_file():
+                raise ConvertError(_no_model_pt(source, report))
             recorded = recorded or (report["input_shapes"], report["input_dtype"])
             source = str(folder / MODEL)
         loaded = load_model(source, on_warning=on_warning)
@@ -177,6 +180,16 @@ def load_timed_models(
     if recorded is not None:
         return models, make_inputs(*recorded)
     raise ConvertError("the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224")
+
+
+def _no_model_pt(source: str, report: dict[str, Any]) -> str:
+    """What to do with an output folder that has no model.pt: the model did not pickle, or the file was removed."""
+    why = report.get("model_pt_skipped")
+    cause = f"the model does not pickle ({why})" if why else "it was removed"
+    return (
+        f"{source} has no {MODEL}: {cause}; save the model rebuilt from its plan.json and model.safetensors "
+        "(convert.apply_plan) with torch.export.save as a .pt2, and give that"
+    )
 
 
 def _placed(

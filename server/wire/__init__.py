@@ -10,7 +10,7 @@ from server.wire.formats import (
     weights_format,
 )
 from server.wire.jobs import MAX_INLINE_REPORT, job_event, job_message, report_of, worker_event
-from server.wire.options import LOCAL_ONLY, from_proto, to_proto
+from server.wire.options import LOCAL_ONLY, calibration_files, from_proto, to_proto
 
 __all__ = [
     "DATA_FORMATS",
@@ -19,6 +19,7 @@ __all__ = [
     "MAX_INLINE_REPORT",
     "MODEL_FORMATS",
     "WEIGHTS_FORMATS",
+    "calibration_files",
     "from_proto",
     "job_event",
     "job_message",

@@ -15,7 +15,7 @@ from convert.load import DTYPES
 from convert.runtime.quantize import QuantizeConfig
 from server.rpc import converter_pb2 as pb
 
-__all__ = ["LOCAL_ONLY", "from_proto", "to_proto"]
+__all__ = ["LOCAL_ONLY", "calibration_files", "from_proto", "to_proto"]
 
 
 def to_proto(options: JobOptions) -> pb.JobOptions:
@@ -69,13 +69,17 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.distill.grad_clip = distill.config.grad_clip or 0.0  # 0: not clipped
     if options.quantize is not None:
         quantize = options.quantize
-        if quantize.calibration not in (None, (SYNTHETIC,)):
+        if (
+            quantize.calibration not in (None, (SYNTHETIC,))
+            and options.calibrate
+            and options.calibrate.data != quantize.calibration
+        ):
             raise ConvertError(
-                "`calibration` files are not uploaded to a server: leave it unset to calibrate on the distillation's "
-                "inputs (uploaded), or use synthetic"
+                "on a server, `quantize` calibrates on what `calibrate` reads (one upload): give `calibration` the "
+                "same inputs as `calibrate`, or leave it unset"
             )
-        message.quantize.SetInParent()
-        message.quantize.calibration = SYNTHETIC if quantize.calibration else ""
+        message.quantize.SetInParent()  # files: the upload of role CALIBRATE (`calibration_files`)
+        message.quantize.calibration = SYNTHETIC if quantize.calibration == (SYNTHETIC,) else ""
         _put(message.quantize, quantize)
         message.quantize.formats.extend(quantize.formats)
     if options.calibrate is not None:
@@ -83,6 +87,14 @@ def to_proto(options: JobOptions) -> pb.JobOptions:
         message.calibrate.data = SYNTHETIC if options.calibrate.data == (SYNTHETIC,) else ""
         message.calibrate.samples = options.calibrate.samples
     return message
+
+
+def calibration_files(options: JobOptions) -> tuple[str, ...]:
+    """The local files that travel as the upload of role CALIBRATE (`calibrate`'s data, else `quantize`'s
+    `calibration`; none when synthetic), which both read on the server."""
+    calibrate, quantize = options.calibrate, options.quantize
+    files = calibrate.data if calibrate is not None and calibrate.data else quantize and quantize.calibration
+    return () if files in (None, (SYNTHETIC,)) else tuple(str(source) for source in files)
 
 
 def from_proto(
@@ -95,7 +107,8 @@ def from_proto(
 ) -> JobOptions:
     """The JobOptions of a submitted job, for the model source `model` (and `weights`) stored on the server, and
     the uploaded distillation inputs stored there: `data` (training, unless the options say synthetic) and `val`, and
-    the uploaded calibration inputs `calibration` (else calibration reads the training inputs).
+    the uploaded calibration inputs `calibration`, which the conversion's calibration and the quantization read
+    (without them: the training inputs).
 
     Raises:
         ConvertError: for options the library refuses (the service answers INVALID_ARGUMENT with the message).
@@ -121,13 +134,14 @@ def from_proto(
     for shape in message.input_shapes:
         if not shape.dims or 0 in shape.dims:
             raise ConvertError(f"input shape {list(shape.dims)} is not valid: use positive sizes, e.g. 1,3,224,224")
-    quantize = _quantize(message.quantize) if message.HasField("quantize") else None
+    files = () if message.HasField("calibrate") else calibration  # else `calibrate`'s, which `quantize` reads too
+    quantize = _quantize(message.quantize, files) if message.HasField("quantize") else None
     if auto is not None and message.auto.quantize:
         auto = dataclasses.replace(auto, quantize=tuple(message.auto.quantize))
     if (data or val) and not message.HasField("distill"):
         raise ConvertError("data files go with distillation: set the distill options, or send no data files")
-    if calibration and not message.HasField("calibrate"):
-        raise ConvertError("calibration data files go with calibration: set the calibrate options, or send none")
+    if calibration and not message.HasField("calibrate") and (quantize is None or quantize.calibration == (SYNTHETIC,)):
+        raise ConvertError("calibration data files go with calibrate, or quantize not synthetic: set one, or send none")
     return JobOptions(
         model=model,
         weights=weights,
@@ -223,15 +237,16 @@ def _auto(message: pb.AutoOptions, bench: BenchConfig | None) -> AutoConfig:
     return AutoConfig(threads=threads, **fields)
 
 
-def _quantize(message: pb.QuantizeOptions) -> QuantizeConfig:
-    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the distillation's."""
+def _quantize(message: pb.QuantizeOptions, files: Sequence[str]) -> QuantizeConfig:
+    """The INT8 settings, calibrated on `synthetic` inputs or (empty) on the uploaded files `files`, else on what
+    `calibrate` reads or the distillation's inputs."""
     if message.calibration not in ("", SYNTHETIC):
         raise ConvertError(
-            f"calibration data {message.calibration!r} is not available on the service: leave it empty to calibrate "
-            "on the distillation's uploaded inputs, or use 'synthetic'"
+            f"calibration data {message.calibration!r} is not available on the service: upload tensor files of "
+            "role CALIBRATE (leave it empty), or use 'synthetic'"
         )
     return QuantizeConfig(
-        calibration=(SYNTHETIC,) if message.calibration else None,
+        calibration=(SYNTHETIC,) if message.calibration else tuple(files) or None,
         formats=tuple(message.formats) or QuantizeConfig.formats,
         **_given(message, QuantizeConfig),
     )

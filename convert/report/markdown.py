@@ -125,7 +125,8 @@ def auto_markdown(auto: AutoReport) -> str:
         f"- target {auto.target_speedup:g}x on {auto_where(auto)}: predicted {auto.predicted_speedup:.2f}x "
         f"({auto.baseline_ms:.3g} ms -> {auto.predicted_ms:.3g} ms; the fastest plan measured "
         f"{auto.fastest_ms:.3g} ms; predicted = {auto.fixed_ms:.3g} ms + {auto.scale:.3g} x the layers' own ms)",
-        f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir})",
+        f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir}); "
+        f"candidate errors on {auto.errors_on}",
         *(
             [
                 f"- planned for INT8 ({auto.quantize}): layers, the fastest plan and the original "

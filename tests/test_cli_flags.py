@@ -152,7 +152,7 @@ def test_option_lists_are_the_flags_dests() -> None:
             "the example input shape is unknown: set `input_shapes`, e.g. `input_shapes`=1,3,224,224",
             "the example input shape is unknown: set --input-shape, e.g. --input-shape 1,3,224,224",
         ),
-        ("pass `example_inputs` of the shapes it expects", "pass --input-shape of the shapes it expects"),
+        ("give `input_shapes` of the shapes it expects", "give --input-shape of the shapes it expects"),
         ("`include_grouped`=True factorizes it.", "--include-grouped factorizes it."),
         ("`pointwise`=True is the default", "no --no-pointwise is the default"),
         (

@@ -588,7 +588,7 @@ def test_untrusted_code_only_when_allowed_and_only_in_the_worker(tmp_path: Path)
 
 
 def test_a_failed_job_raises_with_its_message(client: ConvertClient, tmp_path: Path) -> None:
-    with pytest.raises(JobFailed, match="pass `example_inputs` of the shapes it expects"):
+    with pytest.raises(JobFailed, match="give `input_shapes` of the shapes it expects"):
         client.run(JobOptions("service_models:tiny", input_shapes=((1, 5, 16, 16),)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from convert.distill.trainer import distill_result
 from convert.errors import ConvertError, ParityError, QuantizationError
 from convert.forward import MODEL_DTYPES, cast
 from convert.job_inputs import CalibrateJob, DistillJob, example_inputs, prepare_inputs, quantize_sources
+from convert.job_placement import check_accelerator, checked_resources
 from convert.load import load_model, make_inputs
 from convert.report.schema import Placement, Report
 from convert.runtime.bench import benchmark_conversion
@@ -44,7 +44,6 @@ __all__ = [
     "DistillJob",
     "JobOptions",
     "preflight",
-    "RESERVED_RESOURCES",
     "run_job",
     "Warn",
 ]
@@ -103,15 +102,13 @@ class JobOptions:
     model_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "resources", _resources(self.resources))
+        object.__setattr__(self, "resources", checked_resources(self.resources))
         if self.input_names is not None and len(self.input_names) != len(self.input_shapes or ()):
             raise ConvertError("name every input or none: `input_names` go one per `input_shapes` entry")
         if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
             raise ConvertError(f"`model_dtype` {self.model_dtype!r} is not valid: use one of {', '.join(MODEL_DTYPES)}")
-        if self.accelerator is not None and not _RESOURCE_NAME.fullmatch(self.accelerator):
-            raise ConvertError(
-                f"`accelerator` {self.accelerator!r} is not a Ray accelerator type: use a name such as H100 or A10G"
-            )
+        if self.accelerator is not None:
+            check_accelerator(self.accelerator)
         if self.calibrate is not None and not self.calibrate.data and self.distill is None:
             raise ConvertError("`calibrate` needs its data: give the inputs, or `distill` data to calibrate on")
         if self.plan is not None and self.config.target == "auto":
@@ -185,27 +182,6 @@ class JobOptions:
             input_names=None if data.get("input_names") is None else tuple(data["input_names"]),
             model_dtype=data.get("model_dtype"),
         )
-
-
-# Names of Ray resources that a job may not ask for by name: the service derives them from the job's options.
-RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
-_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
-
-
-def _resources(given: Mapping[str, float] | Sequence[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-    """`resources` as sorted (name, amount) pairs, each checked."""
-    pairs = sorted((given.items() if isinstance(given, Mapping) else given), key=lambda pair: pair[0])
-    for name, amount in pairs:
-        if not isinstance(name, str) or not _RESOURCE_NAME.fullmatch(name) or name in RESERVED_RESOURCES:
-            raise ConvertError(
-                f"`resources` name {name!r} is not valid: use a Ray custom resource of the nodes (letters, digits, "
-                "'_.:-'), not CPU, GPU or memory (those follow from the job's options)"
-            )
-        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= 1e6:
-            raise ConvertError(f"`resources` {name}={amount!r} is not valid: use a positive amount, e.g. {name}=1")
-    if len({name for name, _ in pairs}) != len(pairs):
-        raise ConvertError("`resources` names a resource twice: give each once")
-    return tuple((name, float(amount)) for name, amount in pairs)
 
 
 def run_job(

@@ -204,5 +204,6 @@ def _prepare_calibration(
     if job is None:
         return None
     data = job.data or (options.distill.data if options.distill is not None else ())
-    config = CalibrationConfig(list(data) if len(data) > 1 else data[0], samples=job.samples)
+    source = list(data) if len(data) > 1 else data[0]
+    config = CalibrationConfig(source, samples=job.samples, transform=_image_transform(options.distill, inputs))
     return prepare_calibration(config, loaded.model, inputs)

@@ -13,7 +13,7 @@ import torch
 from test_cli import ok, run
 from torch import nn
 
-from convert import ConvertConfig, ConvertError, convert_model
+from convert import CalibrationConfig, ConvertConfig, ConvertError, convert_model
 from convert.auto import AutoConfig, LatencyPlanner, plan_for_speed
 from convert.auto.candidates import layer_error, replacement, shortlist
 from convert.auto.search import search
@@ -21,6 +21,7 @@ from convert.report.schema import AutoLayer, Candidate
 from convert.surgery.analysis import analyze
 from convert.surgery.factorize import full_rank, group_svd
 from convert.surgery.plan import LayerPlan
+from convert.surgery.whiten import whitening
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -242,3 +243,29 @@ def test_cli_auto_refuses_a_manual_rank(tmp_path: Path) -> None:
     result = run(tmp_path, "tiny:build", "--to", "auto", "--rank", "2", "--input-shape", "1,8,16,16", "-o", "out")
     assert result.returncode == 2 and "--to auto chooses" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_calibrated_plan_measures_its_candidates_on_the_calibration_inputs_with_whitened_factors(
+    tmp_path: Path,
+) -> None:
+    model, x = small_net(), torch.randn(1, 8, 12, 12)
+    g = torch.Generator().manual_seed(0)  # 8 channels mixed from 2 signals: the patch covariance is far from white
+    mix, signal = torch.randn(8, 2, generator=g), torch.randn(32, 2, 12, 12, generator=g)
+    real = torch.einsum("cs,nshw->nchw", mix, signal) + 0.05 * torch.randn(32, 8, 12, 12, generator=g)
+    planner = LatencyPlanner(AutoConfig(target_speedup=1.5, cache_dir=str(tmp_path), **FAST))
+    calibration = CalibrationConfig(real, batch_size=16)
+    auto = convert_model(model, x, ConvertConfig(target="auto"), planner=planner, calibration=calibration).report.auto
+    assert auto.errors_on == "the first 16 calibration inputs (32 inputs from tensors in memory), whitened factors"
+    layers = {layer.name: layer for layer in layers_of(model, x)}
+    inputs = {"0": real[:16], "2": model[0:2](real[:16]).detach(), "4": model[0:4](real[:16]).detach()}
+    whitened_total = svd_total = 0.0
+    for row in auto.layers:
+        layer, inner = layers[row.name], inputs[row.name]
+        for candidate in row.candidates[1:]:
+            plan = LayerPlan(candidate.groups, candidate.rank, True, 0)
+            whitened = replacement(layer, plan, inner, None, whitening(layer, plan.groups, [inner]))
+            assert candidate.error == pytest.approx(layer_error(layer, whitened, inner), rel=1e-5)
+            whitened_total += candidate.error
+            svd = replacement(layer, plan, inner, group_svd(layer.weight, plan.groups))
+            svd_total += layer_error(layer, svd, inner)
+    assert whitened_total < 0.85 * svd_total  # the weight SVD's factors lose more on the same real inputs

@@ -10,11 +10,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_cli_distill
 import torch
 from conftest import assert_same_function, converted_rows
-from test_cli import assert_refused_in_process
+from PIL import Image
+from test_cli import assert_refused_in_process, tiny_module
 from test_cli_distill import SHAPE
 from test_exactness import (
     CONV_CASES,
@@ -30,6 +32,7 @@ from test_exactness import (
 )
 from torch import nn
 
+import convert.surgery.calibrate as calibrate_module
 from convert import ConvertConfig, ConvertError, cli, convert_model
 from convert.surgery.calibrate import CalibrationConfig
 
@@ -209,3 +212,50 @@ def test_cli_bad_calibration_options(
     work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
 ) -> None:
     assert_refused_in_process(work, monkeypatch, capsys, ["tiny:classifier", *SHAPE, *args, "-o", "out"], expected)
+
+
+def test_cli_calibration_on_image_folders_honours_image_mean_and_std(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 12, 12, 3), dtype=np.uint8)
+    (work / "images").mkdir()
+    for index, image in enumerate(pixels):
+        Image.fromarray(image).save(work / "images" / f"{index:02d}.png")
+    mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.3)
+    norm = ["--image-mean", ",".join(map(str, mean)), "--image-std", ",".join(map(str, std))]
+    args = ["tiny:classifier", *SHAPE, "--rank", "1", "--distill", "images", *norm, "--steps", "1", "--calibrate"]
+    torch.manual_seed(0)
+    assert cli.main([*args, "-o", "out"]) == 0, capsys.readouterr().err
+    got = json.loads((work / "out" / "report.json").read_text())["calibration"]
+    # the reference: the same model calibrated in the library on the images normalised by hand
+    torch.manual_seed(0)
+    model = tiny_module(work).classifier().eval()
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    images = (images - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    expected = convert_model(model, images[:1], ConvertConfig(rank=1), calibration=CalibrationConfig(images))
+    report = expected.report.calibration
+    assert got["samples"] == report.samples == 20
+    assert got["svd_output_rel_error"] == pytest.approx(report.svd_output_rel_error, rel=1e-5)
+    assert got["output_rel_error"] == pytest.approx(report.output_rel_error, rel=1e-5)
+
+
+def test_the_original_is_run_once_for_the_layers_that_fit_ahead_with_the_same_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*(m for _ in range(4) for m in (nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()))).eval()
+    data, outputs, passes = correlated(24, 2), [], []
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    for budget in (0, calibrate_module.AHEAD_BYTES):  # one layer per pass of the original, then all four at once
+        monkeypatch.setattr(calibrate_module, "AHEAD_BYTES", budget)
+        calls.clear()
+        calibration = CalibrationConfig(data, batch_size=8)
+        result = convert_model(model, data[:1], ConvertConfig(rank=1), calibration=calibration)
+        outputs.append(result.model(data))
+        passes.append(len(calls))
+    handle.remove()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert passes[0] - passes[1] == 3 * 3  # 3 batches: the original's passes for layers 2, 3 and 4 are saved

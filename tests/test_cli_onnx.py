@@ -21,6 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 TINY = textwrap.dedent(
     """
+    import time
+
     import torch
     from torch import nn
 
@@ -41,6 +43,23 @@ TINY = textwrap.dedent(
 
     def sneaky():
         return ExportsSomethingElse()
+
+
+    class Spiky(nn.Module):  # every fourth run is 40 ms late: a tail no benchmark should trust
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls % 4 == 0:
+                time.sleep(0.04)
+            return self.conv(x)
+
+
+    def spiky():
+        return Spiky()
     """
 )
 SHAPE = ["--input-shape", "1,3,16,16"]
@@ -51,6 +70,22 @@ HAS_GPU = torch.cuda.is_available()
 @pytest.fixture
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return user_module(tmp_path, monkeypatch, "tiny", TINY)
+
+
+def test_noisy_benchmark_is_flagged_with_readable_labels(work: Path) -> None:
+    """A model with a tail of slow runs: the table says NOISY, report.json and report.md carry the note; the tables
+    spell out their labels and explain them."""
+    args = ["tiny:spiky", *SHAPE, "--benchmark", "--runtime", "torch", "--device", "cpu", "--threads", "1"]
+    result = ok(run(work, *args, "--runs", "20", "--warmup", "1", "-o", "out"))
+    stdout = " ".join(result.stdout.split())
+    assert "NOISY" in stdout and "CV: std / mean, NOISY when above 25% or when p90 is above 2x p50" in stdout
+    assert "weight error" in stdout and re.search(r" 1 of \d+ ", stdout) and "rank: filters per group" in stdout
+    report = json.loads((work / "out" / "report.json").read_text())
+    noisy = [note for note in report["benchmark"]["notes"] if note.startswith("noisy timing: ")]
+    assert any(note.startswith("noisy timing: original at batch 1 (") for note in noisy), noisy
+    assert all("p90" in note and "unreliable" in note for note in noisy), noisy
+    markdown = (work / "out" / "report.md").read_text()
+    assert noisy[0] in markdown and "NOISY" in markdown and "_rank: filters per group" in markdown
 
 
 def test_convert_with_benchmark(work: Path) -> None:

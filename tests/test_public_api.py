@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PACKAGES = ["convert", "convert.runtime", "convert.report", "convert.auto", "convert.distill"]
+PACKAGES = ["convert", "convert.runtime", "convert.report", "convert.auto", "convert.distill", "convert.cli"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -12,7 +12,7 @@ from torch import nn
 
 from convert import BenchConfig, ConvertConfig, ConvertError, benchmark_onnx, benchmark_torch, convert_model
 from convert.artifacts import save_result
-from convert.report.text import benchmark_rows, describe_benchmark
+from convert.report.text import BENCH_COLUMNS, benchmark_rows, describe_benchmark
 from convert.runtime.torch_bench import load_timed_models, prepare_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -61,7 +61,7 @@ def test_a_slower_model_says_so_in_the_table() -> None:
     result = benchmark_torch([light, dense], X, FAST, names=["light", "dense"])  # the heavy one second
     rows = {(row[0], row[1]): row for row in benchmark_rows(result)}
     for s in result.speedup:
-        cell = rows[(s.model, str(s.batch))][10]
+        cell = rows[(s.model, str(s.batch))][BENCH_COLUMNS.index("speedup")]
         assert cell.endswith("(slower)") == (s.speedup < 1), cell
 
 

@@ -13,6 +13,7 @@ from convert.surgery.find import ConvLayer
 from convert.surgery.plan import LayerPlan, conv_cost
 from convert.surgery.rewrite import build_replacement, plain_conv
 from convert.surgery.verify import output_rel_error, run_model
+from convert.surgery.whiten import Whitening, whitened_low_rank
 
 __all__ = ["label", "layer_error", "layer_inputs", "macs", "replacement", "run_with", "shortlist"]
 
@@ -48,9 +49,15 @@ def _powers_of_two(n: int) -> list[int]:
     return [1 << i for i in range(n.bit_length()) if 1 << i <= n]
 
 
-def replacement(layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple) -> nn.Module:
-    """The module `plan` would put in place of the layer (eval mode, on `x`'s device and dtype)."""
-    factors = low_rank(layer.weight, plan.groups, plan.rank, svd=svd)
+def replacement(
+    layer: ConvLayer, plan: LayerPlan, x: torch.Tensor, svd: tuple, whitening: Whitening | None = None
+) -> nn.Module:
+    """The module `plan` would put in place of the layer (eval mode, on `x`'s device and dtype): from the weight
+    SVD `svd`, or whitened by the layer's inputs (`whitening`, for `plan.groups`) when given."""
+    if whitening is None:
+        factors = low_rank(layer.weight, plan.groups, plan.rank, svd=svd)
+    else:
+        factors = whitened_low_rank(layer, plan, whitening)
     return build_replacement(layer.spec, factors, layer.bias, False, False).to(x.device, x.dtype).eval()
 
 

@@ -6,7 +6,10 @@ followed by the pointwise conv. Candidates with no fewer MACs than the conv are 
 another candidate beats on both MACs and weight error. For the rest:
 
 - error: the relative error of the model's output with that layer alone in that form (one forward pass per
-  candidate on the example input), and, for the report, of the layer's own output;
+  candidate on the example input), and, for the report, of the layer's own output. A calibrated conversion
+  measures them on its first batch of real inputs instead, with each candidate's whitened factors (`whiten.py`:
+  the SVD of the weight whitened by the layer's input patch covariance on those inputs), closer to what its
+  calibrated form will lose than the weight SVD's;
 - latency: measured as a one-layer model on the planned runtime: an ONNX file on ONNX Runtime, or the module on
   PyTorch itself, eager or compiled, in the planned dtype and memory format (`latency.py`, cached on disk).
 
@@ -38,6 +41,7 @@ from convert.surgery.analysis import Analysis, analyze
 from convert.surgery.find import ConvLayer
 from convert.surgery.plan import Decision, LayerPlan, Plan
 from convert.surgery.verify import output_rel_error, run_model
+from convert.surgery.whiten import whitening
 
 __all__ = ["AutoPlan", "LatencyPlanner", "plan_for_speed"]
 
@@ -64,8 +68,10 @@ class LatencyPlanner:
         found = analysis.candidates()
         layers = [layer for layer in found if layer.spec.groups == 1 and not layer.spec.transposed]
         root, inputs = analysis.traced.module, analysis.inputs
-        captured = candidates.layer_inputs(root, layers, inputs)
-        reference = run_model(root, inputs)
+        captured = candidates.layer_inputs(root, layers, inputs)  # the shapes that are timed
+        probe = inputs if analysis.calibration is None else analysis.calibration.batches[0]  # errors measured on
+        real = captured if analysis.calibration is None else candidates.layer_inputs(root, layers, probe)
+        reference = run_model(root, probe)
         rows: list[AutoLayer] = []
         forms: list[list[LayerPlan | None]] = []  # per row, the plan of each candidate
         bench = dataclasses.replace(config.bench(), runs=max(config.runs, 30))
@@ -81,7 +87,8 @@ class LatencyPlanner:
                 continue
             notify(f"measuring errors of {layer.name}", index / len(layers))
             part = _layer_progress(notify, index, len(layers))
-            row, form = _measure(layer, x, root, inputs, reference, config, cache, part, int8)
+            probed = (x, real[layer.name], analysis.calibration is not None)
+            row, form = _measure(layer, probed, root, probe, reference, config, cache, part, int8)
             rows.append(row)
             forms.append(form)
         # Isolated layers carry their own session and layout-change overheads, and the model has other ops: fit
@@ -128,6 +135,7 @@ class LatencyPlanner:
             torch=_torch_runtime(config),
             quantize=None if int8 is None else int8.name,
             quantized_ms=None if int8 is None else keep_ms,
+            errors_on=_errors_on(analysis),
         )
         notify("planned", 1.0)
         return Plan(_plans(rows, forms, choice, found), report)
@@ -155,7 +163,7 @@ def _layer_progress(notify: Progress, index: int, count: int) -> Progress:
 
 def _measure(
     layer: ConvLayer,
-    x: torch.Tensor,
+    probed: tuple[torch.Tensor, torch.Tensor, bool],
     root: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     reference: object,
@@ -165,12 +173,17 @@ def _measure(
     int8: Int8Format | None = None,
 ) -> tuple[AutoLayer, list[LayerPlan | None]]:
     """The candidates of one layer with their MACs, errors and latencies (as one-layer models quantized in `int8`
-    when given); `x` is its input at its first call."""
+    when given). `probed`: its input at its first call on the example input (timed), on `inputs` (the errors are
+    measured on them), and whether those are calibration inputs (then the candidates' factors are whitened)."""
+    x, real, calibrated = probed
     shape = LayerShape(layer.spec, tuple(x.shape), layer.bias is not None)
     svds: dict[int, tuple] = {}  # groups -> group_svd, shared by the shortlist and the errors
     form: list[LayerPlan | None] = [None, *candidates.shortlist(layer, config.max_candidates, svds)]
-    modules = [None] + [candidates.replacement(layer, plan, x, svds[plan.groups]) for plan in form[1:]]
-    errors = [0.0] + [candidates.layer_error(layer, m, x) for m in modules[1:]]
+    whitenings = {g: whitening(layer, g, [real]) for g in svds} if calibrated else {}  # per group count
+    modules = [None] + [
+        candidates.replacement(layer, plan, real, svds[plan.groups], whitenings.get(plan.groups)) for plan in form[1:]
+    ]
+    errors = [0.0] + [candidates.layer_error(layer, m, real) for m in modules[1:]]
     if config.max_error is not None:
         kept = [i for i, e in enumerate(errors) if e <= config.max_error]
         form, errors, modules = [form[i] for i in kept], [errors[i] for i in kept], [modules[i] for i in kept]
@@ -217,6 +230,15 @@ def _plans(
                 plan, note=f"auto: {chosen.label}, {row.candidates[0].latency_ms:.3g} -> {chosen.latency_ms:.3g} ms"
             )
     return plans
+
+
+def _errors_on(analysis: Analysis) -> str:
+    """What the candidates' errors were measured on (the report's `errors_on`)."""
+    calibration = analysis.calibration
+    if calibration is None:
+        return AutoReport.errors_on
+    count = int(calibration.batches[0][0].shape[0])
+    return f"the first {count} calibration inputs ({calibration.description}), whitened factors"
 
 
 def _sum_ms(rows: list[AutoLayer], choice: list[int]) -> float:

@@ -1,5 +1,8 @@
-"""The `convert` command line: commands (subcommands -> run), args, options, flags, output, remote (the service)."""
+"""The `convert` command line: commands (subcommands -> run), args, options, flags, output, remote (the service),
+entry (the executable)."""
 
-from convert.cli.commands import main
+import lazy_loader
 
-__all__ = ["main"]
+# `main` on first use, from __init__.pyi: `convert.cli.entry` starts without torch, so a Ctrl-C while it loads is
+# caught
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,9 +1,7 @@
 """`python -m convert.cli` (torchrun launches it this way)."""
 
-import sys
-
-from convert.cli import main
+from convert.cli.entry import run
 
 __all__: list[str] = []
 
-sys.exit(main())
+run()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from convert.artifacts import output_files
 from convert.cli.flags import to_cli
@@ -157,7 +157,14 @@ def progress_bar() -> Iterator[ProgressCallback | None]:
     if not stderr.is_terminal or _quiet:  # a log file gets no bar, not even a blank line
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),  # the time left, from the rate so far (rich's estimate)
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=stderr, transient=True) as bar:
         task = bar.add_task("starting", total=1.0)
         yield lambda what, fraction: bar.update(task, description=escape(what), completed=fraction)

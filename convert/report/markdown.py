@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 
 from convert.report.text import (
     BENCH_COLUMNS,
+    BENCH_LEGEND,
     LAYER_COLUMNS,
+    LAYER_LEGEND,
     auto_where,
     benchmark_rows,
     describe_benchmark,
@@ -57,6 +59,7 @@ def report_markdown(report: Report) -> str:
         "|" + "---|" * len(LAYER_COLUMNS),
     ]
     lines += ["| " + " | ".join(layer_cells(row)) + " |" for row in report.layers]
+    lines += ["", f"_{LAYER_LEGEND}_"]
     sections = [
         render(section)
         for render, section in (
@@ -109,6 +112,7 @@ def benchmark_markdown(benchmark: Benchmark) -> str:
         "|---|" + "---:|" * (len(BENCH_COLUMNS) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in benchmark_rows(benchmark)]
+    lines += ["", f"_{BENCH_LEGEND}_"]
     lines += [""] + [f"- {note}" for note in benchmark.notes] if benchmark.notes else []
     return "\n".join(lines) + "\n"
 
@@ -121,7 +125,8 @@ def auto_markdown(auto: AutoReport) -> str:
         f"- target {auto.target_speedup:g}x on {auto_where(auto)}: predicted {auto.predicted_speedup:.2f}x "
         f"({auto.baseline_ms:.3g} ms -> {auto.predicted_ms:.3g} ms; the fastest plan measured "
         f"{auto.fastest_ms:.3g} ms; predicted = {auto.fixed_ms:.3g} ms + {auto.scale:.3g} x the layers' own ms)",
-        f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir})",
+        f"- candidate latencies: {auto.measured} measured, {auto.cached} from the cache ({auto.cache_dir}); "
+        f"candidate errors on {auto.errors_on}",
         *(
             [
                 f"- planned for INT8 ({auto.quantize}): layers, the fastest plan and the original "

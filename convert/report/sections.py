@@ -242,6 +242,8 @@ class AutoReport:
     torch: TorchRuntime | None = None  # the PyTorch runtime's settings (runtime torch)
     quantize: str | None = None  # the INT8 format the latencies are of (None: float); baseline_ms stays float
     quantized_ms: float | None = None  # the original in that format, end to end (the fit's "keep everything" point)
+    # what the candidates' errors were measured on, and with which factors
+    errors_on: str = "the example input, weight-SVD factors"
 
 
 # --- distillation record -------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from rich.table import Table
 
 from convert.report.text import (
     BENCH_COLUMNS,
+    BENCH_LEGEND,
     LAYER_COLUMNS,
+    LAYER_LEGEND,
     NUMERIC_LAYER_COLUMNS,
     benchmark_rows,
     describe_benchmark,
@@ -30,7 +32,7 @@ __all__ = ["benchmark_table", "inspect_table", "report_table"]
 
 def report_table(report: Report) -> Table:
     """The per-layer table; skipped layers are dimmed, the summary line is the caption."""
-    table = Table(title=f"{report.target} via {report.trace}", caption=escape(summary(report)))
+    table = Table(title=f"{report.target} via {report.trace}", caption=escape(f"{summary(report)}\n{LAYER_LEGEND}"))
     for column in LAYER_COLUMNS:
         table.add_column(column, overflow="fold", justify="right" if column in NUMERIC_LAYER_COLUMNS else "left")
     for row in report.layers:
@@ -40,7 +42,7 @@ def report_table(report: Report) -> Table:
 
 def benchmark_table(benchmark: Benchmark) -> Table:
     """The latency table: a row per model and batch size, where and how it ran as the caption."""
-    caption = "; ".join([describe_benchmark(benchmark), *benchmark.notes])
+    caption = "; ".join([describe_benchmark(benchmark), *benchmark.notes]) + f"\n{BENCH_LEGEND}"
     runtime = "ONNX Runtime" if benchmark.torch is None else "PyTorch"
     table = Table(title=f"{runtime} latency (ms)", caption=escape(caption))
     for column in BENCH_COLUMNS:
@@ -65,7 +67,7 @@ def inspect_table(labels: Sequence[str], views: Sequence[Sequence[LayerReport]])
         table.add_column(column, justify="right" if column in ("params", "MACs") else "left")
     for label in labels:
         table.add_column(f"{escape(label)}: MACs", justify="right")
-        table.add_column("error", justify="right")
+        table.add_column("weight error", justify="right")
     for index, row in enumerate(views[0] if views else ()):
         cells = [
             escape(row.name),

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from convert.report.noise import NOISY_CV, NOISY_TAIL, coefficient_of_variation, noise
+
 if TYPE_CHECKING:  # annotations only: the schema's methods call the renderers, which read it
     from convert.report.schema import AutoReport, Benchmark, LayerReport, Report, TorchRuntime
 
 __all__ = [
     "BENCH_COLUMNS",
+    "BENCH_LEGEND",
     "LAYER_COLUMNS",
+    "LAYER_LEGEND",
     "NUMERIC_LAYER_COLUMNS",
     "auto_where",
     "benchmark_rows",
@@ -25,8 +29,13 @@ __all__ = [
     "torch_settings",
 ]
 
-LAYER_COLUMNS = ("layer", "op", "kernel", "channels", "rank", "params", "MACs", "error", "note")
-NUMERIC_LAYER_COLUMNS = frozenset({"rank", "params", "MACs", "error"})
+LAYER_COLUMNS = ("layer", "op", "kernel", "channels", "rank", "groups", "params", "MACs", "weight error", "note")
+NUMERIC_LAYER_COLUMNS = frozenset({"rank", "groups", "params", "MACs", "weight error"})
+LAYER_LEGEND = (
+    "rank: filters per group, of the most a group can use (exact at full rank); groups: of the depthwise or "
+    "grouped conv; params, MACs: before -> after; weight error: ||W - W'|| / ||W||, the factorized conv's weight "
+    "against the original's"
+)
 BENCH_COLUMNS = (
     "model",
     "batch",
@@ -36,11 +45,18 @@ BENCH_COLUMNS = (
     "mean ms",
     "min ms",
     "std ms",
+    "CV",
     "items/s",
     "RSS+ MiB",
     "speedup",
     "MAC ratio",
     "speedup / MAC ratio",
+)
+BENCH_LEGEND = (
+    "p50, p90, p99: the time that 50%, 90%, 99% of runs do not exceed; CV: std / mean, NOISY when above "
+    f"{NOISY_CV:.0%} or when p90 is above {NOISY_TAIL:g}x p50 (such times do not compare); items/s: batch / mean; "
+    "RSS+: memory the model added to the process; speedup: the first model's p50 / this one's; MAC ratio: the first "
+    "model's MACs / this one's; speedup / MAC ratio: how much of the MAC saving became speed"
 )
 
 
@@ -53,10 +69,12 @@ def format_count(n: int) -> str:
 
 
 def format_ratio(before: int, after: int) -> str:
-    """'8.13x fewer' for a reduction, '1.12x more' for a growth."""
+    """'8.13x fewer' for a reduction, '1.12x more' for a growth, 'unchanged' when they round to equal."""
     if not before or not after:
         return "n/a"
-    return f"{before / after:.2f}x fewer" if after <= before else f"{after / before:.2f}x more"
+    if round(before / after, 2) == 1:
+        return "unchanged"
+    return f"{before / after:.2f}x fewer" if after < before else f"{after / before:.2f}x more"
 
 
 def format_ms(value: float) -> str:
@@ -86,13 +104,14 @@ def _train_error(report: Report) -> str:
 def layer_cells(row: LayerReport) -> list[str]:
     """One layer's cells, in the order of LAYER_COLUMNS."""
     converted = row.status == "converted"
-    rank = "" if row.rank is None else f"{row.rank}/{row.full_rank}" if row.full_rank else str(row.rank)
+    rank = "" if row.rank is None else f"{row.rank} of {row.full_rank}" if row.full_rank else str(row.rank)
     return [
         row.name,
         row.op,
         "x".join(map(str, row.kernel or [])),
         f"{row.in_channels}->{row.out_channels}" if row.in_channels else "",
-        f"{rank} g{row.groups}" if converted else "",
+        rank if converted else "",
+        str(row.groups) if converted else "",
         f"{format_count(row.params_before)}->{format_count(row.params_after)}"
         if converted
         else format_count(row.params_before),
@@ -114,6 +133,7 @@ def benchmark_rows(benchmark: Benchmark) -> list[list[str]]:
                     model.name,
                     str(lat.batch),
                     *(format_ms(v) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min, lat.std)),
+                    f"{coefficient_of_variation(lat):.0%}{' NOISY' if noise(lat) else ''}",
                     f"{lat.throughput:.4g}",
                     f"{model.rss_growth_bytes / 2**20:.1f}",
                     "baseline" if index == 0 else format_speedup(s.speedup) if s else "",

@@ -24,6 +24,7 @@ from convert.artifacts import CONVERTED_INT8_ONNX, CONVERTED_ONNX, ORIGINAL_INT8
 from convert.common import Progress
 from convert.conversion import Conversion
 from convert.errors import ConvertError
+from convert.report.noise import noise_notes
 from convert.report.schema import Benchmark, ModelTiming
 from convert.runtime.config import DEFAULT_BATCH_SIZES, DEFAULT_RUNS, DEFAULT_WARMUP, BenchConfig
 from convert.runtime.devices import Device, resolve_device
@@ -117,7 +118,7 @@ def benchmark_onnx(
         batch_sizes=list(config.batch_sizes),
         models=models,
         speedup=speedups(models, macs),
-        notes=list(dict.fromkeys(notes)),
+        notes=[*dict.fromkeys(notes), *noise_notes(models)],
     )
 
 

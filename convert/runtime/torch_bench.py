@@ -31,6 +31,7 @@ from convert.artifacts import MODEL, REPORT_JSON
 from convert.common import Progress, as_inputs, no_progress
 from convert.errors import ConvertError, one_line
 from convert.load import load_model, make_inputs
+from convert.report.noise import noise_notes
 from convert.report.schema import Benchmark, ModelTiming, TorchRuntime
 from convert.runtime.config import BenchConfig
 from convert.runtime.devices import device_name, resolve_device
@@ -119,7 +120,7 @@ def benchmark_torch(
         batch_sizes=list(config.batch_sizes),
         models=timings,
         speedup=speedups(timings, macs),
-        notes=notes,
+        notes=[*notes, *noise_notes(timings)],
         runtime="torch",
         torch=TorchRuntime(torch.__version__, config.compile, config.dtype, config.channels_last, device_name(device)),
     )

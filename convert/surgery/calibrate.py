@@ -5,15 +5,19 @@ conv; then, in the order the layers first run, each one's inputs in the model co
 original model (x) are recorded at every call site over the calibration batches (each forward pass stops at the
 layer's last call), its factors are fitted so that it maps z to the original conv's output on x, and its replacement
 takes its place. A layer thus corrects the error that reaches it from the layers before, and error does not pile up
-through depth. A shared conv sees the inputs of all its call sites. Memory: one layer's inputs over the calibration
-batches, and Gram matrices; cost: a forward pass of each model up to each layer.
+through depth. A shared conv sees the inputs of all its call sites. The original model's inputs do not depend on the
+calibration: one pass records them for as many of the next layers as fit in AHEAD_BYTES. Memory: those, one layer's
+inputs in the converted model over the calibration batches, and Gram matrices; cost: a forward pass of the converted
+model up to each layer, and of the original up to each group of layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     from convert.surgery.analysis import Analysis
 
 __all__ = [
+    "AHEAD_BYTES",
     "Calibration",
     "CalibrationConfig",
     "Calibrated",
@@ -45,6 +50,7 @@ __all__ = [
 
 DEFAULT_SAMPLES = 256  # a few hundred unlabeled inputs are enough: the fit has few unknowns per output channel
 DEFAULT_BATCH_SIZE = 32
+AHEAD_BYTES = 1 << 30  # the original model's inputs to the layers to come, recorded in one pass: about 1 GiB at most
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,6 +64,8 @@ class CalibrationConfig:
     batch_size: int = DEFAULT_BATCH_SIZE  # inputs per forward pass
     seed: int = 0  # for the choice of inputs, and synthetic ones
     description: str | None = None  # what `data` is, for the report (None: said by the source)
+    # PIL image -> (C, H, W) tensor for a folder of images (None: `convert.distill.data.image_transform`'s default)
+    transform: Callable[[Any], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for name in ("samples", "batch_size"):
@@ -105,7 +113,9 @@ def prepare_calibration(calibration: CalibrationConfig | Any, model: nn.Module, 
     if isinstance(config.data, Dataset):
         dataset, size, description = config.data, len(config.data), config.description or "a dataset of inputs"
     else:
-        source = load_inputs(config.data, examples, input_names=input_names(model), seed=config.seed)
+        source = load_inputs(
+            config.data, examples, input_names=input_names(model), transform=config.transform, seed=config.seed
+        )
         dataset, size, description = source.dataset, source.size, config.description or source.description
     count = config.samples if size is None else min(size, config.samples)
     if size is None or size <= config.samples:
@@ -159,6 +169,7 @@ def calibrate(
     calls = _calls(model, {layer.name: standin for layer, _, _, standin in layers}, batches[0])
     fits, notes = {}, []
     ordered = sorted(layers, key=lambda item: calls[item[0].name][0])
+    ahead = _Ahead(original, [(layer, reference[layer.name], calls[layer.name][1]) for layer, *_ in ordered], batches)
     for index, (layer, plan, path, standin) in enumerate(ordered):
         progress(f"calibrating {layer.name}", index / len(ordered))
         count = calls[layer.name][1]
@@ -167,7 +178,7 @@ def calibrate(
             notes.append(f"{layer.name} {why}: its SVD factors are kept")
         else:
             z = layer_inputs(model, standin, count, batches)
-            x = layer_inputs(original, reference[layer.name], count, batches)
+            x = ahead.take(layer.name)
             pairs = [pair for zs, xs in zip(z, x, strict=True) for pair in zip(zs, xs, strict=False)]
             fit = fit_layer(layer, plan, pairs)
             if fit.factors is not None:
@@ -220,6 +231,70 @@ def layer_inputs(
             recorded.clear()
     finally:
         handle.remove()
+    return per_batch
+
+
+class _Ahead:
+    """The original model's inputs to the layers to come, recorded for as many of them per forward pass as fit in
+    AHEAD_BYTES (they do not depend on the calibration, unlike the converted model's): fewer passes of the original."""
+
+    def __init__(
+        self,
+        original: nn.Module,
+        layers: Sequence[tuple[ConvLayer, nn.Module | None, int]],
+        batches: Sequence[tuple[torch.Tensor, ...]],
+    ) -> None:
+        self.layers = [(layer, module, count) for layer, module, count in layers if module is not None and count]
+        self.original, self.batches = original, batches
+        self.samples = sum(int(batch[0].shape[0]) for batch in batches)
+        self.cache: dict[str, list[list[torch.Tensor]]] = {}
+
+    def take(self, name: str) -> list[list[torch.Tensor]]:
+        """Per batch, the input of layer `name` at each of its calls in the original model."""
+        if name not in self.cache:
+            start = next(i for i, (layer, _, _) in enumerate(self.layers) if layer.name == name)
+            chosen, size = [], 0
+            for layer, module, count in self.layers[start:]:  # the next layers, while they fit (at least one)
+                per_sample = sum(math.prod(shape[1:]) for shape in layer.in_shapes[:count]) or 1
+                size += per_sample * layer.weight.element_size() * self.samples
+                if chosen and size > AHEAD_BYTES:
+                    break
+                chosen.append((layer.name, module, count))
+            self.cache.update(_record(self.original, chosen, self.batches))
+        return self.cache.pop(name)
+
+
+def _record(
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module, int]], batches: Sequence[tuple[torch.Tensor, ...]]
+) -> dict[str, list[list[torch.Tensor]]]:
+    """Per layer name, per batch: the input of its module at each of its first `count` calls in an eval-mode forward
+    pass of `model`, which stops once every layer has them all."""
+    recorded: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in layers}
+    counts = {name: count for name, _, count in layers}
+    missing = [0]
+
+    def record(_module: nn.Module, args: tuple[Any, ...], name: str) -> None:
+        if len(recorded[name]) < counts[name]:
+            recorded[name].append(args[0].detach())
+            missing[0] -= 1
+            if missing[0] == 0:
+                raise _Stop
+
+    handles = [module.register_forward_pre_hook(partial(record, name=name)) for name, module, _ in layers]
+    per_batch: dict[str, list[list[torch.Tensor]]] = {name: [] for name, _, _ in layers}
+    try:
+        for batch in batches:
+            missing[0] = sum(counts.values())
+            try:
+                run_model(model, batch, training=False)
+            except _Stop:
+                pass
+            for name, inputs in recorded.items():
+                per_batch[name].append(list(inputs))
+                inputs.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
     return per_batch
 
 

@@ -5,10 +5,8 @@ With z the layer's inputs in the model converted so far and y the original conv'
 reconstruction), the grouped low-rank form is fitted in steps:
 
 1. per group h, the covariance of z's patches S_h = sum_p z_hp z_hp^T ((C_in/G)*K square) whitens the weight before
-   the SVD: D M_h L_h = U S V^T with S_h = L_h L_h^T; filters S_r^(1/2) V_r^T L_h^-1, 1x1 columns D^-1 U_r S_r^(1/2).
-   This is the rank-r factor with the least output error of each group alone under these inputs, exact at full rank.
-   D = diag(1 / std of each output channel): a conv's output is normalised next (BatchNorm), so an error counts
-   relative to its channel's spread;
+   the SVD (`whiten.py`): the rank-r factor with the least output error of each group alone under these inputs,
+   exact at full rank, each output channel's error relative to its spread (D = diag(1 / std));
 2. the 1x1 conv (and its bias) is refit by least squares on the first conv's outputs F: min ||P F + b - y||^2, each
    unknown pulled towards its start by a small ridge (directions the inputs never explore keep it, and full rank
    stays exact). This absorbs the correlations across groups and the error arriving from earlier layers;
@@ -17,8 +15,8 @@ reconstruction), the grouped low-rank form is fitted in steps:
    times: the groups' filters stop repeating each other (correlated input channels, e.g. RGB).
 
 The plain grouped form (no 1x1 conv) refits its grouped weight the same way, pulled towards W's block diagonal.
-Patches come from a depthwise conv of one-hot kernels of the layer's own form (stride, padding, padding mode,
-transposed), so that every conv form reads its patches the way it computes. Everything is accumulated batch by
+Patches come from `whiten.patch_extractor`, in the layer's own form, so that every conv form reads its patches the
+way it computes. Everything is accumulated batch by
 batch in float64: moments, never the patches of all inputs.
 """
 
@@ -31,14 +29,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from convert.surgery.factorize import Factors, block_diagonal, compose, dense, group_factors, group_matrices
+from convert.surgery.factorize import Factors, block_diagonal, compose, dense
 from convert.surgery.find import ConvLayer, ConvSpec
 from convert.surgery.plan import LayerPlan, standard_weight, svd_factors
 from convert.surgery.rewrite import build_replacement, plain_conv
+from convert.surgery.whiten import Whitening, channel_scale, patch_extractor, rows, whitened_factors
 
-__all__ = ["ALTERNATIONS", "Fit", "JOINT_UNKNOWNS", "LayerInputs", "RIDGE", "WHITEN_DAMPING", "fit_layer", "unknowns"]
+__all__ = ["ALTERNATIONS", "Fit", "JOINT_UNKNOWNS", "LayerInputs", "RIDGE", "fit_layer", "unknowns"]
 
-WHITEN_DAMPING = 1e-3  # added to each patch covariance's diagonal, relative to its mean: a well-posed Cholesky
 RIDGE = 1e-3  # each refit unknown's pull towards its starting value, relative to its own Gram diagonal
 JOINT_UNKNOWNS = 1536  # the first conv is refit (step 3) when it has at most this many weights: C_in * r * K
 ALTERNATIONS = 10  # step 3's refits of the first conv, each followed by one of the 1x1 conv
@@ -110,20 +108,19 @@ def _fit_low_rank(
     groups, outer, rank, c_out = plan.groups, spec.groups, plan.rank, spec.out_channels
     patch = spec.in_channels * math.prod(spec.kernel)  # U = C_in * K
     joint = spec.in_channels * rank * math.prod(spec.kernel) <= JOINT_UNKNOWNS
-    extractor = _patch_extractor(spec, inputs[0][0])
+    extractor = patch_extractor(spec, inputs[0][0])
     # joint: the full patch covariance and patch-output moments (a constant feature for the bias); else per group
     moments = _Normal(1, patch, c_out, True) if joint else _Normal(groups, patch // groups, 0, False)
-    rows, total, power = 0, 0.0, 0.0  # of the outputs y: positions, sum and sum of squares per channel
+    count, total, power = 0, 0.0, 0.0  # of the outputs y: positions, sum and sum of squares per channel
     for z, x in _chunks(inputs, patch + c_out):
         with torch.no_grad():
-            y = _rows(original(x), 1)  # (1, rows, C_out)
-            moments.add(_rows(extractor(z), 1 if joint else groups), y if joint else None)
-            rows, total, power = rows + y.shape[1], total + y[0].sum(0), power + y[0].square().sum(0)
-    mean = total / rows
-    weights = 1.0 / (power / rows - mean.square()).clamp_min(1e-12)  # 1 / variance of each output channel
-    weights = weights.clamp_max(weights.min() / _FLOOR**2)  # a channel that never varies does not dominate
+            y = rows(original(x), 1)  # (1, rows, C_out)
+            moments.add(rows(extractor(z), 1 if joint else groups), y if joint else None)
+            count, total, power = count + y.shape[1], total + y[0].sum(0), power + y[0].square().sum(0)
+    scale = channel_scale(count, total, power)  # the std of each output channel
+    weights = scale.square().reciprocal()
     covariance = _group_blocks(moments.gram[0, :patch, :patch], groups) if joint else moments.gram
-    start = _whitened_low_rank(weight, groups, rank, outer, covariance, weights.rsqrt())
+    start = whitened_factors(weight, groups, rank, outer, Whitening(covariance, scale))
     first, pointwise = start.first.double(), start.pointwise.double().reshape(c_out, -1)
     new_bias = None if bias is None else bias.double()
     if joint:
@@ -136,7 +133,7 @@ def _fit_low_rank(
         module = build_replacement(spec, start, bias, False, False).eval()
         for z, x in _chunks(inputs, groups * rank + c_out):
             with torch.no_grad():
-                features.add(_rows(module[0](z), outer), _rows(original(x), outer))
+                features.add(rows(module[0](z), outer), rows(original(x), outer))
         pointwise, new_bias = _solve_pointwise(features, pointwise, new_bias, outer)
     pointwise = pointwise.reshape(start.pointwise.shape)
     error = _rel(compose(first, pointwise, groups, outer), weight)
@@ -155,11 +152,11 @@ def _fit_grouped(
     """The plain grouped conv refit: group h's outputs from group h's patches, pulled towards W's block diagonal."""
     groups, kernel = plan.groups, spec.kernel
     patch = spec.in_channels // groups * math.prod(kernel)
-    extractor = _patch_extractor(spec, inputs[0][0])
+    extractor = patch_extractor(spec, inputs[0][0])
     normal = _Normal(groups, patch, spec.out_channels // groups, bias is not None)
     for z, x in _chunks(inputs, spec.in_channels * math.prod(kernel) + spec.out_channels):
         with torch.no_grad():
-            normal.add(_rows(extractor(z), groups), _rows(original(x), groups))
+            normal.add(rows(extractor(z), groups), rows(original(x), groups))
     start = block_diagonal(weight, groups, spec.groups).first  # (C_out, C_in/G, *k)
     prior = start.reshape(groups, spec.out_channels // groups, patch).double()  # (G, C_out/G, (C_in/G)*K)
     if bias is not None:
@@ -169,28 +166,6 @@ def _fit_grouped(
     new_bias = None if bias is None else solution[:, :, -1].reshape(-1).to(bias.dtype)
     error = _rel(dense(first, groups), dense(weight.double(), spec.groups))
     return Factors(first.to(weight.dtype), None, error), new_bias
-
-
-def _whitened_low_rank(
-    weight: torch.Tensor, groups: int, rank: int, outer_groups: int, covariance: torch.Tensor, scale: torch.Tensor
-) -> Factors:
-    """Rank-`rank` factors of each group's matrix M_h that minimise ||D (M_h - M_h') L_h||, S_h = L_h L_h^T the patch
-    covariance (G, m, m) of the layer's inputs, D = diag(1 / `scale`) over the output channels: exact at full rank,
-    whatever S_h and D (D^-1 D M_h L_h L_h^-1 = M_h)."""
-    matrices = group_matrices(weight, groups, outer_groups).double()  # (G, C_out/g0, m)
-    spread = scale.to(matrices).reshape(outer_groups, 1, -1).expand(-1, groups // outer_groups, -1)
-    spread = spread.reshape(groups, -1, 1)  # (G, C_out/g0, 1): each group's output channels
-    mean = covariance.diagonal(dim1=1, dim2=2).mean(dim=1)  # (G,)
-    damping = torch.where(mean > 0, WHITEN_DAMPING * mean, torch.ones_like(mean))  # a silent group: plain SVD
-    eye = torch.eye(covariance.shape[1], dtype=covariance.dtype, device=covariance.device)
-    chol = torch.linalg.cholesky(covariance + damping[:, None, None] * eye).to(matrices)  # (G, m, m), lower
-    u, s, vh = torch.linalg.svd(matrices / spread @ chol, full_matrices=False)
-    root = s[:, :rank].sqrt()  # (G, r)
-    columns = spread * u[:, :, :rank] * root[:, None, :]  # (G, C_out/g0, r)
-    # filters @ L = the whitened filters: solve X L = S_r^(1/2) V_r^T for X
-    filters = torch.linalg.solve_triangular(chol, root[:, :, None] * vh[:, :rank], upper=False, left=False)
-    error = _rel(columns @ filters, matrices)
-    return group_factors(columns, filters, weight, outer_groups, error)
 
 
 def _solve_pointwise(
@@ -309,22 +284,6 @@ class _Normal:
         damping = torch.where(damping > 0, damping, torch.ones_like(damping))  # no data at all: the prior
         prior = prior.to(self.gram)
         return torch.linalg.solve(self.gram + torch.diag_embed(damping), self.cross + damping[:, :, None] * prior)
-
-
-def _patch_extractor(spec: ConvSpec, like: torch.Tensor) -> nn.Module:
-    """A depthwise conv of the layer's form with one output channel per (input channel, kernel offset): output
-    channel c*K + j at position p is what the conv multiplies by its weight [:, c, j] there (a transposed conv's
-    too), so the output is the layer's patches in `group_matrices`' layout."""
-    k = math.prod(spec.kernel)
-    unit = torch.eye(k, dtype=like.dtype, device=like.device).reshape(k, 1, *spec.kernel)
-    unit = unit.repeat(spec.in_channels, *([1] * (1 + len(spec.kernel))))  # (C_in*K, 1, *k)
-    return build_replacement(spec, Factors(unit, None, 0.0), None, False, False).eval()
-
-
-def _rows(t: torch.Tensor, blocks: int) -> torch.Tensor:
-    """(N, C, *spatial) -> (blocks, N*P, C/blocks) in float64: one row per position, channels by block."""
-    n, c = t.shape[:2]
-    return t.reshape(n, blocks, c // blocks, -1).permute(1, 0, 3, 2).reshape(blocks, -1, c // blocks).double()
 
 
 def _chunks(inputs: LayerInputs, channels: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from convert.job import JobOptions
 from convert.report.schema import Report
@@ -23,11 +24,7 @@ def job_message(record: JobRecord, with_report: bool = False) -> pb.Job:
     inline = with_report and len(record.report.encode()) <= MAX_INLINE_REPORT
     return pb.Job(
         id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
+        **_standing(record),
         created_at=record.created,
         started_at=record.started,
         finished_at=record.finished,
@@ -43,11 +40,7 @@ def job_event(record: JobRecord) -> pb.JobEvent:
     """The event that says where a job stands now (the first event of every Watch, and each change of state)."""
     return pb.JobEvent(
         job_id=record.id,
-        state=pb.JobState.Value(record.state),
-        stage=record.stage,
-        progress=record.progress,
-        message=record.message,
-        failure=_failure(record.failure),
+        **_standing(record),
         time=time.time(),
     )
 
@@ -66,6 +59,13 @@ def report_of(job: pb.Job, text: str | None = None) -> Report:
     return Report.from_dict(json.loads(job.report_json if text is None else text))
 
 
-def _failure(name: str) -> int:
-    """A job record's failure kind ('' when none) as the proto's Failure."""
-    return pb.Failure.Value(name) if name else pb.FAILURE_UNSPECIFIED
+def _standing(record: JobRecord) -> dict[str, Any]:
+    """Where a job stands, the fields that Job and JobEvent share: state, stage, progress, message, failure."""
+    failure = pb.Failure.Value(record.failure) if record.failure else pb.FAILURE_UNSPECIFIED  # '': none
+    return {
+        "state": pb.JobState.Value(record.state),
+        "stage": record.stage,
+        "progress": record.progress,
+        "message": record.message,
+        "failure": failure,
+    }

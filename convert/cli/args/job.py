@@ -14,17 +14,30 @@ from convert.cli.args.quantize import quantize_arguments
 from convert.cli.args.service import service_arguments
 from convert.runtime.parity import DEFAULT_ATOL
 
-__all__ = ["convert_parser"]
+__all__ = ["SUBCOMMANDS", "USAGE", "convert_parser"]
+
+# `convert`'s subcommands, each with its usage and what it does: the usage line of `convert --help` lists them all.
+SUBCOMMANDS = {
+    "inspect": ("MODEL [options]", "what each target would save, per conv; writes nothing"),
+    "bench": ("FILE [FILE ...] [options]", "time ONNX files, or PyTorch models, side by side"),
+    "serve": ("[--port 50051] [--data-dir DIR] [options]", "run the gRPC conversion service"),
+    "jobs": ("{list,delete} --server HOST:PORT [options]", "list or delete a server's jobs"),
+}
+USAGE = "\n".join(
+    [
+        "convert MODEL [options]  (a conversion job: the options below)",
+        *(f"       convert {name} {usage}  ({what})" for name, (usage, what) in SUBCOMMANDS.items()),
+        "       convert SUBCOMMAND --help  (its options)",
+    ]
+)
 
 
 def convert_parser() -> argparse.ArgumentParser:
     """`convert MODEL ...`: the options of a job (conversion, ONNX, benchmark, --to auto, service, distillation)."""
     parser = Parser(
         prog="convert",
-        description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD). "
-        "Subcommands: `convert inspect MODEL ...` shows what each target would save; "
-        "`convert bench A.onnx [B.onnx ...]` times ONNX files side by side (`--runtime torch`: PyTorch models); "
-        "`convert serve [--port 50051] [--data-dir DIR]` runs the gRPC service (see `convert serve --help`).",
+        usage=USAGE,
+        description="Rewrite standard convolutions into depthwise-separable or grouped ones (truncated SVD).",
         epilog=examples(
             "convert torchvision:resnet18 --input-shape 1,3,224,224  # writes torchvision.resnet18-separable/",
             "convert timm:resnet50 --model-arg num_classes=10 --input-shape 1,3,224,224 --to grouped --groups 4 -o out",
@@ -88,8 +101,10 @@ def convert_parser() -> argparse.ArgumentParser:
     )
     benchmark_arguments(
         bench,
-        device_help="where to distill (torch: auto is CUDA when torch sees a GPU; tensorrt trains on CUDA) and to "
-        "benchmark (ONNX Runtime provider: auto is CUDA when a session really runs there); default: auto",
+        device_help="where the job computes: --distill trains there and --benchmark (and --to auto) times there. "
+        "cpu; cuda (PyTorch's GPU; ONNX Runtime's CUDA provider); tensorrt (ONNX Runtime's TensorRT provider for "
+        "timing, CUDA for training); auto (default): cuda when PyTorch sees a GPU for training, and when an ONNX "
+        "Runtime session really runs on CUDA for timing, else cpu. The conversion itself runs on CPU",
     )
     auto = parser.add_argument_group(
         "latency-aware planning (--to auto; implies --benchmark, on the --runtime, --device and --threads above)"

@@ -21,7 +21,8 @@ time to quantize ResNet-50.
         [--float-targets 2 3] [--int8-targets 4 4.5]
 
 The teacher is cached in --work (default /tmp/bench-quantize, outside the repository): a second run reuses it and
-the jobs' latency cache, and replaces the jobs' folders.
+the jobs' latency cache, and replaces the jobs' folders (with --reuse it keeps those that hold a report.json, so
+that runs side by side, or after an interruption, share the jobs done).
 """
 
 from __future__ import annotations

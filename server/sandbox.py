@@ -65,6 +65,9 @@ class Sandbox:
         binds = _outermost([p for p in binds if p.is_dir() and p != Path("/")])
         system = [Path(p) for p in _SYSTEM if os.path.isdir(p)]
         binds = [p for p in binds if not any(p.is_relative_to(s) for s in system)]
+        # An empty /tmp, writable by the sandbox's user (torch's imports want a tempdir): mounted first, so that the
+        # folders bound below stay visible when they live under /tmp (a virtualenv or a checkout there).
+        args += ["--perms", "1777", "--tmpfs", "/tmp"]
         for folder in _created_parents([*binds, INSIDE_JOB], system):
             args += ["--perms", "0755", "--dir", str(folder)]
         for folder in system:
@@ -75,7 +78,6 @@ class Sandbox:
             if any(path.is_relative_to(folder) for folder in binds + system):
                 args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
         args += ["--bind", str(workdir), str(INSIDE_JOB), "--proc", "/proc", "--dev", "/dev"]
-        args += ["--perms", "1777", "--tmpfs", "/tmp"]  # writable by the sandbox's user (torch imports want a tempdir)
         for device in sorted(Path("/dev").glob("nvidia*")):  # the GPUs, when the server has them
             args += ["--dev-bind", str(device), str(device)]
         args += ["--chdir", "/", "--"]

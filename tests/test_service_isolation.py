@@ -152,3 +152,22 @@ def test_the_servers_folder_comes_last_on_the_workers_import_path(tmp_path: Path
                 job = wait_for(client, client.submit(options), pb.SUCCEEDED, pb.FAILED, timeout=120)
                 assert job.state == pb.SUCCEEDED, job.message
     assert not marker.exists()
+
+
+@NEEDS_BWRAP
+def test_folders_under_tmp_stay_readable_in_the_sandbox_and_its_tmp_writable(tmp_path: Path) -> None:
+    """A virtualenv, a checkout or a factories folder under /tmp (CI clones there) must not vanish under the
+    sandbox's own empty /tmp."""
+    from server.sandbox import find_sandbox
+
+    (tmp_path / "factories").mkdir()
+    (tmp_path / "factories" / "probe_module.py").write_text("ANSWER = 42\n")
+    sandbox, why = find_sandbox(readable=[tmp_path / "factories"])
+    assert sandbox is not None, why
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path / 'factories')!r}); import probe_module; "
+        "open('/tmp/scratch', 'w').write('x'); print(probe_module.ANSWER)"
+    )
+    command = sandbox.command([sys.executable, "-P", "-c", code], tmp_path, {})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stdout.strip() == "42", result.stderr
